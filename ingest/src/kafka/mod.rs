@@ -1,0 +1,47 @@
+//! Kafka: the consumer of the three input topics, the dead-letter producer, the
+//! `unimod produce` library and the tokenizer bootstrap reader.
+//!
+//! # API summary (for the daemon)
+//!
+//! ```text
+//! let cfg: KafkaConfig = ...;                  // TOML [kafka]; cfg.validate()? names the bad key
+//! let metrics = KafkaMetrics::register(&registry)?;   // unimod_kafka_consumer_lag{topic,partition}
+//! let (tx, rx) = tokio::sync::mpsc::channel::<RawRecord>(cfg.queue_capacity);
+//! let consumer = KafkaConsumer::start(&cfg, start_offsets /* HashMap<(String,i32),i64> from the
+//!                                    checkpoint */, tx, metrics, cancel.child_token())?;
+//! // rx yields RawRecord in partition order; when it is full the consumer pauses (and resumes).
+//! consumer.connected()                          // bool for /readyz
+//! consumer.commit(&[(topic, partition, next_offset)]).await?   // only after a durable checkpoint
+//! consumer.rebalance_events() / assignment() / revocations() / is_paused() / position(t, p)
+//! consumer.shutdown().await;                    // leaves the group, closes the client
+//!
+//! let dlq = DeadLetterProducer::new(&cfg)?;     // Ok(None) when dead_letter_topic is not set
+//! dlq.send(&raw_record, reason, detail).await?; // awaits the broker's ack
+//!
+//! produce(&ProduceRequest { brokers, kind, topic, inputs, .. }, &mut |p: &ProduceProgress| ..).await?
+//! bootstrap_texts(&cfg, max_records, timeout).await?   // Vec<Vec<u8>> of text + pair payloads
+//! ```
+//!
+//! Partitions start where the checkpoint says (or per `auto_offset_reset`), never at the
+//! group's committed offsets; after a revoke/assign cycle mid-run a partition resumes right
+//! after the last record this process received.
+
+pub mod bootstrap;
+pub mod config;
+pub mod consumer;
+pub mod context;
+pub mod dead_letter;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod produce;
+
+pub use bootstrap::{bootstrap_texts, BootstrapError};
+pub use config::{ConfigError, KafkaConfig, OffsetReset, TopicsConfig};
+pub use consumer::{KafkaConsumer, StartOffsets};
+pub use context::{RebalanceEvent, TopicPartition};
+pub use dead_letter::{DeadLetterProducer, HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
+pub use error::{BadLine, ConsumerError, DeadLetterError, ProduceError};
+pub use health::{BrokerHealth, HealthSnapshot};
+pub use metrics::{KafkaMetrics, CONSUMER_LAG};
+pub use produce::{produce, ProduceProgress, ProduceRequest, ProduceSummary};
