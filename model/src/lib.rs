@@ -1,1 +1,35 @@
-//! placeholder
+//! UNIMO and ViLBERT in burn: architectures, pretraining objectives, and a training step
+//! for continual pretraining from a stream.
+//!
+//! The daemon builds a [`ModelConfig`], wraps it in a [`Trainer`] on some autodiff backend,
+//! calls [`Trainer::step`] once per optimizer step with plain-data [`Example`]s, stores
+//! [`Trainer::save`]'s bytes in its checkpoints, and uses [`Trainer::embed_images`] /
+//! [`Trainer::embed_texts`] for retrieval. Nothing here knows about Kafka or storage.
+
+pub mod attention_mask;
+pub mod config;
+pub mod error;
+pub mod example;
+pub mod group_tensors;
+pub mod heads;
+pub mod masking;
+pub mod model;
+pub mod nn;
+pub mod objectives;
+pub mod optimizer;
+pub mod plan;
+pub mod retrieval;
+pub mod settings;
+pub mod trainer;
+pub mod unimo;
+pub mod vilbert;
+
+pub use config::{Arch, ModelConfig, Objective, ObjectiveWeights, SpecialTokens, VilbertDims};
+pub use error::ModelError;
+pub use example::{Example, ExampleKind, VisualInput};
+pub use retrieval::cosine_top_k;
+pub use settings::TrainSettings;
+pub use trainer::{StepReport, Trainer, TrainerState};
+
+/// The CPU training backend the daemon uses by default.
+pub type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray>;

@@ -1,0 +1,150 @@
+//! One group of planned rows as padded backend tensors, with lengths rounded up to the
+//! configured buckets so that a GPU backend sees few distinct shapes.
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use crate::attention_mask::{full_bias, padding_bias, MaskKind, MaskRow};
+use crate::config::ModelConfig;
+use crate::plan::Group;
+use crate::settings::{bucket_len, TrainSettings};
+
+/// Padded tensors of one encoder call.
+#[derive(Debug, Clone)]
+pub struct GroupTensors<B: Backend> {
+    /// Rows in the call.
+    pub rows: usize,
+    /// Padded visual length (0 without images).
+    pub n: usize,
+    /// Padded text length (0 without texts).
+    pub t: usize,
+    /// Token ids, `[rows, t]`.
+    pub ids: Option<Tensor<B, 2, Int>>,
+    /// Visual features, `[rows, n, feature_dim]`.
+    pub features: Option<Tensor<B, 3>>,
+    /// Visual locations, `[rows, n, 5]`.
+    pub locations: Option<Tensor<B, 3>>,
+    mask_rows: Vec<MaskRow>,
+    device: B::Device,
+}
+
+impl<B: Backend> GroupTensors<B> {
+    /// Pads `group` to bucketed lengths and uploads it to `device`.
+    pub fn new(group: &Group, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Self {
+        let rows = group.rows();
+        let max_t = group.texts.iter().map(Vec::len).max().unwrap_or(0);
+        let max_n = group.images.iter().map(|i| i.rows()).max().unwrap_or(0);
+        let t = if group.texts.is_empty() {
+            0
+        } else {
+            bucket_len(&settings.text_buckets, max_t, config.max_text_len)
+        };
+        let n = if group.images.is_empty() {
+            0
+        } else {
+            bucket_len(&settings.object_buckets, max_n, config.max_objects)
+        };
+        let ids = (t > 0).then(|| {
+            let mut data = vec![config.special.pad as i64; rows * t];
+            for (r, text) in group.texts.iter().enumerate() {
+                for (i, &id) in text.iter().take(t).enumerate() {
+                    data[r * t + i] = id as i64;
+                }
+            }
+            Tensor::from_data(TensorData::new(data, [rows, t]), device)
+        });
+        let (features, locations) = if n > 0 {
+            let f = config.feature_dim;
+            let mut feats = vec![0.0f32; rows * n * f];
+            let mut locs = vec![0.0f32; rows * n * 5];
+            for (r, image) in group.images.iter().enumerate() {
+                let k = image.rows().min(n);
+                feats[r * n * f..r * n * f + k * f].copy_from_slice(&image.features[..k * f]);
+                for (i, loc) in image.locations.iter().take(k).enumerate() {
+                    locs[(r * n + i) * 5..(r * n + i + 1) * 5].copy_from_slice(loc);
+                }
+            }
+            (
+                Some(Tensor::from_data(TensorData::new(feats, [rows, n, f]), device)),
+                Some(Tensor::from_data(TensorData::new(locs, [rows, n, 5]), device)),
+            )
+        } else {
+            (None, None)
+        };
+        Self {
+            rows,
+            n,
+            t,
+            ids,
+            features,
+            locations,
+            mask_rows: group.mask_rows(),
+            device: device.clone(),
+        }
+    }
+
+    /// Attention bias over the joint sequence `[visual; text]`: `[rows, 1, 1, n + t]` when
+    /// every row is bidirectional, `[rows, 1, n + t, n + t]` otherwise.
+    pub fn joint_bias(&self) -> Tensor<B, 4> {
+        self.bias_of(&self.mask_rows, self.n, self.t)
+    }
+
+    /// Self-attention bias of the text part alone (ViLBERT's text stream).
+    pub fn text_bias(&self) -> Tensor<B, 4> {
+        let rows: Vec<MaskRow> = self.mask_rows.iter().map(|r| MaskRow { visual: 0, ..*r }).collect();
+        self.bias_of(&rows, 0, self.t)
+    }
+
+    /// Key-padding bias of the visual part alone, `[rows, 1, 1, n]`.
+    pub fn visual_keys(&self) -> Tensor<B, 4> {
+        let rows: Vec<MaskRow> = self
+            .mask_rows
+            .iter()
+            .map(|r| MaskRow {
+                text: 0,
+                kind: MaskKind::Bidirectional,
+                ..*r
+            })
+            .collect();
+        self.bias_of(&rows, self.n, 0)
+    }
+
+    /// Key-padding bias of the text part alone, `[rows, 1, 1, t]`.
+    pub fn text_keys(&self) -> Tensor<B, 4> {
+        let rows: Vec<MaskRow> = self
+            .mask_rows
+            .iter()
+            .map(|r| MaskRow {
+                visual: 0,
+                kind: MaskKind::Bidirectional,
+                ..*r
+            })
+            .collect();
+        self.bias_of(&rows, 0, self.t)
+    }
+
+    fn bias_of(&self, rows: &[MaskRow], n: usize, t: usize) -> Tensor<B, 4> {
+        let l = n + t;
+        let b = rows.len();
+        if rows.iter().all(|r| r.kind == MaskKind::Bidirectional) {
+            let data = padding_bias(rows, n, t);
+            Tensor::<B, 2>::from_data(TensorData::new(data, [b, l]), &self.device).reshape([b, 1, 1, l])
+        } else {
+            let data = full_bias(rows, n, t);
+            Tensor::<B, 3>::from_data(TensorData::new(data, [b, l, l]), &self.device).reshape([b, 1, l, l])
+        }
+    }
+}
+
+/// Hidden states of one encoder call, flattened so that rows can be gathered by index.
+#[derive(Debug, Clone)]
+pub struct Encoded<B: Backend> {
+    /// Visual states, `[rows * n, visual_hidden]`.
+    pub visual: Option<Tensor<B, 2>>,
+    /// Text states, `[rows * t, text_hidden]`.
+    pub text: Option<Tensor<B, 2>>,
+    /// Padded visual length (row stride of `visual`).
+    pub n: usize,
+    /// Padded text length (row stride of `text`).
+    pub t: usize,
+}

@@ -1,0 +1,117 @@
+//! Multi-head attention with an additive bias mask; queries and keys may come from different
+//! streams (self-attention in UNIMO, co-attention in ViLBERT).
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+use super::init;
+
+/// Multi-head scaled dot-product attention.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    query: Linear<B>,
+    key_value: Linear<B>,
+    output: Linear<B>,
+    dropout: Dropout,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// Queries of width `d_query` attend to keys/values of width `d_kv` through an inner width
+    /// `inner` split into `heads`; the output has width `d_query`.
+    pub fn new(
+        d_query: usize,
+        d_kv: usize,
+        inner: usize,
+        heads: usize,
+        dropout: f64,
+        std: f64,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            query: init::linear(d_query, inner, std, device),
+            key_value: init::linear(d_kv, 2 * inner, std, device),
+            output: init::linear(inner, d_query, std, device),
+            dropout: DropoutConfig::new(dropout).init(),
+            heads,
+            head_dim: inner / heads,
+        }
+    }
+
+    /// # Shapes
+    /// - `query`: `[batch, lq, d_query]`
+    /// - `context`: `[batch, lk, d_kv]`
+    /// - `bias`: `[batch, 1, lq or 1, lk]`, 0 where visible, very negative where blocked
+    /// - output: `[batch, lq, d_query]`
+    pub fn forward(&self, query: Tensor<B, 3>, context: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, lq, _] = query.dims();
+        let lk = context.dims()[1];
+        let (h, d) = (self.heads, self.head_dim);
+        let q = self
+            .query
+            .forward(query)
+            .reshape([b, lq, h, d])
+            .swap_dims(1, 2);
+        let kv = self.key_value.forward(context).reshape([b, lk, 2, h, d]);
+        let k = kv.clone().narrow(2, 0, 1).reshape([b, lk, h, d]).swap_dims(1, 2);
+        let v = kv.narrow(2, 1, 1).reshape([b, lk, h, d]).swap_dims(1, 2);
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt()) + bias;
+        let weights = self.dropout.forward(softmax(scores, 3));
+        let context = weights.matmul(v).swap_dims(1, 2).reshape([b, lq, h * d]);
+        self.output.forward(context)
+    }
+}
+
+/// Attention wrapped with its residual connection and LayerNorm (post-LN or pre-LN).
+#[derive(Module, Debug)]
+pub struct AttentionBlock<B: Backend> {
+    attention: Attention<B>,
+    norm: LayerNorm<B>,
+    dropout: Dropout,
+    pre_ln: bool,
+}
+
+impl<B: Backend> AttentionBlock<B> {
+    /// See [`Attention::new`]; `eps` is the LayerNorm epsilon.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        d_query: usize,
+        d_kv: usize,
+        inner: usize,
+        heads: usize,
+        dropout: f64,
+        std: f64,
+        eps: f64,
+        pre_ln: bool,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            attention: Attention::new(d_query, d_kv, inner, heads, dropout, std, device),
+            norm: LayerNormConfig::new(d_query).with_epsilon(eps).init(device),
+            dropout: DropoutConfig::new(dropout).init(),
+            pre_ln,
+        }
+    }
+
+    /// Self-attention when `context` is `None`, cross-attention to `context` otherwise.
+    /// (With pre-LN, the context is expected already normalised by its own stream.)
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, lq, d_query]`, `context`: `[batch, lk, d_kv]`
+    /// - `bias`: `[batch, 1, lq or 1, lk]`
+    /// - output: `[batch, lq, d_query]`
+    pub fn forward(&self, x: Tensor<B, 3>, context: Option<Tensor<B, 3>>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        if self.pre_ln {
+            let normed = self.norm.forward(x.clone());
+            let context = context.unwrap_or_else(|| normed.clone());
+            x + self.dropout.forward(self.attention.forward(normed, context, bias))
+        } else {
+            let context = context.unwrap_or_else(|| x.clone());
+            let out = self.attention.forward(x.clone(), context, bias);
+            self.norm.forward(x + self.dropout.forward(out))
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The training step the daemon calls: plan, forward, weighted loss, backward with
+//! gradient accumulation, non-finite guard, global-norm clipping, AdamW; plus state to and
+//! from bytes and the evaluation embeddings.
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::config::{ModelConfig, Objective};
+use crate::error::ModelError;
+use crate::example::{Example, VisualInput};
+use crate::model::PretrainModel;
+use crate::optimizer::{global_grad_norm, scale_grads, MatrixDecayAdamW};
+use crate::plan::Plan;
+use crate::settings::TrainSettings;
+
+/// Texts or images embedded per forward pass in [`Trainer::embed_texts`] and
+/// [`Trainer::embed_images`].
+const EMBED_CHUNK: usize = 64;
+
+type Adam<B> = OptimizerAdaptor<MatrixDecayAdamW, PretrainModel<B>, B>;
+type Bytes = NamedMpkBytesRecorder<FullPrecisionSettings>;
+
+/// Everything needed to resume training, as bytes for the daemon's store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainerState {
+    /// The model configuration ([`ModelConfig::to_json`]).
+    pub config_json: String,
+    /// Model weights (burn record, MessagePack, full precision).
+    pub model: Vec<u8>,
+    /// Optimizer moments (burn record, MessagePack, full precision).
+    pub optimizer: Vec<u8>,
+    /// Optimizer updates applied so far.
+    pub steps_applied: u64,
+}
+
+/// What one call to [`Trainer::step`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// `("total", weighted sum)` first, then the mean loss of each objective that had
+    /// targets in this step, in the order mlm, seq2seq, mrm, cmcl, itm.
+    pub losses: Vec<(&'static str, f32)>,
+    /// Valid targets of each objective in use (zero when the step had none).
+    pub counts: Vec<(&'static str, usize)>,
+    /// Global gradient norm before clipping (0 when no gradient was computed).
+    pub grad_norm: f32,
+    /// A loss or gradient was NaN or infinite: no update was applied.
+    pub nonfinite: bool,
+    /// An optimizer update was applied.
+    pub applied: bool,
+    /// Examples used.
+    pub samples: usize,
+    /// Text tokens of the examples used.
+    pub tokens: usize,
+    /// Examples dropped as unusable (ids outside the vocabulary, wrong feature width, ...).
+    pub dropped: usize,
+}
+
+/// A model with its optimizer, trained one step at a time.
+pub struct Trainer<B: AutodiffBackend> {
+    config: ModelConfig,
+    settings: TrainSettings,
+    model: Option<PretrainModel<B>>,
+    optimizer: Adam<B>,
+    device: B::Device,
+    steps_applied: u64,
+    calls: u64,
+}
+
+fn optimizer<B: AutodiffBackend>(settings: &TrainSettings) -> Adam<B> {
+    OptimizerAdaptor::from(MatrixDecayAdamW {
+        beta_1: settings.betas.0,
+        beta_2: settings.betas.1,
+        epsilon: settings.eps,
+        weight_decay: settings.weight_decay,
+    })
+}
+
+fn weight(config: &ModelConfig, objective: Objective) -> f32 {
+    let w = config.weights;
+    match objective {
+        Objective::Mlm => w.mlm,
+        Objective::Seq2seq => w.seq2seq,
+        Objective::Mrm => w.mrm,
+        Objective::Cmcl => w.cmcl,
+        Objective::Itm => w.itm,
+    }
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A trainer with freshly initialised weights.
+    pub fn new(config: ModelConfig, settings: TrainSettings, device: B::Device) -> Result<Self, ModelError> {
+        config.validate()?;
+        B::seed(&device, settings.seed);
+        let model = PretrainModel::new(&config, &device);
+        Ok(Self {
+            optimizer: optimizer::<B>(&settings),
+            config,
+            settings,
+            model: Some(model),
+            device,
+            steps_applied: 0,
+            calls: 0,
+        })
+    }
+
+    fn model(&self) -> &PretrainModel<B> {
+        self.model.as_ref().expect("the model is only taken out during an update")
+    }
+
+    /// The model configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The training settings.
+    pub fn settings(&self) -> &TrainSettings {
+        &self.settings
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_params(&self) -> usize {
+        self.model().num_params()
+    }
+
+    /// Optimizer updates applied so far (across save/load).
+    pub fn steps_applied(&self) -> u64 {
+        self.steps_applied
+    }
+
+    /// The model, for evaluation code that needs more than the embeddings.
+    pub fn pretrain_model(&self) -> &PretrainModel<B> {
+        self.model()
+    }
+
+    /// One optimizer step over `micro_batches`: gradients are summed over the micro-batches,
+    /// then one AdamW update with learning rate `lr` is applied, unless a loss or gradient
+    /// was not finite.
+    pub fn step(&mut self, micro_batches: &[Vec<Example>], lr: f64) -> StepReport {
+        // Masking randomness depends only on the seed and the step position, so a resumed
+        // run draws the same masks as an uninterrupted one.
+        let mut rng = StdRng::seed_from_u64(
+            self.settings
+                .seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(self.steps_applied.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+                .wrapping_add(self.calls),
+        );
+        self.calls += 1;
+        let in_use: Vec<Objective> = Objective::ALL.into_iter().filter(|&o| self.config.uses(o)).collect();
+        let mut sums = vec![(0.0f64, 0usize); Objective::ALL.len()];
+        let mut report = StepReport {
+            losses: Vec::new(),
+            counts: Vec::new(),
+            grad_norm: 0.0,
+            nonfinite: false,
+            applied: false,
+            samples: 0,
+            tokens: 0,
+            dropped: 0,
+        };
+        let mut accumulator = GradientsAccumulator::<PretrainModel<B>>::new();
+        let mut any_grad = false;
+        for examples in micro_batches {
+            let plan = Plan::build(examples, &self.config, &mut rng);
+            report.samples += plan.samples;
+            report.tokens += plan.tokens;
+            report.dropped += plan.dropped;
+            let model = self.model();
+            let losses = model.losses(&plan, &self.config, &self.settings, &self.device);
+            let mut total: Option<Tensor<B, 1>> = None;
+            for l in &losses {
+                let w = weight(&self.config, l.objective);
+                if w > 0.0 {
+                    let term = l.loss.clone().mul_scalar(w);
+                    total = Some(match total {
+                        Some(t) => t + term,
+                        None => term,
+                    });
+                }
+            }
+            let Some(total) = total else { continue };
+            // One read-back per micro-batch for all loss values.
+            let mut parts: Vec<Tensor<B, 1>> = losses.iter().map(|l| l.loss.clone().detach()).collect();
+            parts.push(total.clone().detach());
+            let values: Vec<f32> = Tensor::cat(parts, 0)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap_or_default();
+            if values.len() != losses.len() + 1 || values.iter().any(|v| !v.is_finite()) {
+                report.nonfinite = true;
+                continue;
+            }
+            for (l, v) in losses.iter().zip(&values) {
+                let k = Objective::ALL.iter().position(|&o| o == l.objective).unwrap_or(0);
+                sums[k].0 += *v as f64 * l.count as f64;
+                sums[k].1 += l.count;
+            }
+            let grads = GradientsParams::from_grads(total.backward(), model);
+            accumulator.accumulate(model, grads);
+            any_grad = true;
+        }
+        let mut total = 0.0f64;
+        let mut per_objective = Vec::new();
+        for (k, &o) in Objective::ALL.iter().enumerate() {
+            if !in_use.contains(&o) {
+                continue;
+            }
+            report.counts.push((o.name(), sums[k].1));
+            if sums[k].1 > 0 {
+                let mean = sums[k].0 / sums[k].1 as f64;
+                total += weight(&self.config, o) as f64 * mean;
+                per_objective.push((o.name(), mean as f32));
+            }
+        }
+        if !per_objective.is_empty() {
+            report.losses.push(("total", total as f32));
+            report.losses.extend(per_objective);
+        }
+        if report.nonfinite || !any_grad {
+            return report;
+        }
+        let mut grads = accumulator.grads();
+        let model = self.model.take().expect("the model is present between steps");
+        let norm = global_grad_norm(&model, &grads);
+        report.grad_norm = norm;
+        if !norm.is_finite() {
+            report.nonfinite = true;
+            self.model = Some(model);
+            return report;
+        }
+        let max = self.settings.max_grad_norm;
+        if max > 0.0 && norm > max {
+            scale_grads(&model, &mut grads, (max / (norm + 1e-6)) as f64);
+        }
+        self.model = Some(self.optimizer.step(lr, model, grads));
+        self.steps_applied += 1;
+        report.applied = true;
+        report
+    }
+
+    /// Serialises config, weights and optimizer state (bit-exact round trip).
+    pub fn save(&self) -> Result<TrainerState, ModelError> {
+        let recorder = Bytes::default();
+        let model = Recorder::<B>::record(&recorder, self.model().clone().into_record(), ())
+            .map_err(|e| ModelError::State(format!("model: {e}")))?;
+        let optimizer = Recorder::<B>::record(&recorder, self.optimizer.to_record(), ())
+            .map_err(|e| ModelError::State(format!("optimizer: {e}")))?;
+        Ok(TrainerState {
+            config_json: self.config.to_json(),
+            model,
+            optimizer,
+            steps_applied: self.steps_applied,
+        })
+    }
+
+    /// Rebuilds a trainer from [`Trainer::save`]'s state.
+    pub fn load(state: &TrainerState, settings: TrainSettings, device: B::Device) -> Result<Self, ModelError> {
+        let config = ModelConfig::from_json(&state.config_json)?;
+        let recorder = Bytes::default();
+        let record = Recorder::<B>::load::<<PretrainModel<B> as Module<B>>::Record>(&recorder, state.model.clone(), &device)
+            .map_err(|e| ModelError::State(format!("model: {e}")))?;
+        let model = PretrainModel::<B>::new(&config, &device).load_record(record);
+        let optim_record = Recorder::<B>::load::<<Adam<B> as Optimizer<PretrainModel<B>, B>>::Record>(
+            &recorder,
+            state.optimizer.clone(),
+            &device,
+        )
+        .map_err(|e| ModelError::State(format!("optimizer: {e}")))?;
+        let optimizer = optimizer::<B>(&settings).load_record(optim_record);
+        B::seed(&device, settings.seed ^ state.steps_applied);
+        Ok(Self {
+            config,
+            settings,
+            model: Some(model),
+            optimizer,
+            device,
+            steps_applied: state.steps_applied,
+            calls: 0,
+        })
+    }
+
+    /// Pooled, projected, L2-normalised image vectors (the CMCL space), in eval mode (no
+    /// dropout). An unusable image (wrong feature width, no rows) gets a zero vector.
+    pub fn embed_images(&self, images: &[VisualInput]) -> Vec<Vec<f32>> {
+        let model = self.model().valid();
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(EMBED_CHUNK) {
+            let (plan, index) = Plan::for_images(chunk, &self.config);
+            let rows = if plan.cmcl.images.is_empty() {
+                Vec::new()
+            } else {
+                to_rows(model.pooled_images(&plan, &self.config, &self.settings, &self.device))
+            };
+            out.extend(index.iter().map(|i| self.row_or_zero(&rows, *i)));
+        }
+        out
+    }
+
+    /// Pooled, projected, L2-normalised text vectors (the CMCL space), in eval mode. An
+    /// unusable text (empty, ids outside the vocabulary) gets a zero vector.
+    pub fn embed_texts(&self, texts: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        let model = self.model().valid();
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(EMBED_CHUNK) {
+            let (plan, index) = Plan::for_texts(chunk, &self.config);
+            let rows = if plan.cmcl.texts.is_empty() {
+                Vec::new()
+            } else {
+                to_rows(model.pooled_texts(&plan, &self.config, &self.settings, &self.device))
+            };
+            out.extend(index.iter().map(|i| self.row_or_zero(&rows, *i)));
+        }
+        out
+    }
+
+    fn row_or_zero(&self, rows: &[Vec<f32>], index: Option<usize>) -> Vec<f32> {
+        index
+            .and_then(|i| rows.get(i).cloned())
+            .unwrap_or_else(|| vec![0.0; self.config.pooled_dim()])
+    }
+}
+
+/// A `[k, d]` tensor as `k` vectors.
+fn to_rows<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
+    let [_, d] = t.dims();
+    let data: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
+    data.chunks(d.max(1)).map(<[f32]>::to_vec).collect()
+}

@@ -1,0 +1,68 @@
+//! UNIMO's backbone: text and visual embeddings feeding one shared Transformer over
+//! `[IMG] objects [CLS] text [SEP]` (pairs) or over either modality alone.
+
+use burn::module::Module;
+use burn::prelude::*;
+
+use crate::config::ModelConfig;
+use crate::group_tensors::{Encoded, GroupTensors};
+use crate::nn::embeddings::{TextEmbedding, VisualEmbedding};
+use crate::nn::transformer::{Encoder, StreamDims};
+
+/// The single-stream UNIMO network (without pretraining heads).
+#[derive(Module, Debug)]
+pub struct UnimoBackbone<B: Backend> {
+    /// Text embedding (its word matrix is tied to the MLM output).
+    pub text: TextEmbedding<B>,
+    visual: VisualEmbedding<B>,
+    encoder: Encoder<B>,
+}
+
+impl<B: Backend> UnimoBackbone<B> {
+    /// Builds the backbone of `config` with fresh weights.
+    pub fn new(config: &ModelConfig, device: &B::Device) -> Self {
+        let (std, eps, p) = (config.init_std, config.layer_norm_eps, config.dropout);
+        let dims = StreamDims {
+            hidden: config.hidden,
+            heads: config.heads,
+            ffn: config.ffn,
+            dropout: p,
+            std,
+            eps,
+            pre_ln: config.pre_ln,
+        };
+        Self {
+            text: TextEmbedding::new(config.vocab_size, config.max_text_len, config.hidden, p, std, eps, device),
+            visual: VisualEmbedding::new(config.feature_dim, config.hidden, p, std, eps, device),
+            encoder: Encoder::new(config.layers, dims, device),
+        }
+    }
+
+    /// Encodes one group; visual rows come first, then text.
+    ///
+    /// # Shapes
+    /// - output visual: `[rows * n, hidden]`, text: `[rows * t, hidden]`
+    pub fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
+        let mut parts = Vec::with_capacity(2);
+        if let (Some(f), Some(l)) = (&input.features, &input.locations) {
+            parts.push(self.visual.forward(f.clone(), l.clone()));
+        }
+        if let Some(ids) = &input.ids {
+            parts.push(self.text.forward(ids.clone()));
+        }
+        let x = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Tensor::cat(parts, 1)
+        };
+        let h = self.encoder.forward(x, input.joint_bias());
+        let hidden = h.dims()[2];
+        let (rows, n, t) = (input.rows, input.n, input.t);
+        Encoded {
+            visual: (n > 0).then(|| h.clone().narrow(1, 0, n).reshape([rows * n, hidden])),
+            text: (t > 0).then(|| h.narrow(1, n, t).reshape([rows * t, hidden])),
+            n,
+            t,
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The training step: every objective's loss falls on a fixed batch, reports are complete,
+//! gradient accumulation, and the non-finite guard.
+
+use unimod_model::{Arch, Example, Trainer};
+
+use crate::common::{image_example, loss, mixed_batch, settings, text_example, tiny, Train};
+
+/// Mean of each objective's loss over the first and the last `k` of `steps` steps.
+fn first_last(arch: Arch, steps: usize, k: usize, lr: f64) -> Vec<(&'static str, f32, f32)> {
+    let mut trainer = Trainer::<Train>::new(tiny(arch), settings(), Default::default()).expect("trainer");
+    let batch = mixed_batch();
+    let mut history = Vec::new();
+    for _ in 0..steps {
+        let report = trainer.step(std::slice::from_ref(&batch), lr);
+        assert!(report.applied && !report.nonfinite, "{report:?}");
+        history.push(report);
+    }
+    let names: Vec<&'static str> = history[0].losses.iter().map(|(n, _)| *n).collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let mean = |r: &[unimod_model::StepReport]| {
+                r.iter().map(|x| loss(x, name).expect("objective present every step")).sum::<f32>() / r.len() as f32
+            };
+            (name, mean(&history[..k]), mean(&history[steps - k..]))
+        })
+        .collect()
+}
+
+#[test]
+fn every_unimo_objective_learns_a_fixed_batch() {
+    let result = first_last(Arch::Unimo, 40, 5, 2e-3);
+    let names: Vec<&str> = result.iter().map(|r| r.0).collect();
+    assert_eq!(names, ["total", "mlm", "seq2seq", "mrm", "cmcl", "itm"]);
+    for (name, first, last) in result {
+        assert!(last < 0.8 * first, "{name}: {first} -> {last}");
+    }
+}
+
+#[test]
+fn report_counts_targets_and_samples() {
+    let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
+    let report = trainer.step(&[mixed_batch()], 1e-3);
+    assert_eq!(report.samples, 9);
+    assert_eq!(report.dropped, 0);
+    let count = |n: &str| report.counts.iter().find(|c| c.0 == n).map(|c| c.1);
+    assert_eq!(count("cmcl"), Some(3), "one CMCL anchor per pair");
+    assert_eq!(count("itm"), Some(6), "a matched and a rewritten caption per pair");
+    assert!(count("mrm").is_some_and(|c| c >= 6), "at least one region per image and pair");
+    assert!(report.grad_norm > 0.0 && report.grad_norm.is_finite());
+    assert_eq!(trainer.steps_applied(), 1);
+    // Texts: 3 texts of 12 tokens and 3 captions of 10.
+    assert_eq!(report.tokens, 3 * 12 + 3 * 10);
+}
+
+#[test]
+fn unusable_examples_are_dropped_not_fatal() {
+    let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
+    let mut bad_image = image_example(1);
+    if let Some(i) = bad_image.image.as_mut() {
+        i.features.pop();
+    }
+    let bad_text = Example {
+        text: Some(vec![0, 5000, 2]),
+        ..Example::default()
+    };
+    let report = trainer.step(&[vec![bad_image, bad_text, Example::default(), text_example(1)]], 1e-3);
+    assert_eq!((report.samples, report.dropped), (1, 3));
+    assert!(report.applied);
+}
+
+#[test]
+fn micro_batches_accumulate_into_one_update() {
+    let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
+    let report = trainer.step(&[vec![text_example(1)], vec![image_example(2)], vec![text_example(3)]], 1e-3);
+    assert!(report.applied);
+    assert_eq!(report.samples, 3);
+    assert_eq!(trainer.steps_applied(), 1);
+}
+
+#[test]
+fn non_finite_input_skips_the_update() {
+    let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
+    let probe = vec![crate::common::text(9, 6)];
+    let before = trainer.embed_texts(&probe);
+    let mut poisoned = image_example(1);
+    if let Some(i) = poisoned.image.as_mut() {
+        i.features.iter_mut().for_each(|x| *x = f32::NAN);
+    }
+    let report = trainer.step(&[vec![poisoned, text_example(2)]], 1e-2);
+    assert!(report.nonfinite && !report.applied, "{report:?}");
+    assert_eq!(trainer.steps_applied(), 0);
+    assert_eq!(trainer.embed_texts(&probe), before, "weights untouched");
+    // The next healthy step trains normally.
+    let report = trainer.step(&[vec![text_example(2)]], 1e-2);
+    assert!(report.applied && !report.nonfinite);
+    assert_ne!(trainer.embed_texts(&probe), before);
+}
