@@ -1,0 +1,944 @@
+//! Synthetic multimodal stream generator.
+//!
+//! Produces the three record kinds of INTERFACE.md section 3 from one seed, deterministically:
+//! image-caption pairs whose PNG images show one to three coloured shapes and whose captions
+//! describe exactly what was drawn (colour, shape, size and placement), text-only sentences of
+//! the same vocabulary, image-only records, a held-out evaluation set of pairs, and optionally a
+//! few records that a correct consumer must reject.
+//!
+//! The relation between an image and its caption is learnable on purpose: every word of a
+//! caption that names a colour, a shape, a size or a position is visible in the pixels, so a
+//! model trained on the pairs retrieves the right caption for an image clearly more often than
+//! an untrained one. The end-to-end tests rely on that.
+//!
+//! Every record is drawn from its own random generator seeded from `(seed, stream, index)`, so
+//! record `i` of a stream is the same whatever the number of records asked for. Held-out pairs
+//! come from their own stream (their ids start with `eval-`) and have pairwise distinct
+//! captions, so that retrieval recall over them is well defined.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{BufWriter, Cursor, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use image::{ImageFormat, Rgb, RgbImage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Background grey of every image; every palette colour stands out against it.
+const BACKGROUND: Rgb<u8> = Rgb([128, 128, 128]);
+
+/// How many times a held-out pair is redrawn to find a caption not used yet before giving up.
+const EVAL_REDRAWS: usize = 64;
+
+/// A fill colour of a shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Colour {
+    /// Pure red.
+    Red,
+    /// Green.
+    Green,
+    /// Blue.
+    Blue,
+    /// Yellow.
+    Yellow,
+    /// Purple.
+    Purple,
+    /// Orange.
+    Orange,
+    /// Black.
+    Black,
+    /// White.
+    White,
+}
+
+impl Colour {
+    /// Every colour, in a fixed order.
+    pub const ALL: [Colour; 8] = [
+        Colour::Red,
+        Colour::Green,
+        Colour::Blue,
+        Colour::Yellow,
+        Colour::Purple,
+        Colour::Orange,
+        Colour::Black,
+        Colour::White,
+    ];
+
+    /// The word used in captions.
+    pub fn name(self) -> &'static str {
+        match self {
+            Colour::Red => "red",
+            Colour::Green => "green",
+            Colour::Blue => "blue",
+            Colour::Yellow => "yellow",
+            Colour::Purple => "purple",
+            Colour::Orange => "orange",
+            Colour::Black => "black",
+            Colour::White => "white",
+        }
+    }
+
+    /// The RGB value drawn.
+    pub fn rgb(self) -> Rgb<u8> {
+        Rgb(match self {
+            Colour::Red => [220, 30, 30],
+            Colour::Green => [30, 180, 40],
+            Colour::Blue => [30, 60, 220],
+            Colour::Yellow => [240, 230, 40],
+            Colour::Purple => [140, 40, 170],
+            Colour::Orange => [250, 140, 20],
+            Colour::Black => [10, 10, 10],
+            Colour::White => [250, 250, 250],
+        })
+    }
+}
+
+/// The outline of a shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShapeKind {
+    /// A filled disc.
+    Circle,
+    /// A filled axis-aligned square.
+    Square,
+    /// A filled triangle pointing up.
+    Triangle,
+}
+
+impl ShapeKind {
+    /// Every shape kind, in a fixed order.
+    pub const ALL: [ShapeKind; 3] = [ShapeKind::Circle, ShapeKind::Square, ShapeKind::Triangle];
+
+    /// The word used in captions.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShapeKind::Circle => "circle",
+            ShapeKind::Square => "square",
+            ShapeKind::Triangle => "triangle",
+        }
+    }
+}
+
+/// The size class of a shape, relative to the cell it is drawn in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SizeClass {
+    /// About a fifth of the cell's smaller side as radius.
+    Small,
+    /// About two fifths of the cell's smaller side as radius.
+    Large,
+}
+
+impl SizeClass {
+    /// The word used in captions.
+    pub fn name(self) -> &'static str {
+        match self {
+            SizeClass::Small => "small",
+            SizeClass::Large => "large",
+        }
+    }
+
+    /// Radius as a fraction of the cell's smaller side.
+    fn radius_fraction(self) -> f32 {
+        match self {
+            SizeClass::Small => 0.2,
+            SizeClass::Large => 0.4,
+        }
+    }
+}
+
+/// Where the only shape of a one-shape scene sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Left half of the image.
+    Left,
+    /// Right half.
+    Right,
+    /// Top half.
+    Top,
+    /// Bottom half.
+    Bottom,
+    /// The centre.
+    Center,
+}
+
+impl Placement {
+    const ALL: [Placement; 5] = [
+        Placement::Left,
+        Placement::Right,
+        Placement::Top,
+        Placement::Bottom,
+        Placement::Center,
+    ];
+
+    /// The phrase used in captions.
+    pub fn phrase(self) -> &'static str {
+        match self {
+            Placement::Left => "on the left",
+            Placement::Right => "on the right",
+            Placement::Top => "at the top",
+            Placement::Bottom => "at the bottom",
+            Placement::Center => "in the center",
+        }
+    }
+}
+
+/// How the shapes of a scene are laid out; it fixes each shape's cell of the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One shape at a placement.
+    Single(Placement),
+    /// Two shapes side by side: the first on the left.
+    Horizontal,
+    /// Two shapes one above the other: the first on top.
+    Vertical,
+    /// Three shapes in a row, from left to right.
+    Row,
+}
+
+/// One shape of a scene; `cx`, `cy`, `r` are fractions of the image side, so a scene can be
+/// rendered at any size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    /// Fill colour.
+    pub colour: Colour,
+    /// Outline.
+    pub kind: ShapeKind,
+    /// Size class named in the caption.
+    pub size: SizeClass,
+    /// Centre, x, in [0, 1].
+    pub cx: f32,
+    /// Centre, y, in [0, 1] (0 = top).
+    pub cy: f32,
+    /// Radius (half the side for squares and triangles), as a fraction of the image side.
+    pub r: f32,
+}
+
+impl Shape {
+    /// "large red circle".
+    fn noun_phrase(&self) -> String {
+        format!("{} {} {}", self.size.name(), self.colour.name(), self.kind.name())
+    }
+
+    /// Whether the point (x, y), in fractions of the image side, lies inside the shape.
+    fn contains(&self, x: f32, y: f32) -> bool {
+        let (dx, dy) = (x - self.cx, y - self.cy);
+        match self.kind {
+            ShapeKind::Circle => dx * dx + dy * dy <= self.r * self.r,
+            ShapeKind::Square => dx.abs() <= self.r && dy.abs() <= self.r,
+            ShapeKind::Triangle => {
+                // Apex at (cx, cy - r), base from (cx - r, cy + r) to (cx + r, cy + r): at
+                // height dy the half-width grows linearly from 0 to r.
+                if dy < -self.r || dy > self.r {
+                    return false;
+                }
+                let half_width = self.r * (dy + self.r) / (2.0 * self.r);
+                dx.abs() <= half_width
+            }
+        }
+    }
+
+    /// A point well inside the shape (its centroid for triangles), in fractions of the side.
+    pub fn inner_point(&self) -> (f32, f32) {
+        match self.kind {
+            ShapeKind::Triangle => (self.cx, self.cy + self.r / 3.0),
+            _ => (self.cx, self.cy),
+        }
+    }
+}
+
+/// What one image shows: one to three shapes and their layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scene {
+    /// The layout, which fixes how the caption relates the shapes.
+    pub layout: Layout,
+    /// The shapes, in layout order (left to right, or top to bottom).
+    pub shapes: Vec<Shape>,
+}
+
+impl Scene {
+    /// Draws a random scene: one shape (35%), two (45%) or three (20%); no two shapes of a scene
+    /// share both colour and kind, so the caption names each one unambiguously.
+    pub fn random(rng: &mut impl Rng) -> Scene {
+        let roll = rng.random_range(0..100u32);
+        let layout = if roll < 35 {
+            Layout::Single(Placement::ALL[rng.random_range(0..Placement::ALL.len())])
+        } else if roll < 80 {
+            if rng.random_bool(0.5) {
+                Layout::Horizontal
+            } else {
+                Layout::Vertical
+            }
+        } else {
+            Layout::Row
+        };
+        let cells = cells(layout);
+        let mut shapes: Vec<Shape> = Vec::with_capacity(cells.len());
+        for (x0, y0, w, h) in cells {
+            let (colour, kind) = loop {
+                let colour = Colour::ALL[rng.random_range(0..Colour::ALL.len())];
+                let kind = ShapeKind::ALL[rng.random_range(0..ShapeKind::ALL.len())];
+                if !shapes.iter().any(|s| s.colour == colour && s.kind == kind) {
+                    break (colour, kind);
+                }
+            };
+            let size = if rng.random_bool(0.5) { SizeClass::Small } else { SizeClass::Large };
+            let side = w.min(h);
+            let r = size.radius_fraction() * side;
+            // Jitter the centre by up to half the free margin so that positions vary but a
+            // shape never leaves its cell.
+            let slack_x = (w / 2.0 - r).max(0.0) * 0.5;
+            let slack_y = (h / 2.0 - r).max(0.0) * 0.5;
+            let cx = x0 + w / 2.0 + rng.random_range(-1.0..=1.0f32) * slack_x;
+            let cy = y0 + h / 2.0 + rng.random_range(-1.0..=1.0f32) * slack_y;
+            shapes.push(Shape { colour, kind, size, cx, cy, r });
+        }
+        Scene { layout, shapes }
+    }
+
+    /// The canonical description: every shape's size, colour and kind and how they are placed,
+    /// e.g. "a large red circle left of a small blue square". Deterministic.
+    pub fn description(&self) -> String {
+        let np = |i: usize| format!("a {}", self.shapes[i].noun_phrase());
+        match self.layout {
+            Layout::Single(p) => format!("{} {}", np(0), p.phrase()),
+            Layout::Horizontal => format!("{} left of {}", np(0), np(1)),
+            Layout::Vertical => format!("{} above {}", np(0), np(1)),
+            Layout::Row => format!("{}, {} and {} from left to right", np(0), np(1), np(2)),
+        }
+    }
+
+    /// A caption for the scene, with some variation in wording drawn from `rng`: relations may
+    /// be stated from either side ("a above b" or "b below a") and a short lead-in may be added.
+    pub fn caption(&self, rng: &mut impl Rng) -> String {
+        let np = |i: usize| format!("a {}", self.shapes[i].noun_phrase());
+        let flip = rng.random_bool(0.5);
+        let body = match (self.layout, flip) {
+            (Layout::Horizontal, true) => format!("{} right of {}", np(1), np(0)),
+            (Layout::Vertical, true) => format!("{} below {}", np(1), np(0)),
+            (Layout::Row, true) => {
+                format!("from left to right {}, {} and {}", np(0), np(1), np(2))
+            }
+            _ => self.description(),
+        };
+        const LEAD_INS: [&str; 4] = ["", "", "a picture of ", "an image of "];
+        format!("{}{}", LEAD_INS[rng.random_range(0..LEAD_INS.len())], body)
+    }
+
+    /// Renders the scene as a `px` x `px` RGB image on a grey background.
+    pub fn render(&self, px: u32) -> RgbImage {
+        let mut img = RgbImage::from_pixel(px, px, BACKGROUND);
+        let side = px as f32;
+        for (x, y, pixel) in img.enumerate_pixels_mut() {
+            // Sample at the pixel centre.
+            let (fx, fy) = ((x as f32 + 0.5) / side, (y as f32 + 0.5) / side);
+            // Later shapes are drawn over earlier ones; cells do not overlap, so this only
+            // matters for the single-shape centre placement, which has one shape.
+            if let Some(s) = self.shapes.iter().rev().find(|s| s.contains(fx, fy)) {
+                *pixel = s.colour.rgb();
+            }
+        }
+        img
+    }
+}
+
+/// The cells (x0, y0, w, h), in fractions of the image side, that a layout puts shapes into.
+fn cells(layout: Layout) -> Vec<(f32, f32, f32, f32)> {
+    match layout {
+        Layout::Single(Placement::Left) => vec![(0.0, 0.0, 0.5, 1.0)],
+        Layout::Single(Placement::Right) => vec![(0.5, 0.0, 0.5, 1.0)],
+        Layout::Single(Placement::Top) => vec![(0.0, 0.0, 1.0, 0.5)],
+        Layout::Single(Placement::Bottom) => vec![(0.0, 0.5, 1.0, 0.5)],
+        Layout::Single(Placement::Center) => vec![(0.25, 0.25, 0.5, 0.5)],
+        Layout::Horizontal => vec![(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 0.5, 1.0)],
+        Layout::Vertical => vec![(0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 0.5)],
+        Layout::Row => {
+            let third = 1.0 / 3.0;
+            vec![(0.0, 0.0, third, 1.0), (third, 0.0, third, 1.0), (2.0 * third, 0.0, third, 1.0)]
+        }
+    }
+}
+
+/// Encodes an image as PNG bytes.
+pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
+    let mut buf = Cursor::new(Vec::new());
+    img.write_to(&mut buf, ImageFormat::Png).context("encoding a synthetic image as PNG")?;
+    Ok(buf.into_inner())
+}
+
+/// One image-caption pair, as published to `topics.pair`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairRecord {
+    /// Record id, `pair-N` (or `eval-N` for held-out pairs).
+    pub id: String,
+    /// What the image shows.
+    pub caption: String,
+    /// The PNG image, standard base64.
+    pub image_base64: String,
+}
+
+/// One text-only record, as published to `topics.text`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextRecord {
+    /// Record id, `text-N`.
+    pub id: String,
+    /// A sentence of the captions' vocabulary.
+    pub text: String,
+}
+
+/// One image-only record, as published to `topics.image`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// Record id, `img-N`.
+    pub id: String,
+    /// The PNG image, standard base64.
+    pub image_base64: String,
+}
+
+/// The independent random streams of a generator; each record draws from its own generator
+/// seeded from (seed, stream, index).
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Pair = 1,
+    Text = 2,
+    Image = 3,
+    Eval = 4,
+}
+
+/// SplitMix64 finaliser: spreads (seed, stream, index) over the whole seed space.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Deterministic source of synthetic records for one seed and image size.
+#[derive(Debug, Clone, Copy)]
+pub struct Generator {
+    seed: u64,
+    size: u32,
+}
+
+impl Generator {
+    /// A generator of `size` x `size` images; the same seed always yields the same records.
+    pub fn new(seed: u64, size: u32) -> Generator {
+        Generator { seed, size }
+    }
+
+    /// Image side in pixels.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    fn rng(&self, stream: Stream, index: u64) -> StdRng {
+        StdRng::seed_from_u64(mix(mix(self.seed ^ mix(stream as u64)) ^ index))
+    }
+
+    fn pair_from(&self, rng: &mut StdRng, id: String) -> Result<(Scene, PairRecord)> {
+        let scene = Scene::random(rng);
+        let caption = scene.caption(rng);
+        let png = encode_png(&scene.render(self.size))?;
+        Ok((scene, PairRecord { id, caption, image_base64: BASE64.encode(png) }))
+    }
+
+    /// Training pair `index`, with the scene it was drawn from.
+    pub fn pair(&self, index: u64) -> Result<(Scene, PairRecord)> {
+        let mut rng = self.rng(Stream::Pair, index);
+        self.pair_from(&mut rng, format!("pair-{index}"))
+    }
+
+    /// Text-only record `index`: a description of a random scene in one of a few sentence
+    /// frames, or now and then a plain statement about a shape or colour.
+    pub fn text(&self, index: u64) -> TextRecord {
+        let mut rng = self.rng(Stream::Text, index);
+        let scene = Scene::random(&mut rng);
+        let text = match rng.random_range(0..6u32) {
+            0 => format!("{}.", scene.caption(&mut rng)),
+            1 => format!("here is {}.", scene.description()),
+            2 => format!("the picture shows {}.", scene.description()),
+            3 => format!("{} on a gray background.", scene.caption(&mut rng)),
+            4 => {
+                let s = &scene.shapes[0];
+                let sides = match s.kind {
+                    ShapeKind::Circle => "no corners",
+                    ShapeKind::Square => "four equal sides",
+                    ShapeKind::Triangle => "three sides",
+                };
+                format!("a {} has {}.", s.kind.name(), sides)
+            }
+            _ => {
+                let s = &scene.shapes[0];
+                format!("the {} {} is {}.", s.colour.name(), s.kind.name(), s.size.name())
+            }
+        };
+        TextRecord { id: format!("text-{index}"), text }
+    }
+
+    /// Image-only record `index`, with the scene it shows.
+    pub fn image(&self, index: u64) -> Result<(Scene, ImageRecord)> {
+        let mut rng = self.rng(Stream::Image, index);
+        let scene = Scene::random(&mut rng);
+        let png = encode_png(&scene.render(self.size))?;
+        Ok((scene, ImageRecord { id: format!("img-{index}"), image_base64: BASE64.encode(png) }))
+    }
+
+    /// The first `n` held-out pairs (ids `eval-N`), from their own stream, with pairwise
+    /// distinct captions (a pair whose caption was used already is redrawn, a bounded number of
+    /// times, so the result has fewer than `n` pairs only if `n` approaches the number of
+    /// distinct captions).
+    pub fn eval_pairs(&self, n: usize) -> Result<Vec<(Scene, PairRecord)>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(n);
+        for index in 0..n as u64 {
+            let mut rng = self.rng(Stream::Eval, index);
+            for _ in 0..EVAL_REDRAWS {
+                let (scene, rec) = self.pair_from(&mut rng, format!("eval-{index}"))?;
+                if seen.insert(rec.caption.clone()) {
+                    out.push((scene, rec));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What to write with [`write_dataset`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SynthConfig {
+    /// Seed of every stream.
+    pub seed: u64,
+    /// Image side in pixels.
+    pub size: u32,
+    /// Training pairs in `pairs.jsonl`.
+    pub pairs: usize,
+    /// Text-only records in `text.jsonl`.
+    pub texts: usize,
+    /// Image-only records in `image.jsonl`.
+    pub images: usize,
+    /// Held-out pairs in `eval_pairs.jsonl`.
+    pub eval: usize,
+    /// Also write the image-only records as PNG files under `images/` (for `unimod produce
+    /// --kind image DIR`).
+    pub image_files: bool,
+    /// Also write `bad_text.jsonl`, `bad_image.jsonl` and `bad_pairs.jsonl`: records that a
+    /// consumer must reject.
+    pub bad: bool,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        SynthConfig {
+            seed: 42,
+            size: 64,
+            pairs: 256,
+            texts: 256,
+            images: 128,
+            eval: 64,
+            image_files: false,
+            bad: false,
+        }
+    }
+}
+
+/// Counts of what [`write_dataset`] wrote; also written as `manifest.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The seed used.
+    pub seed: u64,
+    /// Image side in pixels.
+    pub size: u32,
+    /// Records in `pairs.jsonl`.
+    pub pairs: usize,
+    /// Records in `text.jsonl`.
+    pub texts: usize,
+    /// Records in `image.jsonl` (and PNG files under `images/` when asked for).
+    pub images: usize,
+    /// Records in `eval_pairs.jsonl`.
+    pub eval: usize,
+    /// Records in `bad_text.jsonl` (0 when not written).
+    pub bad_text: usize,
+    /// Records in `bad_image.jsonl`.
+    pub bad_image: usize,
+    /// Records in `bad_pairs.jsonl`.
+    pub bad_pairs: usize,
+}
+
+/// A record that a consumer must reject, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRecord {
+    /// The raw Kafka value, one JSONL line.
+    pub line: String,
+    /// Why it must be rejected, for test messages.
+    pub why: &'static str,
+}
+
+impl fmt::Display for BadRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.line, self.why)
+    }
+}
+
+/// Records that must be rejected on `topics.text`: not JSON, missing `text`, empty `text`.
+pub fn bad_text_records() -> Vec<BadRecord> {
+    vec![
+        BadRecord { line: "this line is not json".into(), why: "not JSON" },
+        BadRecord { line: json!({"id": "bad-text-1"}).to_string(), why: "missing text" },
+        BadRecord { line: json!({"id": "bad-text-2", "text": ""}).to_string(), why: "empty text" },
+    ]
+}
+
+/// Records that must be rejected on `topics.image`: bytes that are neither JSON nor an image,
+/// no image field, base64 of bytes that are not an image, invalid base64.
+pub fn bad_image_records() -> Vec<BadRecord> {
+    vec![
+        BadRecord { line: "neither json nor an image".into(), why: "undecodable raw bytes" },
+        BadRecord { line: json!({"id": "bad-img-1"}).to_string(), why: "missing image" },
+        BadRecord {
+            line: json!({"id": "bad-img-2", "image_base64": BASE64.encode(b"definitely not a png")})
+                .to_string(),
+            why: "base64 of bytes that are not an image",
+        },
+        BadRecord {
+            line: json!({"id": "bad-img-3", "image_base64": "%%% not base64 %%%"}).to_string(),
+            why: "invalid base64",
+        },
+    ]
+}
+
+/// Records that must be rejected on `topics.pair`: not JSON, missing caption, empty caption,
+/// an image that does not decode. `valid_image_base64` is a decodable image used where the
+/// record must fail for another reason.
+pub fn bad_pair_records(valid_image_base64: &str) -> Vec<BadRecord> {
+    vec![
+        BadRecord { line: "{\"id\": \"bad-pair-0\", \"caption\": ".into(), why: "truncated JSON" },
+        BadRecord {
+            line: json!({"id": "bad-pair-1", "image_base64": valid_image_base64}).to_string(),
+            why: "missing caption",
+        },
+        BadRecord {
+            line: json!({"id": "bad-pair-2", "caption": "", "image_base64": valid_image_base64})
+                .to_string(),
+            why: "empty caption",
+        },
+        BadRecord {
+            line: json!({"id": "bad-pair-3", "caption": "a small red circle on the left",
+                         "image_base64": BASE64.encode(b"\x89PNG\r\n\x1a\n truncated")})
+            .to_string(),
+            why: "image does not decode",
+        },
+    ]
+}
+
+/// Writes one JSON value per line.
+fn write_jsonl<T: Serialize>(path: &Path, items: impl IntoIterator<Item = Result<T>>) -> Result<usize> {
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    let mut n = 0;
+    for item in items {
+        serde_json::to_writer(&mut out, &item?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        out.write_all(b"\n").with_context(|| format!("writing {}", path.display()))?;
+        n += 1;
+    }
+    out.flush().with_context(|| format!("writing {}", path.display()))?;
+    Ok(n)
+}
+
+/// Writes raw lines.
+fn write_lines(path: &Path, records: &[BadRecord]) -> Result<usize> {
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&r.line);
+        text.push('\n');
+    }
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(records.len())
+}
+
+/// Writes a dataset into `dir` (created if missing): `pairs.jsonl`, `text.jsonl`,
+/// `image.jsonl`, `eval_pairs.jsonl`, `manifest.json`, and when asked `images/img-N.png` and
+/// `bad_*.jsonl`. Returns what was written.
+pub fn write_dataset(dir: &Path, cfg: &SynthConfig) -> Result<Manifest> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let gen = Generator::new(cfg.seed, cfg.size);
+    let mut m = Manifest { seed: cfg.seed, size: cfg.size, ..Manifest::default() };
+
+    m.pairs = write_jsonl(
+        &dir.join("pairs.jsonl"),
+        (0..cfg.pairs as u64).map(|i| gen.pair(i).map(|(_, r)| r)),
+    )?;
+    m.texts = write_jsonl(&dir.join("text.jsonl"), (0..cfg.texts as u64).map(|i| Ok(gen.text(i))))?;
+
+    let image_dir: Option<PathBuf> = cfg.image_files.then(|| dir.join("images"));
+    if let Some(d) = &image_dir {
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    m.images = write_jsonl(
+        &dir.join("image.jsonl"),
+        (0..cfg.images as u64).map(|i| {
+            let (scene, rec) = gen.image(i)?;
+            if let Some(d) = &image_dir {
+                let path = d.join(format!("{}.png", rec.id));
+                fs::write(&path, encode_png(&scene.render(cfg.size))?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(rec)
+        }),
+    )?;
+    m.eval = write_jsonl(
+        &dir.join("eval_pairs.jsonl"),
+        gen.eval_pairs(cfg.eval)?.into_iter().map(|(_, r)| Ok(r)),
+    )?;
+
+    if cfg.bad {
+        let (_, valid) = gen.pair(0)?;
+        m.bad_text = write_lines(&dir.join("bad_text.jsonl"), &bad_text_records())?;
+        m.bad_image = write_lines(&dir.join("bad_image.jsonl"), &bad_image_records())?;
+        m.bad_pairs =
+            write_lines(&dir.join("bad_pairs.jsonl"), &bad_pair_records(&valid.image_base64))?;
+    }
+
+    let manifest_path = dir.join("manifest.json");
+    let json = serde_json::to_string_pretty(&m).context("serialising the manifest")?;
+    fs::write(&manifest_path, json + "\n")
+        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(b64: &str) -> RgbImage {
+        let bytes = BASE64.decode(b64).expect("generator writes valid base64");
+        image::load_from_memory(&bytes).expect("generator writes decodable PNG").to_rgb8()
+    }
+
+    #[test]
+    fn same_seed_same_records_and_other_seed_differs() {
+        let a = Generator::new(7, 32);
+        let b = Generator::new(7, 32);
+        let c = Generator::new(8, 32);
+        let mut differs = 0;
+        for i in 0..20 {
+            let (_, pa) = a.pair(i).expect("pair");
+            let (_, pb) = b.pair(i).expect("pair");
+            let (_, pc) = c.pair(i).expect("pair");
+            assert_eq!(pa, pb);
+            assert_eq!(a.text(i), b.text(i));
+            assert_eq!(a.image(i).expect("image").1, b.image(i).expect("image").1);
+            if pa.caption != pc.caption {
+                differs += 1;
+            }
+        }
+        assert!(differs > 10, "another seed should give other captions, {differs}/20 differ");
+    }
+
+    #[test]
+    fn caption_names_every_drawn_shape_and_pixels_show_it() {
+        let gen = Generator::new(3, 64);
+        for i in 0..50 {
+            let (scene, rec) = gen.pair(i).expect("pair");
+            assert!((1..=3).contains(&scene.shapes.len()));
+            let img = decode(&rec.image_base64);
+            assert_eq!(img.dimensions(), (64, 64));
+            for s in &scene.shapes {
+                let phrase = format!("{} {} {}", s.size.name(), s.colour.name(), s.kind.name());
+                assert!(rec.caption.contains(&phrase), "{:?} lacks {phrase}", rec.caption);
+                let (x, y) = s.inner_point();
+                let px = img.get_pixel((x * 64.0) as u32, (y * 64.0) as u32);
+                assert_eq!(*px, s.colour.rgb(), "pair {i}: {} not drawn where expected", phrase);
+            }
+            // Colours named in the caption are exactly the drawn ones.
+            for c in Colour::ALL {
+                let drawn = scene.shapes.iter().any(|s| s.colour == c);
+                let named = rec.caption.split(' ').any(|w| w.trim_matches(',') == c.name());
+                assert_eq!(drawn, named, "{:?} and colour {}", rec.caption, c.name());
+            }
+        }
+    }
+
+    #[test]
+    fn layout_words_match_positions() {
+        let gen = Generator::new(11, 64);
+        for i in 0..100 {
+            let (scene, rec) = gen.pair(i).expect("pair");
+            let s = &scene.shapes;
+            match scene.layout {
+                Layout::Horizontal => {
+                    assert!(s[0].cx < s[1].cx);
+                    assert!(rec.caption.contains("left of") || rec.caption.contains("right of"));
+                }
+                Layout::Vertical => {
+                    assert!(s[0].cy < s[1].cy);
+                    assert!(rec.caption.contains("above") || rec.caption.contains("below"));
+                }
+                Layout::Row => {
+                    assert!(s[0].cx < s[1].cx && s[1].cx < s[2].cx);
+                    assert!(rec.caption.contains("from left to right"));
+                }
+                Layout::Single(Placement::Left) => assert!(s[0].cx < 0.5),
+                Layout::Single(Placement::Right) => assert!(s[0].cx > 0.5),
+                Layout::Single(Placement::Top) => assert!(s[0].cy < 0.5),
+                Layout::Single(Placement::Bottom) => assert!(s[0].cy > 0.5),
+                Layout::Single(Placement::Center) => {
+                    assert!((s[0].cx - 0.5).abs() < 0.25 && (s[0].cy - 0.5).abs() < 0.25)
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_render_differently() {
+        // A circle, a square and a triangle of the same size and place cover different pixels.
+        let base = Shape {
+            colour: Colour::Red,
+            kind: ShapeKind::Circle,
+            size: SizeClass::Large,
+            cx: 0.5,
+            cy: 0.5,
+            r: 0.3,
+        };
+        let count = |kind| {
+            let scene = Scene {
+                layout: Layout::Single(Placement::Center),
+                shapes: vec![Shape { kind, ..base }],
+            };
+            scene.render(64).pixels().filter(|p| **p == Colour::Red.rgb()).count()
+        };
+        let (circle, square, triangle) =
+            (count(ShapeKind::Circle), count(ShapeKind::Square), count(ShapeKind::Triangle));
+        assert!(square > circle && circle > triangle, "{square} {circle} {triangle}");
+    }
+
+    #[test]
+    fn text_uses_caption_vocabulary() {
+        let gen = Generator::new(5, 64);
+        let mut vocab: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for i in 0..200 {
+            for w in gen.pair(i).expect("pair").1.caption.split(' ') {
+                vocab.insert(w.trim_matches(',').to_string());
+            }
+        }
+        for i in 0..50 {
+            let t = gen.text(i);
+            assert!(!t.text.is_empty());
+            let known = t
+                .text
+                .split(' ')
+                .map(|w| w.trim_matches(|c| c == ',' || c == '.'))
+                .filter(|w| vocab.contains(*w))
+                .count();
+            assert!(known >= 2, "text {:?} shares too few words with captions", t.text);
+        }
+    }
+
+    #[test]
+    fn eval_pairs_are_distinct_and_not_training_ids() {
+        let gen = Generator::new(1, 32);
+        let eval = gen.eval_pairs(40).expect("eval");
+        assert_eq!(eval.len(), 40);
+        let captions: std::collections::HashSet<_> = eval.iter().map(|(_, r)| &r.caption).collect();
+        assert_eq!(captions.len(), 40);
+        assert!(eval.iter().all(|(_, r)| r.id.starts_with("eval-")));
+        // Held-out images are not copies of training images.
+        let (_, first_train) = gen.pair(0).expect("pair");
+        assert!(eval.iter().all(|(_, r)| r.image_base64 != first_train.image_base64));
+    }
+
+    #[test]
+    fn write_dataset_writes_every_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = SynthConfig {
+            seed: 9,
+            size: 24,
+            pairs: 5,
+            texts: 4,
+            images: 3,
+            eval: 6,
+            image_files: true,
+            bad: true,
+        };
+        let m = write_dataset(dir.path(), &cfg).expect("write");
+        let lines = |name: &str| -> Vec<String> {
+            fs::read_to_string(dir.path().join(name))
+                .expect("file written")
+                .lines()
+                .map(str::to_string)
+                .collect()
+        };
+        let pairs: Vec<PairRecord> =
+            lines("pairs.jsonl").iter().map(|l| serde_json::from_str(l).expect("pair")).collect();
+        assert_eq!(pairs.len(), 5);
+        assert_eq!(decode(&pairs[4].image_base64).dimensions(), (24, 24));
+        let texts: Vec<TextRecord> =
+            lines("text.jsonl").iter().map(|l| serde_json::from_str(l).expect("text")).collect();
+        assert_eq!(texts.len(), 4);
+        let images: Vec<ImageRecord> =
+            lines("image.jsonl").iter().map(|l| serde_json::from_str(l).expect("img")).collect();
+        assert_eq!(images.len(), 3);
+        let png = fs::read(dir.path().join("images/img-2.png")).expect("png file");
+        assert_eq!(BASE64.encode(png), images[2].image_base64);
+        assert_eq!(lines("eval_pairs.jsonl").len(), 6);
+        assert_eq!(lines("bad_text.jsonl").len(), m.bad_text);
+        assert_eq!(lines("bad_image.jsonl").len(), m.bad_image);
+        assert_eq!(lines("bad_pairs.jsonl").len(), m.bad_pairs);
+        let written: Manifest = serde_json::from_str(
+            &fs::read_to_string(dir.path().join("manifest.json")).expect("manifest"),
+        )
+        .expect("manifest json");
+        assert_eq!(written, m);
+        assert_eq!((m.pairs, m.texts, m.images, m.eval), (5, 4, 3, 6));
+        // Same config, same bytes.
+        let again = tempfile::tempdir().expect("tempdir");
+        write_dataset(again.path(), &cfg).expect("write");
+        for f in ["pairs.jsonl", "text.jsonl", "image.jsonl", "eval_pairs.jsonl"] {
+            assert_eq!(
+                fs::read(dir.path().join(f)).expect("read"),
+                fs::read(again.path().join(f)).expect("read"),
+                "{f} differs between runs"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_records_really_are_bad() {
+        let gen = Generator::new(2, 16);
+        let valid = gen.pair(0).expect("pair").1.image_base64;
+        // Text: each fails to parse as JSON, lacks "text", or has it empty.
+        for r in bad_text_records() {
+            let ok = serde_json::from_str::<TextRecord>(&r.line).map(|t| !t.text.is_empty());
+            assert!(!matches!(ok, Ok(true)), "{r}");
+        }
+        // Pairs: each lacks a usable caption or an image that decodes.
+        for r in bad_pair_records(&valid) {
+            let usable = serde_json::from_str::<PairRecord>(&r.line).ok().filter(|p| {
+                !p.caption.is_empty()
+                    && BASE64
+                        .decode(&p.image_base64)
+                        .ok()
+                        .and_then(|b| image::load_from_memory(&b).ok())
+                        .is_some()
+            });
+            assert!(usable.is_none(), "{r}");
+        }
+        // Images: neither the raw value nor any base64 field decodes to an image.
+        for r in bad_image_records() {
+            assert!(image::load_from_memory(r.line.as_bytes()).is_err(), "{r}");
+            let usable = serde_json::from_str::<ImageRecord>(&r.line).ok().filter(|p| {
+                BASE64
+                    .decode(&p.image_base64)
+                    .ok()
+                    .and_then(|b| image::load_from_memory(&b).ok())
+                    .is_some()
+            });
+            assert!(usable.is_none(), "{r}");
+        }
+    }
+}
