@@ -1,0 +1,335 @@
+//! Tests of the checkpoint store: round trip, ids, pruning, corruption (in sled values, in
+//! metadata and in the files on disk), interrupted writes, locking, and the bound on the
+//! store's size on disk.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::checkpoint::{ModelSummary, PartitionOffset, RecordCounts};
+
+/// Deterministic incompressible bytes.
+fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = vec![0_u8; len];
+    for word in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
+    }
+    out
+}
+
+fn meta(step: u64) -> CheckpointMeta {
+    CheckpointMeta {
+        step,
+        records: RecordCounts { text: step, image: 2 * step, pair: 3 * step, rejected: 1 },
+        offsets: vec![
+            PartitionOffset { topic: "unimo.text".to_owned(), partition: 0, offset: step as i64, done_above: vec![] },
+            PartitionOffset { topic: "unimo.pair".to_owned(), partition: 3, offset: 7, done_above: vec![9, 12] },
+        ],
+        model: ModelSummary { arch: "unimo".to_owned(), size: "tiny".to_owned(), parameters: 1234 },
+        extra: serde_json::json!({ "schedule_step": step }),
+        ..CheckpointMeta::default()
+    }
+}
+
+/// Small chunks so that small payloads span many chunks.
+fn small_chunks() -> StoreOptions {
+    StoreOptions { chunk_size: 1000, ..StoreOptions::default() }
+}
+
+fn blobs(seed: u64) -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("model".to_owned(), payload(10_500, seed)),
+        ("optimizer".to_owned(), payload(3000, seed + 1)), // exactly 3 chunks
+        ("tokenizer".to_owned(), b"{\"vocab\": {}}".to_vec()),
+        ("empty".to_owned(), Vec::new()),
+    ]
+}
+
+/// Runs `f` with a subscriber that records log lines, and returns them.
+fn capture_logs<R>(f: impl FnOnce() -> R) -> (R, String) {
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("sink lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let logs = String::from_utf8_lossy(&sink.0.lock().expect("sink lock")).into_owned();
+    (out, logs)
+}
+
+/// Checkpoint ids that still have chunks in the data tree.
+fn ids_with_chunks(store: &CheckpointStore) -> BTreeSet<u64> {
+    store
+        .data
+        .iter()
+        .keys()
+        .map(|k| ChunkKey::decode(&k.expect("key")).expect("chunk key").id)
+        .collect()
+}
+
+#[test]
+fn round_trip_is_bit_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open_with(dir.path(), small_chunks()).expect("open");
+    let written = store.write(meta(10), blobs(1)).expect("write");
+
+    assert_eq!(written.id, 1);
+    assert_eq!(written.bytes, 10_500 + 3000 + 13);
+    assert!(chrono::DateTime::parse_from_rfc3339(&written.created_at).is_ok(), "{}", written.created_at);
+    let names: Vec<_> = written.blobs.iter().map(|b| (b.name.as_str(), b.chunks)).collect();
+    assert_eq!(names, [("model", 11), ("optimizer", 3), ("tokenizer", 1), ("empty", 0)]);
+
+    let (loaded, got) = store.load(written.id).expect("load");
+    assert_eq!(loaded, written);
+    assert_eq!(loaded.records, meta(10).records);
+    assert_eq!(loaded.offsets, meta(10).offsets);
+    assert_eq!(loaded.extra, meta(10).extra);
+    assert_eq!(got.len(), 4);
+    for (name, bytes) in blobs(1) {
+        assert_eq!(got.get(&name), Some(bytes.as_slice()), "blob {name}");
+        assert_eq!(store.read_blob(written.id, &name).expect("read_blob"), bytes);
+        let streamed: Vec<u8> = store
+            .blob_chunks(written.id, &name)
+            .expect("blob_chunks")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("chunks verify")
+            .concat();
+        assert_eq!(streamed, bytes);
+    }
+
+    // And the same after a reopen, from disk.
+    drop(store);
+    let store = CheckpointStore::open_with(dir.path(), small_chunks()).expect("reopen");
+    let (_, mut got) = store.load_latest_valid().expect("load latest").expect("one checkpoint");
+    assert_eq!(got.take("model"), Some(payload(10_500, 1)));
+}
+
+#[test]
+fn missing_things_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open_with(dir.path(), small_chunks()).expect("open");
+    assert!(store.load_latest_valid().expect("empty store").is_none());
+    assert!(store.list().expect("list").is_empty());
+    assert!(matches!(store.load(1), Err(CheckpointError::NotFound { id: 1 })));
+    let id = store.write(meta(1), blobs(1)).expect("write").id;
+    assert!(matches!(
+        store.read_blob(id, "nope"),
+        Err(CheckpointError::NoSuchBlob { name, .. }) if name == "nope"
+    ));
+    let duplicate = vec![("a".to_owned(), vec![1]), ("a".to_owned(), vec![2])];
+    assert!(matches!(store.write(meta(2), duplicate), Err(CheckpointError::Invalid(_))));
+    assert!(matches!(store.write(meta(2), vec![(String::new(), vec![1])]), Err(CheckpointError::Invalid(_))));
+    assert_eq!(store.list().expect("list").len(), 1, "rejected writes leave nothing");
+}
+
+#[test]
+fn ids_increase_across_prune_and_reopen_and_list_is_newest_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open_with(dir.path(), small_chunks()).expect("open");
+    let first: Vec<u64> = (0..4).map(|s| store.write(meta(s), blobs(s)).expect("write").id).collect();
+    assert_eq!(first, [1, 2, 3, 4]);
+    assert_eq!(store.prune(2).expect("prune"), 2);
+    let listed: Vec<u64> = store.list().expect("list").iter().map(|m| m.id).collect();
+    assert_eq!(listed, [4, 3]);
+    assert_eq!(ids_with_chunks(&store), BTreeSet::from([3, 4]), "pruned chunks are deleted");
+
+    // Pruning everything must not make ids restart.
+    assert_eq!(store.prune(0).expect("prune all"), 2);
+    drop(store);
+    let store = CheckpointStore::open_with(dir.path(), small_chunks()).expect("reopen");
+    assert!(store.list().expect("list").is_empty());
+    let (latest, logs) = capture_logs(|| store.load_latest_valid());
+    assert!(latest.expect("load").is_none());
+    assert!(!logs.contains("WARN"), "an emptied store is not damaged: {logs}");
+    assert_eq!(store.write(meta(9), blobs(9)).expect("write").id, 5);
+    assert_eq!(store.write(meta(10), blobs(10)).expect("write").id, 6);
+    let listed: Vec<u64> = store.list().expect("list").iter().map(|m| m.step).collect();
+    assert_eq!(listed, [10, 9]);
+}
+
+#[test]
+fn a_damaged_chunk_skips_to_the_previous_checkpoint_with_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open_with(dir.path(), small_chunks()).expect("open");
+    let older = store.write(meta(1), blobs(1)).expect("write");
+    let newer = store.write(meta(2), blobs(2)).expect("write");
+
+    // Flip one payload byte of the newest checkpoint's optimizer, chunk 1, inside sled.
+    let key = ChunkKey { id: newer.id, blob: 1, chunk: 1 }.encode();
+    let mut value = store.data.get(key).expect("get").expect("chunk exists").to_vec();
+    value[100] ^= 0x01;
+    store.data.insert(key, value).expect("insert");
+
+    assert!(matches!(store.load(newer.id), Err(CheckpointError::Corrupt { id, .. }) if id == newer.id));
+    assert!(matches!(store.read_blob(newer.id, "optimizer"), Err(CheckpointError::Corrupt { .. })));
+    assert_eq!(store.read_blob(newer.id, "model").expect("model blob intact"), payload(10_500, 2));
+
+    let (loaded, logs) = capture_logs(|| store.load_latest_valid());
+    let (meta, got) = loaded.expect("load").expect("the older checkpoint");
+    assert_eq!(meta.id, older.id);
+    assert_eq!(got.get("model"), Some(payload(10_500, 1).as_slice()));
+    assert!(logs.contains("WARN"), "no warning in {logs:?}");
+    assert!(logs.contains(&format!("checkpoint {} failed verification", newer.id)), "{logs}");
+
+    // A missing chunk is caught too.
+    store.data.remove(ChunkKey { id: older.id, blob: 0, chunk: 4 }.encode()).expect("remove");
+    assert!(matches!(store.load(older.id), Err(CheckpointError::Corrupt { .. })));
+    assert!(store.load_latest_valid().expect("load").is_none(), "nothing verifies any more");
+}
+
+#[test]
+fn a_damaged_metadata_record_skips_to_the_previous_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open_with(dir.path(), small_chunks()).expect("open");
+    let older = store.write(meta(1), blobs(1)).expect("write");
+    let newer = store.write(meta(2), blobs(2)).expect("write");
+    let key = newer.id.to_be_bytes();
+    let mut record = store.meta.get(key).expect("get").expect("meta exists").to_vec();
+    let last = record.len() - 3;
+    record[last] ^= 0x20;
+    store.meta.insert(key, record).expect("insert");
+
+    let (latest, logs) = capture_logs(|| store.load_latest_valid());
+    assert_eq!(latest.expect("load").expect("older").0.id, older.id);
+    assert!(logs.contains(&format!("checkpoint {} failed verification", newer.id)), "{logs}");
+    let (listed, logs) = capture_logs(|| store.list());
+    assert_eq!(listed.expect("list").iter().map(|m| m.id).collect::<Vec<_>>(), [older.id]);
+    assert!(logs.contains("WARN"), "{logs}");
+}
+
+/// Finds every occurrence of `needle` in the files under `dir` and flips a byte in each.
+fn corrupt_files(dir: &Path, needle: &[u8]) -> usize {
+    let mut hits = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).expect("read_dir").map(|e| e.expect("entry").path()));
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).expect("read file");
+        let mut found = false;
+        let mut at = 0;
+        while let Some(pos) = bytes[at..].windows(needle.len()).position(|w| w == needle) {
+            bytes[at + pos + needle.len() / 2] ^= 0xff;
+            at += pos + needle.len();
+            found = true;
+            hits += 1;
+        }
+        if found {
+            std::fs::write(&path, &bytes).expect("write file");
+        }
+    }
+    hits
+}
+
+#[test]
+fn file_level_damage_to_the_newest_checkpoint_loads_the_previous() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = StoreOptions::default();
+    let store = CheckpointStore::open_with(dir.path(), options.clone()).expect("open");
+    let older = store.write(meta(1), vec![("model".to_owned(), payload(300_000, 11))]).expect("write");
+    let newer = store.write(meta(2), vec![("model".to_owned(), payload(300_000, 12))]).expect("write");
+    drop(store);
+
+    // A stretch from the middle of the newest model, wherever sled put it (log or blob file).
+    let newest = payload(300_000, 12);
+    let hits = corrupt_files(dir.path(), &newest[150_000..150_064]);
+    assert!(hits > 0, "the newest payload was not found on disk");
+
+    let store = CheckpointStore::open_with(dir.path(), options).expect("reopen after damage");
+    let (loaded, logs) = capture_logs(|| store.load_latest_valid());
+    let (meta, mut got) = loaded.expect("load").expect("a checkpoint verifies");
+    assert_eq!(meta.id, older.id, "the damaged newest must be skipped");
+    assert_eq!(got.take("model"), Some(payload(300_000, 11)));
+    assert!(logs.contains(&format!("checkpoint {}", newer.id)), "{logs}");
+}
+
+#[test]
+fn an_interrupted_write_is_invisible_and_collected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open_with(dir.path(), small_chunks()).expect("open");
+    let done = store.write(meta(1), blobs(1)).expect("write");
+    let pruned_meanwhile = store.write(meta(2), blobs(2)).expect("write");
+
+    // A crash after the chunks of id 3 were written but before its metadata record.
+    let orphan = done.id.max(pruned_meanwhile.id) + 1;
+    for chunk in 0..5 {
+        let key = ChunkKey { id: orphan, blob: 0, chunk }.encode();
+        store.data.insert(key, frame(&key, &payload(1000, u64::from(chunk)))).expect("insert");
+    }
+    // A crash in the middle of pruning id 2: metadata gone, chunks still there.
+    store.meta.remove(pruned_meanwhile.id.to_be_bytes()).expect("remove");
+    store.flush().expect("flush");
+    assert_eq!(store.list().expect("list").len(), 1, "the orphan is never listed");
+    assert_eq!(store.load_latest_valid().expect("load").expect("one").0.id, done.id);
+    drop(store);
+
+    let (store, logs) = capture_logs(|| CheckpointStore::open_with(dir.path(), small_chunks()));
+    let store = store.expect("reopen");
+    assert!(logs.contains("never completed"), "{logs}");
+    assert_eq!(ids_with_chunks(&store), BTreeSet::from([done.id]));
+    assert_eq!(store.load_latest_valid().expect("load").expect("one").0.id, done.id);
+    let next = store.write(meta(3), blobs(3)).expect("write").id;
+    assert!(next > orphan, "id {next} reuses an id at or below {orphan}");
+
+    // Garbage left while the store is open is collected by the next prune.
+    let key = ChunkKey { id: next + 7, blob: 0, chunk: 0 }.encode();
+    store.data.insert(key, frame(&key, b"junk")).expect("insert");
+    assert_eq!(store.prune(5).expect("prune"), 0);
+    assert_eq!(ids_with_chunks(&store), BTreeSet::from([done.id, next]));
+}
+
+#[test]
+fn a_second_open_is_refused_as_locked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open(dir.path()).expect("open");
+    match CheckpointStore::open(dir.path()) {
+        Err(CheckpointError::Locked { path }) => assert_eq!(path, dir.path()),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    drop(store);
+    CheckpointStore::open(dir.path()).expect("open again once released");
+}
+
+/// The bound the issue asks for: 64 KiB chunks keep sled 0.34's file at most 3x the live
+/// checkpoint bytes with the newest 3 kept (1 MiB values grow without bound: BENCHMARKS.md).
+#[test]
+fn size_on_disk_stays_bounded_with_the_newest_three_kept() {
+    const CHECKPOINT: usize = 16 * 1024 * 1024;
+    const KEEP: usize = 3;
+    const BOUND: f64 = 3.0;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open(dir.path()).expect("open");
+    let mut ratios = Vec::new();
+    for i in 0..20_u64 {
+        store.write(meta(i), vec![("model".to_owned(), payload(CHECKPOINT, i))]).expect("write");
+        store.prune(KEEP).expect("prune");
+        let kept = usize::try_from(i + 1).expect("small").min(KEEP);
+        let live = (kept * CHECKPOINT) as f64;
+        ratios.push(store.size_on_disk().expect("size") as f64 / live);
+    }
+    assert!(ratios.iter().all(|r| *r <= BOUND), "size / live bytes per checkpoint: {ratios:.2?}");
+    drop(store);
+    let store = CheckpointStore::open(dir.path()).expect("reopen");
+    let reopened = store.size_on_disk().expect("size") as f64 / (KEEP * CHECKPOINT) as f64;
+    assert!(reopened <= BOUND, "after reopen: {reopened:.2}x live");
+    assert_eq!(store.list().expect("list").len(), KEEP);
+}
