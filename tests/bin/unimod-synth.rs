@@ -45,8 +45,11 @@ struct Args {
     /// Also write the image-only records as PNG files under OUT/images/.
     #[arg(long)]
     image_files: bool,
-    /// Also write bad_text.jsonl, bad_image.jsonl and bad_pairs.jsonl: records a consumer must
-    /// reject (not JSON, missing field, empty text, image that does not decode).
+    /// Also write records a consumer must reject: bad_text.jsonl, bad_image.jsonl,
+    /// bad_pairs.jsonl (JSON objects with a missing or empty field or an image that does not
+    /// decode; publishable with `unimod produce`), bad_not_json.txt (lines that are not JSON,
+    /// for raw tools such as `kcat -P -l`) and bad_image_raw.bin (raw bytes that are no image,
+    /// for `unimod produce --kind image`).
     #[arg(long)]
     bad: bool,
 }
@@ -72,7 +75,10 @@ fn main() -> ExitCode {
                 m.images,
                 m.eval,
                 if cfg.bad {
-                    format!(", {} bad records", m.bad_text + m.bad_image + m.bad_pairs)
+                    format!(
+                        ", {} bad records",
+                        m.bad_text + m.bad_image + m.bad_pairs + m.bad_not_json + m.bad_image_raw
+                    )
                 } else {
                     String::new()
                 },

@@ -526,8 +526,10 @@ pub struct SynthConfig {
     /// Also write the image-only records as PNG files under `images/` (for `unimod produce
     /// --kind image DIR`).
     pub image_files: bool,
-    /// Also write `bad_text.jsonl`, `bad_image.jsonl` and `bad_pairs.jsonl`: records that a
-    /// consumer must reject.
+    /// Also write records that a consumer must reject: `bad_text.jsonl`, `bad_image.jsonl`
+    /// and `bad_pairs.jsonl` (JSON objects, publishable with `unimod produce`),
+    /// `bad_not_json.txt` (lines that are not JSON) and `bad_image_raw.bin` (a raw image
+    /// record that is not an image).
     pub bad: bool,
 }
 
@@ -567,6 +569,10 @@ pub struct Manifest {
     pub bad_image: usize,
     /// Records in `bad_pairs.jsonl`.
     pub bad_pairs: usize,
+    /// Lines in `bad_not_json.txt` (one record each, for the text or pair topic).
+    pub bad_not_json: usize,
+    /// Raw image records in `bad_image_raw.bin` (1 when written).
+    pub bad_image_raw: usize,
 }
 
 /// A record that a consumer must reject, with why.
@@ -584,47 +590,55 @@ impl fmt::Display for BadRecord {
     }
 }
 
-/// Records that must be rejected on `topics.text`: not JSON, missing `text`, empty `text`.
+/// JSON objects that must be rejected on `topics.text`: missing `text`, empty `text`,
+/// whitespace-only `text`, `text` not a string. Every line is a JSON object, so `unimod
+/// produce` (which refuses lines that are not) publishes them.
 pub fn bad_text_records() -> Vec<BadRecord> {
     vec![
-        BadRecord { line: "this line is not json".into(), why: "not JSON" },
-        BadRecord { line: json!({"id": "bad-text-1"}).to_string(), why: "missing text" },
-        BadRecord { line: json!({"id": "bad-text-2", "text": ""}).to_string(), why: "empty text" },
+        BadRecord { line: json!({"id": "bad-text-0"}).to_string(), why: "missing text" },
+        BadRecord { line: json!({"id": "bad-text-1", "text": ""}).to_string(), why: "empty text" },
+        BadRecord {
+            line: json!({"id": "bad-text-2", "text": " \t "}).to_string(),
+            why: "whitespace-only text",
+        },
+        BadRecord { line: json!({"id": "bad-text-3", "text": 42}).to_string(), why: "text not a string" },
     ]
 }
 
-/// Records that must be rejected on `topics.image`: bytes that are neither JSON nor an image,
-/// no image field, base64 of bytes that are not an image, invalid base64.
+/// JSON objects that must be rejected on `topics.image`: no image field, base64 of bytes that
+/// are not an image, invalid base64.
 pub fn bad_image_records() -> Vec<BadRecord> {
     vec![
-        BadRecord { line: "neither json nor an image".into(), why: "undecodable raw bytes" },
-        BadRecord { line: json!({"id": "bad-img-1"}).to_string(), why: "missing image" },
+        BadRecord { line: json!({"id": "bad-img-0"}).to_string(), why: "missing image" },
         BadRecord {
-            line: json!({"id": "bad-img-2", "image_base64": BASE64.encode(b"definitely not a png")})
+            line: json!({"id": "bad-img-1", "image_base64": BASE64.encode(b"definitely not a png")})
                 .to_string(),
             why: "base64 of bytes that are not an image",
         },
         BadRecord {
-            line: json!({"id": "bad-img-3", "image_base64": "%%% not base64 %%%"}).to_string(),
+            line: json!({"id": "bad-img-2", "image_base64": "%%% not base64 %%%"}).to_string(),
             why: "invalid base64",
         },
     ]
 }
 
-/// Records that must be rejected on `topics.pair`: not JSON, missing caption, empty caption,
-/// an image that does not decode. `valid_image_base64` is a decodable image used where the
-/// record must fail for another reason.
+/// JSON objects that must be rejected on `topics.pair`: missing caption, empty caption, no
+/// image, an image that does not decode. `valid_image_base64` is a decodable image used where
+/// the record must fail for another reason.
 pub fn bad_pair_records(valid_image_base64: &str) -> Vec<BadRecord> {
     vec![
-        BadRecord { line: "{\"id\": \"bad-pair-0\", \"caption\": ".into(), why: "truncated JSON" },
         BadRecord {
-            line: json!({"id": "bad-pair-1", "image_base64": valid_image_base64}).to_string(),
+            line: json!({"id": "bad-pair-0", "image_base64": valid_image_base64}).to_string(),
             why: "missing caption",
         },
         BadRecord {
-            line: json!({"id": "bad-pair-2", "caption": "", "image_base64": valid_image_base64})
+            line: json!({"id": "bad-pair-1", "caption": "", "image_base64": valid_image_base64})
                 .to_string(),
             why: "empty caption",
+        },
+        BadRecord {
+            line: json!({"id": "bad-pair-2", "caption": "a small red circle on the left"}).to_string(),
+            why: "missing image",
         },
         BadRecord {
             line: json!({"id": "bad-pair-3", "caption": "a small red circle on the left",
@@ -634,6 +648,21 @@ pub fn bad_pair_records(valid_image_base64: &str) -> Vec<BadRecord> {
         },
     ]
 }
+
+/// Values that are not JSON, for the text and pair topics (where JSON is required). `unimod
+/// produce` refuses to publish such lines, so they go in `bad_not_json.txt` for raw tools
+/// (`kcat -P -l`, the test harness) to publish one line per record.
+pub fn not_json_records() -> Vec<BadRecord> {
+    vec![
+        BadRecord { line: "this line is not json".into(), why: "not JSON" },
+        BadRecord { line: "{\"id\": \"bad-json-1\", \"text\": ".into(), why: "truncated JSON" },
+    ]
+}
+
+/// The value of a raw image record that is not an image (on `topics.image` a non-JSON value
+/// is read as image bytes): written as `bad_image_raw.bin`, which `unimod produce --kind
+/// image` sends as one raw record.
+pub const BAD_RAW_IMAGE: &[u8] = b"neither json nor an image";
 
 /// Writes one JSON value per line.
 fn write_jsonl<T: Serialize>(path: &Path, items: impl IntoIterator<Item = Result<T>>) -> Result<usize> {
@@ -663,7 +692,7 @@ fn write_lines(path: &Path, records: &[BadRecord]) -> Result<usize> {
 
 /// Writes a dataset into `dir` (created if missing): `pairs.jsonl`, `text.jsonl`,
 /// `image.jsonl`, `eval_pairs.jsonl`, `manifest.json`, and when asked `images/img-N.png` and
-/// `bad_*.jsonl`. Returns what was written.
+/// the `bad_*` files. Returns what was written.
 pub fn write_dataset(dir: &Path, cfg: &SynthConfig) -> Result<Manifest> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let gen = Generator::new(cfg.seed, cfg.size);
@@ -702,6 +731,10 @@ pub fn write_dataset(dir: &Path, cfg: &SynthConfig) -> Result<Manifest> {
         m.bad_image = write_lines(&dir.join("bad_image.jsonl"), &bad_image_records())?;
         m.bad_pairs =
             write_lines(&dir.join("bad_pairs.jsonl"), &bad_pair_records(&valid.image_base64))?;
+        m.bad_not_json = write_lines(&dir.join("bad_not_json.txt"), &not_json_records())?;
+        let raw = dir.join("bad_image_raw.bin");
+        fs::write(&raw, BAD_RAW_IMAGE).with_context(|| format!("writing {}", raw.display()))?;
+        m.bad_image_raw = 1;
     }
 
     let manifest_path = dir.join("manifest.json");
@@ -889,6 +922,8 @@ mod tests {
         assert_eq!(lines("bad_text.jsonl").len(), m.bad_text);
         assert_eq!(lines("bad_image.jsonl").len(), m.bad_image);
         assert_eq!(lines("bad_pairs.jsonl").len(), m.bad_pairs);
+        assert_eq!(lines("bad_not_json.txt").len(), m.bad_not_json);
+        assert_eq!(fs::read(dir.path().join("bad_image_raw.bin")).expect("raw"), BAD_RAW_IMAGE);
         let written: Manifest = serde_json::from_str(
             &fs::read_to_string(dir.path().join("manifest.json")).expect("manifest"),
         )
@@ -911,34 +946,44 @@ mod tests {
     fn bad_records_really_are_bad() {
         let gen = Generator::new(2, 16);
         let valid = gen.pair(0).expect("pair").1.image_base64;
-        // Text: each fails to parse as JSON, lacks "text", or has it empty.
+        let decodes = |b64: &str| {
+            BASE64.decode(b64).ok().and_then(|b| image::load_from_memory(&b).ok()).is_some()
+        };
+        let all: Vec<BadRecord> = bad_text_records()
+            .into_iter()
+            .chain(bad_image_records())
+            .chain(bad_pair_records(&valid))
+            .collect();
+        // Publishable with `unimod produce`: every JSONL bad record is a JSON object.
+        for r in &all {
+            let v: serde_json::Value = serde_json::from_str(&r.line).expect("JSON");
+            assert!(v.is_object(), "{r}");
+        }
+        // Text: lacks a non-blank string "text".
         for r in bad_text_records() {
-            let ok = serde_json::from_str::<TextRecord>(&r.line).map(|t| !t.text.is_empty());
+            let ok = serde_json::from_str::<TextRecord>(&r.line).map(|t| !t.text.trim().is_empty());
             assert!(!matches!(ok, Ok(true)), "{r}");
         }
         // Pairs: each lacks a usable caption or an image that decodes.
         for r in bad_pair_records(&valid) {
-            let usable = serde_json::from_str::<PairRecord>(&r.line).ok().filter(|p| {
-                !p.caption.is_empty()
-                    && BASE64
-                        .decode(&p.image_base64)
-                        .ok()
-                        .and_then(|b| image::load_from_memory(&b).ok())
-                        .is_some()
-            });
+            let usable = serde_json::from_str::<PairRecord>(&r.line)
+                .ok()
+                .filter(|p| !p.caption.is_empty() && decodes(&p.image_base64));
             assert!(usable.is_none(), "{r}");
         }
-        // Images: neither the raw value nor any base64 field decodes to an image.
+        // Images: no base64 field decodes to an image.
         for r in bad_image_records() {
-            assert!(image::load_from_memory(r.line.as_bytes()).is_err(), "{r}");
-            let usable = serde_json::from_str::<ImageRecord>(&r.line).ok().filter(|p| {
-                BASE64
-                    .decode(&p.image_base64)
-                    .ok()
-                    .and_then(|b| image::load_from_memory(&b).ok())
-                    .is_some()
-            });
+            let usable = serde_json::from_str::<ImageRecord>(&r.line)
+                .ok()
+                .filter(|p| decodes(&p.image_base64));
             assert!(usable.is_none(), "{r}");
         }
+        // Not JSON, and the raw image is no image.
+        for r in not_json_records() {
+            assert!(serde_json::from_str::<serde_json::Value>(&r.line).is_err(), "{r}");
+        }
+        assert!(image::load_from_memory(BAD_RAW_IMAGE).is_err());
+        // The valid image used inside bad pairs does decode (the pair fails for its caption).
+        assert!(decodes(&valid));
     }
 }
