@@ -179,13 +179,12 @@ produce() {
 produce text unimo.text "$qs/data/text.jsonl"
 produce image unimo.image "$qs/data/image.jsonl"
 produce pair unimo.pair "$qs/data/pairs.jsonl"
-# A few records the daemon must reject (not JSON, missing field, empty text, an image that does
-# not decode): they show up in unimod_records_rejected_total and on unimo.dead-letter.
-for k in text image pair; do
-    f=$qs/data/bad_$k.jsonl
-    [[ $k == pair ]] && f=$qs/data/bad_pairs.jsonl
-    produce "$k" "unimo.$k" "$f" || say "note: unimod produce refused $f (the daemon never saw it)"
-done
+# A few records the daemon must reject (missing field, empty text, an image that does not
+# decode, raw bytes that are no image): they show up in unimod_records_rejected_total and on
+# unimo.dead-letter, and training goes on.
+produce text unimo.text "$qs/data/bad_text.jsonl"
+produce image unimo.image "$qs/data/bad_image.jsonl" "$qs/data/bad_image_raw.bin"
+produce pair unimo.pair "$qs/data/bad_pairs.jsonl"
 
 # ---- 5. train ------------------------------------------------------------------------------
 config=$qs/unimod.toml
