@@ -159,7 +159,11 @@ topics=(unimo.text unimo.image unimo.pair unimo.dead-letter)
 for t in "${topics[@]}"; do
     # The port opens a moment before the broker serves requests: retry briefly.
     for try in $(seq 10); do
-        tansu topic create "$t" --broker "$broker_url" --partitions 2 >>"$qs/broker.log" 2>&1 && break
+        if out=$(tansu topic create "$t" --broker "$broker_url" --partitions 2 2>&1) ||
+            [[ $out == *"already exists"* ]]; then
+            break
+        fi
+        printf '%s\n' "$out" >>"$qs/broker.log"
         ((try < 10)) || die "could not create topic $t (see $qs/broker.log)"
         sleep 1
     done
