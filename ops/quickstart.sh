@@ -21,7 +21,8 @@
 # daemon waits for more records beyond that), QS_MAX_SECONDS (1800, a bound on training),
 # QS_ARCH (unimo | vilbert), QS_SIZE (tiny), QS_SEED (42),
 # QS_BROKER_PORT (9092, or a free port when taken), QS_METRICS_PORT (9464, likewise),
-# QS_SKIP_INSTALL=1, QS_SKIP_BUILD=1, QS_DIR (.quickstart).
+# QS_SKIP_INSTALL=1, QS_SKIP_BUILD=1, QS_BIN_DIR (where unimod and unimod-synth are:
+# target/release), QS_DIR (.quickstart).
 
 set -euo pipefail
 
@@ -115,9 +116,9 @@ if [[ ${QS_SKIP_BUILD:-0} != 1 ]]; then
     say "building unimod and unimod-synth (release; the first build takes a while)"
     cargo build --release -p unimod -p unimod-e2e --bin unimod --bin unimod-synth
 fi
-target_dir=${CARGO_TARGET_DIR:-$root/target}
-unimod=$target_dir/release/unimod
-synth=$target_dir/release/unimod-synth
+bin_dir=${QS_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/release}
+unimod=$bin_dir/unimod
+synth=$bin_dir/unimod-synth
 [[ -x $unimod && -x $synth ]] || die "$unimod or $synth not built"
 
 # ---- 3. broker -----------------------------------------------------------------------------
