@@ -10,6 +10,7 @@
 #   3. Grafana: the dashboard is valid JSON, has a prometheus `datasource` variable that every
 #      panel uses, and every PromQL expression parses (`promtool check rules` on a generated
 #      rule file with one recording rule per panel query).
+#   4. Scripts: `bash -n` of ops/*.sh, the Python helpers parse, shellcheck when installed.
 #
 # Exits 0 when everything checked passed, 1 otherwise (every failure is listed at the end).
 # The live check against a running daemon is ops/test-live-prometheus.sh.
@@ -100,6 +101,17 @@ if python3 "$ops/promql_exprs.py" --format rules "$dash" >"$scratch/dashboard.ru
     fi
 else
     fail "dashboard structure: $(cat "$scratch/err")"
+fi
+
+echo "scripts"
+for f in "$ops"/*.sh; do
+    check "bash -n ${f#"$root"/}" bash -n "$f"
+done
+for f in "$ops"/*.py "$ops"/testdata/*.py; do
+    check "python3 compiles ${f#"$root"/}" python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' "$f"
+done
+if command -v shellcheck >/dev/null; then
+    check "shellcheck ops/*.sh" shellcheck -S warning "$ops"/*.sh
 fi
 
 if ((${#failures[@]})); then
