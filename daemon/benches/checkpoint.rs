@@ -9,6 +9,8 @@
 //!   base is about 1.5 GB and is written once, not in a loop);
 //! - `UNIMOD_BENCH_GROWTH=tiny,small`: sizes for the 20-checkpoint growth run (default
 //!   `tiny,small`), `UNIMOD_BENCH_GROWTH_MB=N` adds a run with N-MB checkpoints;
+//! - `UNIMOD_BENCH_CHUNK=BYTES`: chunk size for the growth runs (default: the store's
+//!   default), to reproduce the measurement that chose it;
 //! - `UNIMOD_BENCH_DIR=DIR`: where to put the stores (default: a temporary directory).
 
 use std::fs::File;
@@ -16,7 +18,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use unimod::checkpoint::{CheckpointMeta, CheckpointStore};
+use unimod::checkpoint::{CheckpointMeta, CheckpointStore, StoreOptions, DEFAULT_CHUNK_SIZE};
 
 /// A model size: layers, hidden width, vocabulary.
 struct Size {
@@ -163,11 +165,12 @@ fn write_speed(root: &Path, size: &Size) {
     std::fs::remove_dir_all(&dir).expect("remove store");
 }
 
-fn growth(root: &Path, name: &str, bytes_per_checkpoint: usize) {
+fn growth(root: &Path, name: &str, bytes_per_checkpoint: usize, chunk_size: usize) {
     const CHECKPOINTS: usize = 20;
     const KEEP: usize = 3;
     let dir = root.join(format!("growth-{name}"));
-    let store = CheckpointStore::open(&dir).expect("open store");
+    let options = StoreOptions { chunk_size, ..StoreOptions::default() };
+    let store = CheckpointStore::open_with(&dir, options.clone()).expect("open store");
     let mut peak = 0;
     let mut live = 0;
     let start = Instant::now();
@@ -181,11 +184,12 @@ fn growth(root: &Path, name: &str, bytes_per_checkpoint: usize) {
     let elapsed = start.elapsed();
     let after = store.size_on_disk().expect("size");
     drop(store);
-    let store = CheckpointStore::open(&dir).expect("reopen store");
+    let store = CheckpointStore::open_with(&dir, options).expect("reopen store");
     let reopened = store.size_on_disk().expect("size");
     println!(
-        "| {:<6} | {:>9.1} | {:>9.1} | {:>9.1} ({:.2}x) | {:>9.1} ({:.2}x) | {:>9.1} ({:.2}x) | {:>6.1} s |",
+        "| {:<6} | {:>7} | {:>9.1} | {:>9.1} | {:>9.1} ({:.2}x) | {:>9.1} ({:.2}x) | {:>9.1} ({:.2}x) | {:>6.1} s |",
         name,
+        chunk_size,
         mb(live / KEEP as u64),
         mb(live),
         mb(peak),
@@ -220,13 +224,17 @@ fn main() {
         write_speed(&root, size);
     }
     println!();
-    println!("| growth | MB/ckpt   | live MB   | peak MB (x live)  | after 20 (x live) | reopened (x live) | time     |");
-    println!("|--------|-----------|-----------|-------------------|-------------------|-------------------|----------|");
+    println!("| growth | chunk   | MB/ckpt   | live MB   | peak MB (x live)  | after 20 (x live) | reopened (x live) | time     |");
+    println!("|--------|---------|-----------|-----------|-------------------|-------------------|-------------------|----------|");
+    let chunk_size = std::env::var("UNIMOD_BENCH_CHUNK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(DEFAULT_CHUNK_SIZE);
     let wanted = env_list("UNIMOD_BENCH_GROWTH", "tiny,small");
     for size in SIZES.iter().filter(|s| wanted.iter().any(|w| w == s.name)) {
-        growth(&root, size.name, size.payload_bytes());
+        growth(&root, size.name, size.payload_bytes(), chunk_size);
     }
     if let Some(n) = std::env::var("UNIMOD_BENCH_GROWTH_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
-        growth(&root, &format!("{n}MB"), n * 1_048_576);
+        growth(&root, &format!("{n}MB"), n * 1_048_576, chunk_size);
     }
 }

@@ -333,3 +333,23 @@ fn size_on_disk_stays_bounded_with_the_newest_three_kept() {
     assert!(reopened <= BOUND, "after reopen: {reopened:.2}x live");
     assert_eq!(store.list().expect("list").len(), KEEP);
 }
+
+#[test]
+fn store_and_blob_reader_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+    assert_send_sync::<CheckpointStore>();
+    assert_send::<BlobChunks>();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(CheckpointStore::open_with(dir.path(), small_chunks()).expect("open"));
+    let id = store.write(meta(1), blobs(1)).expect("write").id;
+    let chunks = store.blob_chunks(id, "model").expect("blob_chunks");
+    let reader = std::thread::spawn(move || chunks.map(|c| c.map(|c| c.len())).sum::<Result<usize, _>>());
+    let writer = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || store.write(meta(2), blobs(2)).map(|m| m.id))
+    };
+    assert_eq!(reader.join().expect("reader thread").expect("chunks verify"), 10_500);
+    assert_eq!(writer.join().expect("writer thread").expect("write"), id + 1);
+}
