@@ -1,0 +1,188 @@
+//! Every metric the daemon itself emits (ingest registers its own on the same registry), in
+//! one place, with names as constants. Labels are low-cardinality: kind, objective, source.
+//! INTERFACE.md section 5 is the contract for the names.
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+/// `unimod_records_total{kind, outcome}`.
+pub const RECORDS_TOTAL: &str = "unimod_records_total";
+/// `unimod_train_steps_total`.
+pub const TRAIN_STEPS_TOTAL: &str = "unimod_train_steps_total";
+/// `unimod_train_loss{objective}`.
+pub const TRAIN_LOSS: &str = "unimod_train_loss";
+/// `unimod_learning_rate`.
+pub const LEARNING_RATE: &str = "unimod_learning_rate";
+/// `unimod_train_samples_total{source}`.
+pub const TRAIN_SAMPLES_TOTAL: &str = "unimod_train_samples_total";
+/// `unimod_train_tokens_total`.
+pub const TRAIN_TOKENS_TOTAL: &str = "unimod_train_tokens_total";
+/// `unimod_train_step_seconds`.
+pub const TRAIN_STEP_SECONDS: &str = "unimod_train_step_seconds";
+/// `unimod_train_grad_norm`.
+pub const TRAIN_GRAD_NORM: &str = "unimod_train_grad_norm";
+/// `unimod_checkpoint_seconds`.
+pub const CHECKPOINT_SECONDS: &str = "unimod_checkpoint_seconds";
+/// `unimod_checkpoint_last_success_timestamp_seconds`.
+pub const CHECKPOINT_LAST_SUCCESS: &str = "unimod_checkpoint_last_success_timestamp_seconds";
+/// `unimod_checkpoint_bytes`.
+pub const CHECKPOINT_BYTES: &str = "unimod_checkpoint_bytes";
+/// `unimod_checkpoint_failures_total`.
+pub const CHECKPOINT_FAILURES_TOTAL: &str = "unimod_checkpoint_failures_total";
+/// `unimod_checkpoint_store_bytes`.
+pub const CHECKPOINT_STORE_BYTES: &str = "unimod_checkpoint_store_bytes";
+/// `unimod_replay_buffer_items{kind}`.
+pub const REPLAY_BUFFER_ITEMS: &str = "unimod_replay_buffer_items";
+/// `unimod_nonfinite_steps_total`.
+pub const NONFINITE_STEPS_TOTAL: &str = "unimod_nonfinite_steps_total";
+/// `unimod_rollbacks_total`.
+pub const ROLLBACKS_TOTAL: &str = "unimod_rollbacks_total";
+/// `unimod_build_info{version, backend}`.
+pub const BUILD_INFO: &str = "unimod_build_info";
+/// `unimod_ready`.
+pub const READY: &str = "unimod_ready";
+/// `unimod_trainer_queue_items`.
+pub const TRAINER_QUEUE_ITEMS: &str = "unimod_trainer_queue_items";
+
+/// The daemon's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Records by kind and outcome (trained, rejected).
+    pub records: IntCounterVec,
+    /// Optimizer steps applied or skipped.
+    pub steps: IntCounter,
+    /// Last step's loss per objective (and `total`).
+    pub loss: GaugeVec,
+    /// Learning rate of the last step.
+    pub learning_rate: Gauge,
+    /// Samples trained by source (fresh, replay).
+    pub samples: IntCounterVec,
+    /// Text tokens trained.
+    pub tokens: IntCounter,
+    /// Wall time of one optimizer step (all micro-batches).
+    pub step_seconds: Histogram,
+    /// Global gradient norm of the last step (before clipping).
+    pub grad_norm: Gauge,
+    /// Checkpoint write time (serialise + store + flush).
+    pub checkpoint_seconds: Histogram,
+    /// Unix time of the last durable checkpoint.
+    pub checkpoint_last_success: Gauge,
+    /// Bytes of the last checkpoint.
+    pub checkpoint_bytes: IntGauge,
+    /// Failed checkpoint writes.
+    pub checkpoint_failures: IntCounter,
+    /// Size of the sled store on disk.
+    pub store_bytes: IntGauge,
+    /// Replay buffer items by kind.
+    pub replay_items: IntGaugeVec,
+    /// Steps skipped because a loss or gradient was not finite.
+    pub nonfinite_steps: IntCounter,
+    /// Rollbacks to the last checkpoint after repeated non-finite steps.
+    pub rollbacks: IntCounter,
+    /// 1 while `/readyz` answers 200.
+    pub ready: IntGauge,
+    /// Records queued for the trainer thread.
+    pub trainer_queue: IntGauge,
+    /// Build information (constant 1).
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Registers every daemon metric on `registry`.
+    pub fn register(registry: &Registry, backend: &str) -> prometheus::Result<Self> {
+        let records = IntCounterVec::new(
+            Opts::new(RECORDS_TOTAL, "Fresh records by kind and outcome (trained, rejected)"),
+            &["kind", "outcome"],
+        )?;
+        let steps = IntCounter::new(TRAIN_STEPS_TOTAL, "Optimizer steps taken (including skipped non-finite ones)")?;
+        let loss = GaugeVec::new(Opts::new(TRAIN_LOSS, "Loss of the last step per objective"), &["objective"])?;
+        let learning_rate = Gauge::new(LEARNING_RATE, "Learning rate of the last step")?;
+        let samples = IntCounterVec::new(
+            Opts::new(TRAIN_SAMPLES_TOTAL, "Samples trained by source (fresh, replay)"),
+            &["source"],
+        )?;
+        let tokens = IntCounter::new(TRAIN_TOKENS_TOTAL, "Text tokens (excluding padding) trained")?;
+        let step_seconds = Histogram::with_opts(
+            HistogramOpts::new(TRAIN_STEP_SECONDS, "Wall time of one optimizer step")
+                .buckets(prometheus::exponential_buckets(0.005, 2.0, 14)?),
+        )?;
+        let grad_norm = Gauge::new(TRAIN_GRAD_NORM, "Global gradient norm of the last step, before clipping")?;
+        let checkpoint_seconds = Histogram::with_opts(
+            HistogramOpts::new(CHECKPOINT_SECONDS, "Time to write one checkpoint durably")
+                .buckets(prometheus::exponential_buckets(0.01, 2.0, 14)?),
+        )?;
+        let checkpoint_last_success =
+            Gauge::new(CHECKPOINT_LAST_SUCCESS, "Unix time of the last durable checkpoint")?;
+        let checkpoint_bytes = IntGauge::new(CHECKPOINT_BYTES, "Bytes of the last checkpoint")?;
+        let checkpoint_failures = IntCounter::new(CHECKPOINT_FAILURES_TOTAL, "Checkpoint writes that failed")?;
+        let store_bytes = IntGauge::new(CHECKPOINT_STORE_BYTES, "Size of the checkpoint store on disk")?;
+        let replay_items =
+            IntGaugeVec::new(Opts::new(REPLAY_BUFFER_ITEMS, "Replay buffer items by kind"), &["kind"])?;
+        let nonfinite_steps =
+            IntCounter::new(NONFINITE_STEPS_TOTAL, "Steps skipped because a loss or gradient was not finite")?;
+        let rollbacks = IntCounter::new(ROLLBACKS_TOTAL, "Rollbacks to the last checkpoint")?;
+        let ready = IntGauge::new(READY, "1 while the daemon is consuming and training")?;
+        let trainer_queue = IntGauge::new(TRAINER_QUEUE_ITEMS, "Records waiting for the trainer")?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "Build information; always 1"),
+            &["version", "backend"],
+        )?;
+        for c in [
+            Box::new(records.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(steps.clone()),
+            Box::new(loss.clone()),
+            Box::new(learning_rate.clone()),
+            Box::new(samples.clone()),
+            Box::new(tokens.clone()),
+            Box::new(step_seconds.clone()),
+            Box::new(grad_norm.clone()),
+            Box::new(checkpoint_seconds.clone()),
+            Box::new(checkpoint_last_success.clone()),
+            Box::new(checkpoint_bytes.clone()),
+            Box::new(checkpoint_failures.clone()),
+            Box::new(store_bytes.clone()),
+            Box::new(replay_items.clone()),
+            Box::new(nonfinite_steps.clone()),
+            Box::new(rollbacks.clone()),
+            Box::new(ready.clone()),
+            Box::new(trainer_queue.clone()),
+            Box::new(build_info.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), backend]).set(1);
+        // Series that exist from the start, so dashboards and alerts see zeros, not gaps.
+        for kind in ["text", "image", "pair"] {
+            for outcome in ["trained", "rejected"] {
+                records.with_label_values(&[kind, outcome]);
+            }
+            replay_items.with_label_values(&[kind]);
+        }
+        for source in ["fresh", "replay"] {
+            samples.with_label_values(&[source]);
+        }
+        Ok(Self {
+            records,
+            steps,
+            loss,
+            learning_rate,
+            samples,
+            tokens,
+            step_seconds,
+            grad_norm,
+            checkpoint_seconds,
+            checkpoint_last_success,
+            checkpoint_bytes,
+            checkpoint_failures,
+            store_bytes,
+            replay_items,
+            nonfinite_steps,
+            rollbacks,
+            ready,
+            trainer_queue,
+            build_info,
+        })
+    }
+}

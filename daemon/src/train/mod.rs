@@ -1,0 +1,9 @@
+//! The training side of the daemon: the trainer thread and the state it owns.
+
+pub mod batcher;
+pub mod cmcl;
+pub mod examples;
+pub mod lineage;
+pub mod replay;
+pub mod schedule;
+pub mod worker;

@@ -1,0 +1,320 @@
+//! The trainer thread: takes preprocessed records from a bounded channel, builds mixed
+//! batches (fresh + replay), runs optimizer steps, keeps the lineage, and hands checkpoints to
+//! the writer thread at step boundaries. Nothing here runs on the async runtime.
+//!
+//! Order of work per iteration: receive (bounded lookahead, so backpressure reaches the
+//! Kafka consumer) -> choose the batch -> step -> account the lineage -> maybe checkpoint.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::AutodiffBackend;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use unimod_ingest::record::{RecordKind, Sample, SourcePos};
+use unimod_model::{Example, Trainer};
+
+use super::batcher::Batcher;
+use super::cmcl::CmclData;
+use super::examples::{replay_example, sample_example};
+use super::lineage::{Admission, Lineage};
+use super::replay::{ReplayBuffers, ReplayItem};
+use super::schedule::Schedule;
+use crate::checkpoint_io::{CheckpointJob, CheckpointSink, StreamState};
+use crate::telemetry::Metrics;
+
+/// What the feeder sends to the trainer thread, in partition order.
+#[derive(Debug)]
+pub enum Event {
+    /// A model-ready record.
+    Ready(Sample),
+    /// A rejected record (already counted, logged and copied to the dead-letter topic).
+    Rejected {
+        /// Its kind.
+        kind: RecordKind,
+        /// Where it came from.
+        pos: SourcePos,
+    },
+}
+
+/// Loop parameters taken from the config.
+#[derive(Debug, Clone)]
+pub struct WorkerParams {
+    /// Samples per optimizer step.
+    pub batch_size: usize,
+    /// Micro-batches per step.
+    pub grad_accumulation: usize,
+    /// Share of replayed samples.
+    pub replay_ratio: f64,
+    /// Mix weights (text, image, pair).
+    pub mix: [f64; 3],
+    /// Most records queued inside the trainer (lookahead for mixing).
+    pub lookahead: usize,
+    /// Train a partial batch after this long without new records.
+    pub max_batch_wait: Duration,
+    /// Checkpoint every N steps (0 = off).
+    pub checkpoint_every_steps: u64,
+    /// Checkpoint every T (None = off).
+    pub checkpoint_every: Option<Duration>,
+    /// Stop after this many steps in this run.
+    pub max_steps: Option<u64>,
+    /// Stop at this instant.
+    pub deadline: Option<Instant>,
+    /// Roll back after this many non-finite steps in a row.
+    pub max_nonfinite_in_row: u32,
+}
+
+/// Why the trainer thread ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// Shutdown was requested (or the input ended); a final checkpoint was written.
+    Stopped,
+    /// `--max-steps` or `--max-seconds` was reached; a final checkpoint was written.
+    BoundReached,
+    /// Too many non-finite steps in a row: the caller reloads the last checkpoint.
+    Rollback,
+}
+
+/// Everything the trainer thread owns.
+pub struct Worker<B: AutodiffBackend> {
+    /// The model and optimizer.
+    pub trainer: Trainer<B>,
+    /// Records in the model.
+    pub lineage: Lineage,
+    /// Replay buffers.
+    pub replay: ReplayBuffers,
+    /// Hard negatives and retrieved positives (UNIMO's CMCL); `None` when CMCL is off.
+    pub cmcl: Option<CmclData>,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Optimizer steps in the lineage so far.
+    pub step: u64,
+    /// Tokenizer JSON stored with every checkpoint.
+    pub tokenizer_json: Arc<String>,
+    /// Loop parameters.
+    pub params: WorkerParams,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Where checkpoints go.
+    pub sink: CheckpointSink,
+    /// Incremented after every step: the systemd watchdog pings only while it moves.
+    pub progress: Arc<AtomicU64>,
+}
+
+impl<B: AutodiffBackend> Worker<B> {
+    /// Runs until `stop` is cancelled, the input closes, a bound is reached, or a rollback is
+    /// needed. `rt` drives the async channel from this thread.
+    pub fn run(
+        mut self,
+        rt: tokio::runtime::Handle,
+        mut events: mpsc::Receiver<Event>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<WorkerExit> {
+        let mut batcher = Batcher::new(self.params.mix, self.step ^ 0x5eed);
+        let mut last_checkpoint = Instant::now();
+        let mut steps_this_run = 0u64;
+        let mut nonfinite_in_row = 0u32;
+        let mut input_closed = false;
+        let fresh_target = {
+            let replay = (self.params.batch_size as f64 * self.params.replay_ratio).round() as usize;
+            self.params.batch_size.saturating_sub(replay).max(1)
+        };
+        loop {
+            // Liveness for the systemd watchdog: every iteration, idle or not, bumps it; a
+            // step stuck forever stops it.
+            self.progress.fetch_add(1, Ordering::Relaxed);
+            if stop.is_cancelled() {
+                self.final_checkpoint()?;
+                return Ok(WorkerExit::Stopped);
+            }
+            if self.params.max_steps.is_some_and(|m| steps_this_run >= m)
+                || self.params.deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                self.final_checkpoint()?;
+                return Ok(WorkerExit::BoundReached);
+            }
+            // 1. Receive: drain what is there (up to the lookahead), then wait for a batch.
+            let wait_until = Instant::now() + self.params.max_batch_wait;
+            while !input_closed && batcher.len() < self.params.lookahead {
+                let event = match events.try_recv() {
+                    Ok(e) => Some(e),
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        input_closed = true;
+                        None
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if batcher.len() >= fresh_target || stop.is_cancelled() {
+                            break;
+                        }
+                        let now = Instant::now();
+                        if now >= wait_until {
+                            break;
+                        }
+                        // Wake at least every 100 ms to notice a stop request or a deadline.
+                        let slice = (wait_until - now).min(Duration::from_millis(100));
+                        match rt.block_on(async { tokio::time::timeout(slice, events.recv()).await }) {
+                            Ok(Some(e)) => Some(e),
+                            Ok(None) => {
+                                input_closed = true;
+                                None
+                            }
+                            Err(_) => None,
+                        }
+                    }
+                };
+                match event {
+                    Some(Event::Ready(sample)) => match self.lineage.admit(&sample.pos) {
+                        Admission::New => batcher.push(sample),
+                        Admission::AlreadyDone => {}
+                    },
+                    Some(Event::Rejected { pos, .. }) => {
+                        if self.lineage.admit(&pos) == Admission::New {
+                            self.lineage.rejected(&pos);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            self.metrics.trainer_queue.set(batcher.len() as i64);
+            if batcher.is_empty() {
+                if input_closed {
+                    self.final_checkpoint()?;
+                    return Ok(WorkerExit::Stopped);
+                }
+                self.maybe_checkpoint(&mut last_checkpoint)?;
+                continue;
+            }
+
+            // 2. Choose the batch: fresh samples by mix weights, then replay.
+            let fresh = batcher.take(fresh_target);
+            let n_replay = self.params.batch_size.saturating_sub(fresh.len()).min(
+                (self.params.batch_size as f64 * self.params.replay_ratio).round() as usize,
+            );
+            let replayed = self.replay.sample(n_replay, self.params.mix);
+            let mut examples: Vec<Example> = Vec::with_capacity(fresh.len() + replayed.len());
+            for s in &fresh {
+                examples.push(sample_example(s));
+            }
+            for (_, item) in &replayed {
+                examples.push(replay_example(item));
+            }
+            if let Some(cmcl) = self.cmcl.as_mut() {
+                let captions: Vec<Option<&str>> = fresh
+                    .iter()
+                    .map(|s| s.text.as_ref().map(|t| t.text.as_str()))
+                    .chain(replayed.iter().map(|(_, it)| it.text.as_ref().map(|t| t.text.as_str())))
+                    .collect();
+                cmcl.enrich(&self.trainer, &mut examples, &captions);
+            }
+            let micro = split(examples, self.params.grad_accumulation);
+
+            // 3. Step.
+            let lr = self.schedule.lr(self.step);
+            let started = Instant::now();
+            let report = self.trainer.step(&micro, lr);
+            let elapsed = started.elapsed();
+            self.step += 1;
+            steps_this_run += 1;
+
+            // 4. Account: every fresh record of the batch is now in the lineage.
+            let m = &self.metrics;
+            m.steps.inc();
+            m.step_seconds.observe(elapsed.as_secs_f64());
+            m.learning_rate.set(lr);
+            m.samples.with_label_values(&["fresh"]).inc_by(fresh.len() as u64);
+            m.samples.with_label_values(&["replay"]).inc_by(replayed.len() as u64);
+            m.tokens.inc_by(report.tokens as u64);
+            m.grad_norm.set(f64::from(report.grad_norm));
+            for (name, loss) in &report.losses {
+                m.loss.with_label_values(&[name]).set(f64::from(*loss));
+            }
+            if let Some(cmcl) = self.cmcl.as_mut() {
+                cmcl.observe(&self.trainer, &fresh);
+            }
+            for s in fresh {
+                self.lineage.trained(s.kind, &s.pos);
+                m.records.with_label_values(&[s.kind.as_str(), "trained"]).inc();
+                self.replay.offer(s.kind, ReplayItem { text: s.text, image: s.image });
+            }
+            for kind in RecordKind::ALL {
+                m.replay_items.with_label_values(&[kind.as_str()]).set(self.replay.len(kind) as i64);
+            }
+            if report.nonfinite {
+                m.nonfinite_steps.inc();
+                nonfinite_in_row += 1;
+                tracing::warn!(step = self.step, in_row = nonfinite_in_row, "non-finite loss or gradient: update skipped");
+                if nonfinite_in_row >= self.params.max_nonfinite_in_row {
+                    tracing::error!(
+                        in_row = nonfinite_in_row,
+                        "too many non-finite steps in a row: rolling back to the last checkpoint"
+                    );
+                    m.rollbacks.inc();
+                    return Ok(WorkerExit::Rollback);
+                }
+            } else {
+                nonfinite_in_row = 0;
+            }
+            if self.step.is_multiple_of(50) {
+                let total = report.losses.first().map_or(f32::NAN, |(_, l)| *l);
+                tracing::info!(step = self.step, loss = total, lr, step_ms = elapsed.as_millis() as u64, "training");
+            }
+
+            // 5. Checkpoint when due.
+            let by_steps = self.params.checkpoint_every_steps > 0
+                && self.step.is_multiple_of(self.params.checkpoint_every_steps);
+            if by_steps {
+                self.checkpoint(false, &mut last_checkpoint)?;
+            } else {
+                self.maybe_checkpoint(&mut last_checkpoint)?;
+            }
+        }
+    }
+
+    fn maybe_checkpoint(&mut self, last: &mut Instant) -> anyhow::Result<()> {
+        if self.params.checkpoint_every.is_some_and(|every| last.elapsed() >= every) {
+            self.checkpoint(false, last)?;
+        }
+        Ok(())
+    }
+
+    /// Serialises the state (on this thread: a consistent cut between steps) and hands it to
+    /// the writer. A periodic checkpoint is skipped when the writer is still busy with the
+    /// previous one, so training never waits for the disk.
+    fn checkpoint(&mut self, wait: bool, last: &mut Instant) -> anyhow::Result<()> {
+        let state = self.trainer.save().map_err(|e| anyhow::anyhow!("serialising the model: {e}"))?;
+        let job = CheckpointJob {
+            step: self.step,
+            trainer: state,
+            stream: StreamState { counts: self.lineage.counts, offsets: self.lineage.progress() },
+            replay: self.replay.encode(),
+            tokenizer_json: Arc::clone(&self.tokenizer_json),
+            parameters: self.trainer.num_params() as u64,
+        };
+        if wait {
+            self.sink.write_and_wait(job)?;
+        } else if !self.sink.try_submit(job) {
+            tracing::debug!(step = self.step, "checkpoint writer busy; checkpoint deferred");
+            return Ok(());
+        }
+        *last = Instant::now();
+        Ok(())
+    }
+
+    fn final_checkpoint(&mut self) -> anyhow::Result<()> {
+        let mut last = Instant::now();
+        self.checkpoint(true, &mut last)
+    }
+}
+
+/// Splits `examples` into `n` micro-batches of near-equal size (none empty).
+fn split(examples: Vec<Example>, n: usize) -> Vec<Vec<Example>> {
+    let n = n.clamp(1, examples.len().max(1));
+    let per = examples.len().div_ceil(n);
+    let mut out = Vec::with_capacity(n);
+    let mut it = examples.into_iter().peekable();
+    while it.peek().is_some() {
+        out.push(it.by_ref().take(per).collect());
+    }
+    out
+}
