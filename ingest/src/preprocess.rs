@@ -114,8 +114,12 @@ impl Preprocessor {
     }
 
     /// Processes one record.
-    pub async fn process(&self, raw: RawRecord) -> Processed {
-        let outcome = match self.try_process(&raw).await {
+    pub async fn process(&self, mut raw: RawRecord) -> Processed {
+        // The payload travels to the pool and back without a copy.
+        let payload = Arc::new(raw.payload.take());
+        let result = self.try_process(&raw, payload.clone()).await;
+        raw.payload = Arc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
+        let outcome = match result {
             Ok(sample) => Outcome::Ready(sample),
             Err(rejection) => {
                 if let Some(metrics) = &self.inner.metrics {
@@ -147,13 +151,13 @@ impl Preprocessor {
             .unwrap_or_else(|_| Err(Rejection::new(RejectReason::ImageDecode, "preprocessing worker stopped")))
     }
 
-    async fn try_process(&self, raw: &RawRecord) -> Result<Sample, Rejection> {
+    async fn try_process(&self, raw: &RawRecord, payload: Arc<Option<Vec<u8>>>) -> Result<Sample, Rejection> {
         let kind = raw.kind;
-        let payload = raw.payload.clone();
         // Stage 1 on the pool: decode the message, tokenise, and build inline images.
         let (message, text, objects) = self
             .on_pool(move |inner| {
-                let mut message = decode_message(kind, payload.as_deref(), &inner.limits)?;
+                let payload = payload.as_deref();
+                let mut message = decode_message(kind, payload, &inner.limits)?;
                 let text = match &message.text {
                     Some(t) => Some(
                         inner
@@ -163,7 +167,7 @@ impl Preprocessor {
                     ),
                     None => None,
                 };
-                let objects = inline_objects(inner, &mut message)?;
+                let objects = inline_objects(inner, &mut message, payload)?;
                 Ok((message, text, objects))
             })
             .await?;
@@ -185,19 +189,19 @@ impl Preprocessor {
 
 /// The object sequence of a message when it needs no download: precomputed regions, or
 /// inline bytes (decoded here). `None` for URLs.
-fn inline_objects(inner: &Inner, message: &mut Message) -> Result<Option<ObjectSequence>, Rejection> {
+fn inline_objects(inner: &Inner, message: &mut Message, payload: Option<&[u8]>) -> Result<Option<ObjectSequence>, Rejection> {
     if let Some(regions) = message.regions.take() {
         return Ok(Some(regions));
     }
-    match &message.image {
-        Some(ImageSource::Bytes(bytes)) => {
-            let objects = image_to_objects(bytes, &inner.image, &inner.extractor)?;
-            // The bytes are not needed any more; drop them before the sample travels on.
-            message.image = None;
-            Ok(Some(objects))
-        }
-        _ => Ok(None),
-    }
+    let bytes = match &message.image {
+        Some(ImageSource::Bytes(bytes)) => bytes.as_slice(),
+        Some(ImageSource::Payload) => payload.unwrap_or_default(),
+        Some(ImageSource::Url(_)) | None => return Ok(None),
+    };
+    let objects = image_to_objects(bytes, &inner.image, &inner.extractor)?;
+    // The bytes are not needed any more; drop them before the message travels on.
+    message.image = None;
+    Ok(Some(objects))
 }
 
 /// The text or caption of a record, for training the tokenizer on a bootstrap sample: `None`

@@ -37,8 +37,10 @@ pub struct DecodeLimits {
 pub enum ImageSource {
     /// To be downloaded (`image_url`, http or https).
     Url(Url),
-    /// Inline bytes (`image_base64`, or a raw image record).
+    /// Inline bytes (`image_base64`).
     Bytes(Vec<u8>),
+    /// The record value itself is the image (raw image bytes on the image topic); not copied.
+    Payload,
 }
 
 /// A decoded message: the parts a record carries, validated against the schema.
@@ -89,7 +91,7 @@ pub fn decode_message(kind: RecordKind, payload: Option<&[u8]>, limits: &DecodeL
     };
     if kind == RecordKind::Image && looks_like_image(payload) {
         check_size(payload.len(), limits)?;
-        return Ok(Message { id: None, text: None, image: Some(ImageSource::Bytes(payload.to_vec())), regions: None });
+        return Ok(Message { id: None, text: None, image: Some(ImageSource::Payload), regions: None });
     }
     let value: Value = serde_json::from_slice(payload).map_err(|e| {
         let what = if kind == RecordKind::Image { "neither an image nor JSON" } else { "not JSON" };
@@ -302,7 +304,7 @@ mod tests {
         assert_eq!(m.image, Some(ImageSource::Url(Url::parse("https://example.com/a.jpg").expect("url"))));
         // Raw image bytes as the record value.
         let m = decode_message(RecordKind::Image, Some(&png), &LIMITS).expect("raw ok");
-        assert_eq!(m.image, Some(ImageSource::Bytes(png.clone())));
+        assert_eq!(m.image, Some(ImageSource::Payload));
         assert_eq!(m.id, None);
 
         assert_eq!(reason(decode(RecordKind::Image, &json!({"id": "x"}))), RejectReason::MissingField);

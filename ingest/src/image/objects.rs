@@ -28,7 +28,7 @@ pub struct ObjectExtractor {
 impl ObjectExtractor {
     /// An extractor for `config.box_scales` and `config.crop_size` (assumed validated).
     pub fn new(config: &ImageConfig) -> Self {
-        Self { scales: config.box_scales.clone(), crop: config.crop_size.max(1) }
+        Self { scales: config.box_scales.clone(), crop: config.crop_size.clamp(1, 256) }
     }
 
     /// Width of one region feature: `3 * crop_size^2`, laid out channel-major
