@@ -1,4 +1,17 @@
 //! unimod daemon library: configuration, training loop, checkpoints, HTTP, signals.
 //! The `unimod` binary (`main.rs`) is a thin CLI over this library.
 
+pub mod access;
 pub mod checkpoint;
+pub mod checkpoint_io;
+pub mod cli;
+pub mod config;
+pub mod eval;
+pub mod health;
+pub mod http;
+pub mod inspect;
+pub mod notify;
+pub mod produce_cmd;
+pub mod run;
+pub mod telemetry;
+pub mod train;

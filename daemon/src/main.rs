@@ -1,1 +1,141 @@
-fn main() {}
+//! `unimod`: continual multimodal pretraining from Kafka. A thin CLI over the `unimod`
+//! library; see `docs/architecture.md` for the data path and INTERFACE.md for the contract.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration. Every failure
+//! prints one line on stderr naming what was wrong.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use unimod::cli;
+
+#[derive(Debug, Parser)]
+#[command(name = "unimod", version, about = "Continual UNIMO/ViLBERT pretraining from a Kafka stream")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume, preprocess, train and checkpoint until SIGTERM/SIGINT (or a bound).
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop (with a final checkpoint) after this many optimizer steps.
+        #[arg(long)]
+        max_steps: Option<u64>,
+        /// Stop (with a final checkpoint) after this many seconds.
+        #[arg(long)]
+        max_seconds: Option<u64>,
+    },
+    /// Validate a configuration file and print the effective configuration.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Publish JSONL files (or image files/folders for --kind image) to Kafka.
+    Produce {
+        /// Bootstrap brokers, `host:port[,host:port...]`.
+        #[arg(long)]
+        brokers: String,
+        /// Message kind: text, image or pair.
+        #[arg(long)]
+        kind: cli::KindArg,
+        /// Topic (default: unimo.text, unimo.image or unimo.pair).
+        #[arg(long)]
+        topic: Option<String>,
+        /// JSONL files, or image files and folders for --kind image.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    /// Retrieval recall@1/5/10 of a checkpoint over a pairs file.
+    Eval {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// JSONL file of pairs (`{"id", "caption", "image_base64"|"image_url"}`).
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Checkpoint id (default: the latest valid one).
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and export checkpoints.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckpointCommand {
+    /// One row per stored checkpoint, newest first.
+    List {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The metadata of one checkpoint.
+    Show {
+        /// Checkpoint id or `latest`.
+        #[arg(default_value = "latest")]
+        id: String,
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON (the only format).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write weights, model config and tokenizer.json of a checkpoint to a folder.
+    Export {
+        /// Checkpoint id or `latest`.
+        #[arg(default_value = "latest")]
+        id: String,
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Output folder (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Run { config, max_steps, max_seconds } => cli::run(&config, max_steps, max_seconds),
+        Command::CheckConfig { config } => cli::check_config(&config),
+        Command::Produce { brokers, kind, topic, inputs } => cli::produce(&brokers, kind, topic, &inputs),
+        Command::Eval { config, pairs, checkpoint, json } => cli::eval(&config, &pairs, checkpoint.as_deref(), json),
+        Command::Checkpoint { command } => match command {
+            CheckpointCommand::List { config, json } => cli::checkpoint_list(&config, json),
+            CheckpointCommand::Show { id, config, json: _ } => cli::checkpoint_show(&config, &id),
+            CheckpointCommand::Export { id, config, out } => cli::checkpoint_export(&config, &id, &out),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("unimod: {}", e.message());
+            ExitCode::from(e.code())
+        }
+    }
+}

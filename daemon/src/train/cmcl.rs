@@ -3,14 +3,14 @@
 //! extra positives retrieved online from a bounded window of recent single-modal items —
 //! text-only records by TF-IDF, image-only records by pooled-embedding similarity.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use burn::tensor::backend::AutodiffBackend;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use unimod_ingest::record::{RecordKind, Sample};
-use unimod_ingest::text::{Rewriter, TextTokenizer, TfIdfIndex};
+use unimod_ingest::text::{TextRewriter, TextTokenizer, TfIdfWindow};
 use unimod_model::{cosine_top_k, Example, Trainer, VisualInput};
 
 use super::examples::visual_input;
@@ -20,10 +20,11 @@ use crate::config::CmclConfig;
 pub struct CmclData {
     config: CmclConfig,
     tokenizer: Arc<TextTokenizer>,
-    rewriter: Rewriter,
+    rewriter: TextRewriter,
     rng: StdRng,
-    texts: TfIdfIndex,
-    text_ids: HashMap<u64, Vec<u32>>,
+    texts: TfIdfWindow,
+    /// Token ids of the documents in `texts`, oldest first (same capacity).
+    text_ids: VecDeque<(u64, Vec<u32>)>,
     next_text_id: u64,
     images: VecDeque<(VisualInput, Vec<f32>)>,
 }
@@ -32,12 +33,12 @@ impl CmclData {
     /// Empty windows.
     pub fn new(config: CmclConfig, tokenizer: Arc<TextTokenizer>, seed: u64) -> Self {
         Self {
-            texts: TfIdfIndex::new(config.window.max(1)),
+            texts: TfIdfWindow::new(config.window.max(1)),
             config,
             tokenizer,
-            rewriter: Rewriter::new(),
+            rewriter: TextRewriter::default(),
             rng: StdRng::seed_from_u64(seed),
-            text_ids: HashMap::new(),
+            text_ids: VecDeque::new(),
             next_text_id: 0,
             images: VecDeque::new(),
         }
@@ -54,17 +55,16 @@ impl CmclData {
         }
         for &i in &pairs {
             let Some(caption) = captions.get(i).copied().flatten() else { continue };
-            for _ in 0..self.config.hard_negatives {
-                if let Some(rewritten) = self.rewriter.rewrite(caption, &mut self.rng) {
-                    if let Ok(seq) = self.tokenizer.encode(&rewritten) {
-                        examples[i].hard_negatives.push(seq.ids);
-                    }
+            let seed = self.rng.random::<u64>();
+            for rewrite in self.rewriter.rewrites(caption, self.config.hard_negatives, seed) {
+                if let Ok(seq) = self.tokenizer.encode(&rewrite.text) {
+                    examples[i].hard_negatives.push(seq.ids);
                 }
             }
             if self.config.text_positives > 0 {
                 for (id, score) in self.texts.query(caption, self.config.text_positives) {
                     if score >= self.config.min_similarity {
-                        if let Some(ids) = self.text_ids.get(&id) {
+                        if let Some((_, ids)) = self.text_ids.iter().find(|(d, _)| *d == id) {
                             examples[i].extra_texts.push(ids.clone());
                         }
                     }
@@ -99,10 +99,11 @@ impl CmclData {
                     if let Some(t) = &s.text {
                         let id = self.next_text_id;
                         self.next_text_id += 1;
-                        if let Some(evicted) = self.texts.add(id, &t.text) {
-                            self.text_ids.remove(&evicted);
+                        self.texts.add(id, &t.text);
+                        if self.text_ids.len() >= self.config.window.max(1) {
+                            self.text_ids.pop_front();
                         }
-                        self.text_ids.insert(id, t.ids.clone());
+                        self.text_ids.push_back((id, t.ids.clone()));
                     }
                 }
                 RecordKind::Image if self.config.image_positives > 0 => {

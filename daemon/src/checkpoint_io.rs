@@ -1,0 +1,270 @@
+//! What goes into a checkpoint and back out: the trainer thread's consistent cut
+//! ([`CheckpointJob`]) is written by a dedicated writer thread ([`CheckpointSink`]) so that
+//! training does not wait for the disk, and offsets are committed to the Kafka group only
+//! after the checkpoint holding them is durable ([`Durable`]).
+//!
+//! Blobs of a checkpoint: `model`, `optimizer` (burn records), `model_config` (JSON),
+//! `tokenizer` (tokenizer.json), `replay` (binary), `state` (JSON: trainer step counters).
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use unimod_ingest::offsets::PartitionOffsets;
+use unimod_model::{ModelConfig, TrainerState};
+
+use crate::checkpoint::{CheckpointMeta, CheckpointStore, ModelSummary, PartitionOffset, RecordCounts as MetaCounts};
+use crate::telemetry::Metrics;
+use crate::train::lineage::RecordCounts;
+
+/// Blob names.
+pub mod blob {
+    /// burn model record.
+    pub const MODEL: &str = "model";
+    /// burn optimizer record.
+    pub const OPTIMIZER: &str = "optimizer";
+    /// Model config JSON.
+    pub const MODEL_CONFIG: &str = "model_config";
+    /// tokenizer.json.
+    pub const TOKENIZER: &str = "tokenizer";
+    /// Replay buffers.
+    pub const REPLAY: &str = "replay";
+    /// Trainer counters (JSON).
+    pub const STATE: &str = "state";
+}
+
+/// The stream side of a checkpoint.
+#[derive(Debug, Clone)]
+pub struct StreamState {
+    /// Fresh records in the lineage.
+    pub counts: RecordCounts,
+    /// Per-partition next offsets (and finished offsets above them).
+    pub offsets: Vec<PartitionOffsets>,
+}
+
+/// A consistent cut of the trainer's state, taken between two steps.
+pub struct CheckpointJob {
+    /// Optimizer steps in the lineage.
+    pub step: u64,
+    /// Model, optimizer, model config.
+    pub trainer: TrainerState,
+    /// Counts and offsets.
+    pub stream: StreamState,
+    /// Encoded replay buffers.
+    pub replay: Vec<u8>,
+    /// The tokenizer.
+    pub tokenizer_json: Arc<String>,
+    /// Parameter count (for metadata).
+    pub parameters: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TrainerCounters {
+    steps_applied: u64,
+}
+
+/// A checkpoint is durable: its offsets may be committed to the consumer group.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    /// Checkpoint id.
+    pub id: u64,
+    /// `(topic, partition, next offset)`.
+    pub offsets: Vec<(String, i32, i64)>,
+}
+
+type Reply = SyncSender<anyhow::Result<u64>>;
+
+/// The trainer thread's handle to the writer thread.
+pub struct CheckpointSink {
+    tx: SyncSender<(CheckpointJob, Option<Reply>)>,
+}
+
+impl CheckpointSink {
+    /// Submits a periodic checkpoint unless the writer is still busy; returns whether it was taken.
+    pub fn try_submit(&self, job: CheckpointJob) -> bool {
+        match self.tx.try_send((job, None)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => false,
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::error!("checkpoint writer is gone; checkpoint dropped");
+                false
+            }
+        }
+    }
+
+    /// Writes a checkpoint and waits until it is durable (used at shutdown).
+    pub fn write_and_wait(&self, job: CheckpointJob) -> anyhow::Result<()> {
+        let (reply_tx, reply_rx) = sync_channel(1);
+        self.tx
+            .send((job, Some(reply_tx)))
+            .map_err(|_| anyhow::anyhow!("checkpoint writer is gone"))?;
+        let id = reply_rx.recv().map_err(|_| anyhow::anyhow!("checkpoint writer stopped"))??;
+        tracing::info!(checkpoint = id, "final checkpoint written");
+        Ok(())
+    }
+}
+
+/// Starts the writer thread. It ends when every [`CheckpointSink`] is dropped.
+pub fn spawn_writer(
+    store: Arc<CheckpointStore>,
+    keep: usize,
+    model_size: String,
+    metrics: Metrics,
+    durable: mpsc::Sender<Durable>,
+) -> anyhow::Result<(CheckpointSink, std::thread::JoinHandle<()>)> {
+    // Capacity 0 would block the trainer until the writer picks the job up; 1 lets the
+    // trainer hand over one job and go on.
+    let (tx, rx) = sync_channel::<(CheckpointJob, Option<Reply>)>(1);
+    let handle = std::thread::Builder::new()
+        .name("checkpoint-writer".into())
+        .spawn(move || writer_loop(rx, store, keep, model_size, metrics, durable))
+        .context("starting the checkpoint writer thread")?;
+    Ok((CheckpointSink { tx }, handle))
+}
+
+fn writer_loop(
+    rx: Receiver<(CheckpointJob, Option<Reply>)>,
+    store: Arc<CheckpointStore>,
+    keep: usize,
+    model_size: String,
+    metrics: Metrics,
+    durable: mpsc::Sender<Durable>,
+) {
+    while let Ok((job, reply)) = rx.recv() {
+        let started = Instant::now();
+        let result = write_one(&store, keep, &model_size, job);
+        match &result {
+            Ok((meta, offsets)) => {
+                metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
+                metrics.checkpoint_bytes.set(meta.bytes as i64);
+                metrics
+                    .checkpoint_last_success
+                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+                metrics.store_bytes.set(store.size_on_disk().unwrap_or(0) as i64);
+                tracing::info!(
+                    checkpoint = meta.id,
+                    step = meta.step,
+                    bytes = meta.bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "checkpoint durable"
+                );
+                // The committer may be gone at shutdown: the checkpoint is durable anyway.
+                let _ = durable.blocking_send(Durable { id: meta.id, offsets: offsets.clone() });
+            }
+            Err(e) => {
+                metrics.checkpoint_failures.inc();
+                tracing::error!(error = %format!("{e:#}"), "checkpoint failed; the previous one stays current");
+            }
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result.map(|(m, _)| m.id));
+        }
+    }
+}
+
+fn write_one(
+    store: &CheckpointStore,
+    keep: usize,
+    model_size: &str,
+    job: CheckpointJob,
+) -> anyhow::Result<(CheckpointMeta, Vec<(String, i32, i64)>)> {
+    let config = ModelConfig::from_json(&job.trainer.config_json)
+        .map_err(|e| anyhow::anyhow!("model config of the checkpoint: {e}"))?;
+    let counters = serde_json::to_vec(&TrainerCounters { steps_applied: job.trainer.steps_applied })?;
+    let offsets: Vec<PartitionOffset> = job
+        .stream
+        .offsets
+        .iter()
+        .map(|p| PartitionOffset {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            offset: p.next_offset,
+            done_above: p.finished_above.clone(),
+        })
+        .collect();
+    let commit: Vec<(String, i32, i64)> =
+        offsets.iter().map(|p| (p.topic.clone(), p.partition, p.offset)).collect();
+    let c = job.stream.counts;
+    let meta = CheckpointMeta {
+        id: 0,
+        step: job.step,
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        bytes: 0,
+        records: MetaCounts { text: c.text, image: c.image, pair: c.pair, rejected: c.rejected },
+        offsets,
+        model: ModelSummary {
+            arch: config.arch.as_str().to_owned(),
+            size: model_size.to_owned(),
+            parameters: job.parameters,
+        },
+        blobs: Vec::new(),
+        extra: serde_json::Value::Null,
+    };
+    let blobs = vec![
+        (blob::MODEL.to_owned(), job.trainer.model),
+        (blob::OPTIMIZER.to_owned(), job.trainer.optimizer),
+        (blob::MODEL_CONFIG.to_owned(), job.trainer.config_json.into_bytes()),
+        (blob::TOKENIZER.to_owned(), job.tokenizer_json.as_bytes().to_vec()),
+        (blob::REPLAY.to_owned(), job.replay),
+        (blob::STATE.to_owned(), counters),
+    ];
+    let meta = store.write(meta, blobs).context("writing the checkpoint to the store")?;
+    store.prune(keep).context("pruning old checkpoints")?;
+    Ok((meta, commit))
+}
+
+/// A checkpoint read back for a resume, `eval` or `export`.
+pub struct Restored {
+    /// Its metadata.
+    pub meta: CheckpointMeta,
+    /// Model, optimizer and config.
+    pub trainer: TrainerState,
+    /// Encoded replay buffers (may be empty).
+    pub replay: Vec<u8>,
+    /// tokenizer.json.
+    pub tokenizer_json: String,
+}
+
+impl Restored {
+    /// Assembles a checkpoint from its metadata and named blobs.
+    pub fn from_blobs(meta: CheckpointMeta, mut get: impl FnMut(&str) -> Option<Vec<u8>>) -> anyhow::Result<Self> {
+        let mut need = |name: &str| get(name).with_context(|| format!("checkpoint {} has no {name} blob", meta.id));
+        let model = need(blob::MODEL)?;
+        let optimizer = need(blob::OPTIMIZER)?;
+        let config_json = String::from_utf8(need(blob::MODEL_CONFIG)?).context("model config is not UTF-8")?;
+        let tokenizer_json = String::from_utf8(need(blob::TOKENIZER)?).context("tokenizer is not UTF-8")?;
+        let counters: TrainerCounters =
+            serde_json::from_slice(&need(blob::STATE)?).context("trainer counters")?;
+        // Not needed by eval or export (and not fetched by them).
+        let replay = get(blob::REPLAY).unwrap_or_default();
+        Ok(Self {
+            meta,
+            trainer: TrainerState { config_json, model, optimizer, steps_applied: counters.steps_applied },
+            replay,
+            tokenizer_json,
+        })
+    }
+
+    /// The lineage counts of this checkpoint.
+    pub fn counts(&self) -> RecordCounts {
+        let r = &self.meta.records;
+        RecordCounts { text: r.text, image: r.image, pair: r.pair, rejected: r.rejected }
+    }
+
+    /// Per-partition progress of this checkpoint.
+    pub fn progress(&self) -> Vec<PartitionOffsets> {
+        self.meta
+            .offsets
+            .iter()
+            .map(|p| PartitionOffsets {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                next_offset: p.offset,
+                finished_above: p.done_above.clone(),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,169 @@
+//! The subcommands behind `main.rs`: each returns a [`CliError`] carrying the exit code
+//! (2 for usage and configuration, 1 for runtime failures) and one line for stderr.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use unimod_ingest::record::RecordKind;
+
+use crate::config::{Config, LogFormat};
+
+/// A failed command: exit code and a one-line message.
+#[derive(Debug)]
+pub struct CliError {
+    code: u8,
+    message: String,
+}
+
+impl CliError {
+    /// Bad usage or configuration (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self { code: 2, message: one_line(&message.into()) }
+    }
+
+    /// A runtime failure (exit 1).
+    pub fn runtime(e: impl Into<anyhow::Error>) -> Self {
+        Self { code: 1, message: one_line(&format!("{:#}", e.into())) }
+    }
+
+    /// The exit code.
+    pub fn code(&self) -> u8 {
+        self.code
+    }
+
+    /// The message (one line).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+}
+
+/// `--kind` of `unimod produce`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KindArg {
+    /// Text-only JSONL.
+    Text,
+    /// Image files/folders (raw bytes) or JSONL.
+    Image,
+    /// Pairs JSONL.
+    Pair,
+}
+
+impl From<KindArg> for RecordKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Text => RecordKind::Text,
+            KindArg::Image => RecordKind::Image,
+            KindArg::Pair => RecordKind::Pair,
+        }
+    }
+}
+
+/// Loads the config, mapping errors to exit code 2.
+pub fn load_config(path: &Path) -> Result<Config, CliError> {
+    Config::load(path).map_err(|e| CliError::usage(format!("config error: {e}")))
+}
+
+/// Sets up tracing: human on a terminal, JSON otherwise (or as configured).
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("unimod-io")
+        .build()
+        .map_err(CliError::runtime)
+}
+
+/// `unimod check-config`.
+pub fn check_config(path: &Path) -> Result<(), CliError> {
+    let config = load_config(path)?;
+    print!("{}", config.to_toml());
+    Ok(())
+}
+
+/// `unimod run`.
+pub fn run(path: &Path, max_steps: Option<u64>, max_seconds: Option<u64>) -> Result<(), CliError> {
+    let config = load_config(path)?;
+    init_logging(config.log.format, &config.log.level);
+    let rt = runtime()?;
+    let shutdown = CancellationToken::new();
+    let opts = crate::run::RunOptions { max_steps, max_seconds: max_seconds.map(Duration::from_secs) };
+    rt.block_on(async {
+        spawn_signal_handler(shutdown.clone());
+        crate::run::run(config, opts, shutdown).await
+    })
+    .map_err(|e| match e.downcast::<crate::run::StartupError>() {
+        Ok(s) => CliError::usage(s.to_string()),
+        Err(e) => CliError::runtime(e),
+    })
+}
+
+/// First SIGTERM/SIGINT: cancel (drain). Second: exit at once.
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        let name = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
+        tracing::info!(signal = name, "shutdown requested: draining (send again to exit at once)");
+        shutdown.cancel();
+        let name = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
+        tracing::warn!(signal = name, "second signal: exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+/// `unimod produce`.
+pub fn produce(brokers: &str, kind: KindArg, topic: Option<String>, inputs: &[PathBuf]) -> Result<(), CliError> {
+    init_logging(LogFormat::Human, "warn");
+    let rt = runtime()?;
+    rt.block_on(crate::produce_cmd::produce(brokers, kind.into(), topic, inputs))
+}
+
+/// `unimod eval`.
+pub fn eval(config: &Path, pairs: &Path, checkpoint: Option<&str>, json: bool) -> Result<(), CliError> {
+    let config = load_config(config)?;
+    init_logging(LogFormat::Human, "warn");
+    let rt = runtime()?;
+    rt.block_on(crate::eval::eval_command(&config, pairs, checkpoint, json))
+}
+
+/// `unimod checkpoint list`.
+pub fn checkpoint_list(config: &Path, json: bool) -> Result<(), CliError> {
+    let config = load_config(config)?;
+    init_logging(LogFormat::Human, "warn");
+    crate::inspect::list(&config, json)
+}
+
+/// `unimod checkpoint show`.
+pub fn checkpoint_show(config: &Path, id: &str) -> Result<(), CliError> {
+    let config = load_config(config)?;
+    init_logging(LogFormat::Human, "warn");
+    crate::inspect::show(&config, id)
+}
+
+/// `unimod checkpoint export`.
+pub fn checkpoint_export(config: &Path, id: &str, out: &Path) -> Result<(), CliError> {
+    let config = load_config(config)?;
+    init_logging(LogFormat::Human, "warn");
+    crate::inspect::export(&config, id, out)
+}
