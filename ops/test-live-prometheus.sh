@@ -2,8 +2,16 @@
 # ops/test-live-prometheus.sh: the dashboard and the rules against a real Prometheus server
 # scraping a real unimod daemon.
 #
-#   ops/test-live-prometheus.sh HOST:PORT     # the daemon's [metrics] listen address
+#   ops/test-live-prometheus.sh HOST:PORT     # a running daemon's [metrics] listen address
+#   ops/test-live-prometheus.sh --daemon      # starts its own: tansu, a synthetic stream, unimod run
 #   ops/test-live-prometheus.sh --self-test   # against ops/testdata/fake_unimod_exporter.py
+#
+# --daemon (what CI runs) needs tansu on the PATH and built binaries: UNIMOD_BIN and
+# UNIMOD_SYNTH_BIN, by default target/release/{unimod,unimod-synth}, else target/debug. It
+# starts a broker on a free port, publishes a small synthetic stream (with a few bad records and
+# a few image URLs served by a local HTTP server, so that the rejection and fetch series
+# exist), runs `unimod run` with frequent checkpoints until it has trained and checkpointed,
+# then checks it as below, and stops everything.
 #
 # What it does:
 #   1. starts `prometheus` (Debian package `prometheus`) on a free local port, with a temporary
@@ -26,7 +34,8 @@
 # daemon exports those label sets at zero from the start.
 #
 # Environment: SCRAPES (default 8), WAIT_SECONDS (default 90: limit for step 2),
-# PROMETHEUS (default: prometheus on PATH), KEEP=1 keeps the temporary directory.
+# PROMETHEUS (default: prometheus on PATH), KEEP=1 keeps the temporary directory,
+# TRAIN_WAIT_SECONDS (default 600: --daemon's limit for training and the first checkpoint).
 
 set -euo pipefail
 
@@ -55,11 +64,11 @@ pids=()
 fake=
 cleanup() {
     local rc=$?
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
+    # Newest first: the daemon drains (final checkpoint) while its broker still runs.
+    local i
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        kill "${pids[i]}" 2>/dev/null || true
+        wait "${pids[i]}" 2>/dev/null || true
     done
     if [[ ${KEEP:-0} == 1 ]]; then
         echo "test-live-prometheus: kept $tmp" >&2
@@ -110,6 +119,118 @@ if [[ $1 == --self-test ]]; then
     echo "self-test: passed"
     exit 0
 fi
+# A free loopback port.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# The sum of one metric's samples on a /metrics page read from stdin ("" when absent).
+metric_sum() {
+    awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2; n++ } END { if (n) print s }'
+}
+
+if [[ $1 == --daemon ]]; then
+    root=$(dirname "$ops")
+    pick() {
+        local name=$1 var=$2 d
+        if [[ -n ${!var:-} ]]; then echo "${!var}"; return; fi
+        for d in "$root/target/release" "$root/target/debug"; do
+            if [[ -x $d/$name ]]; then echo "$d/$name"; return; fi
+        done
+        echo "test-live-prometheus: $name not built (cargo build --release -p unimod -p unimod-e2e) and $var not set" >&2
+        exit 2
+    }
+    unimod=$(pick unimod UNIMOD_BIN) || exit 2
+    synth=$(pick unimod-synth UNIMOD_SYNTH_BIN) || exit 2
+    command -v tansu >/dev/null || { echo "test-live-prometheus: tansu not on the PATH" >&2; exit 2; }
+
+    # Broker and topics.
+    bport=$(free_port)
+    burl=tcp://127.0.0.1:$bport
+    mkdir -p "$tmp/broker"
+    (cd "$tmp/broker" && exec tansu broker --listener-url "$burl" --advertised-listener-url "$burl" \
+        --storage-engine sqlite://broker.db >broker.log 2>&1) &
+    pids+=($!)
+    for t in unimo.text unimo.image unimo.pair unimo.dead-letter; do
+        for try in $(seq 30); do
+            out=$(tansu topic create "$t" --broker "$burl" --partitions 2 2>&1) && break
+            [[ $out == *"already exists"* ]] && break
+            ((try < 30)) || { echo "$out" >&2; exit 1; }
+            sleep 0.5
+        done
+    done
+
+    # Stream: pairs, texts, images, bad records, and pairs whose images come by URL (one 404).
+    "$synth" --out "$tmp/data" --pairs 300 --texts 200 --images 100 --eval 0 --size 32 \
+        --image-files --bad >/dev/null
+    hport=$(free_port)
+    python3 -m http.server --bind 127.0.0.1 --directory "$tmp/data/images" "$hport" >"$tmp/http.log" 2>&1 &
+    pids+=($!)
+    for i in 0 1 2 3 4; do
+        printf '{"id": "url-%s", "caption": "a shape served over http", "image_url": "http://127.0.0.1:%s/img-%s.png"}\n' \
+            "$i" "$hport" "$i"
+    done >"$tmp/data/url_pairs.jsonl"
+    printf '{"id": "url-404", "caption": "a missing image", "image_url": "http://127.0.0.1:%s/missing.png"}\n' \
+        "$hport" >>"$tmp/data/url_pairs.jsonl"
+    brokers=127.0.0.1:$bport
+    d=$tmp/data
+    "$unimod" produce --brokers "$brokers" --kind text --topic unimo.text "$d/text.jsonl" "$d/bad_text.jsonl"
+    "$unimod" produce --brokers "$brokers" --kind image --topic unimo.image "$d/image.jsonl" "$d/bad_image.jsonl"
+    "$unimod" produce --brokers "$brokers" --kind pair --topic unimo.pair "$d/pairs.jsonl" "$d/bad_pairs.jsonl" \
+        "$d/url_pairs.jsonl"
+
+    # The daemon, with checkpoints every few steps.
+    mport=$(free_port)
+    {
+        echo '[kafka]'
+        echo "brokers = \"$brokers\""
+        echo 'group_id = "live-prometheus"'
+        echo 'dead_letter_topic = "unimo.dead-letter"'
+        echo '[storage]'
+        echo "path = \"$tmp/store\""
+        echo 'checkpoint_every_steps = 5'
+        echo 'checkpoint_every_seconds = 30'
+        echo 'keep_checkpoints = 2'
+        echo '[train]'
+        echo 'batch_size = 8'
+        echo 'warmup_steps = 5'
+        echo '[text]'
+        echo 'bootstrap_records = 100'
+        echo 'vocab_size = 1000'
+        echo '[fetch]'
+        echo 'allow_private_networks = true'
+        echo '[metrics]'
+        echo "listen = \"127.0.0.1:$mport\""
+    } >"$tmp/unimod.toml"
+    "$unimod" check-config --config "$tmp/unimod.toml" >/dev/null
+    "$unimod" run --config "$tmp/unimod.toml" --max-seconds 1800 >"$tmp/unimod.log" 2>&1 &
+    pids+=($!)
+    daemon=${pids[-1]}
+    echo "unimod run on 127.0.0.1:$mport (broker $brokers); waiting until it has trained and checkpointed"
+    deadline=$((SECONDS + ${TRAIN_WAIT_SECONDS:-600}))
+    while :; do
+        page=$(curl -fsS --max-time 2 "http://127.0.0.1:$mport/metrics" 2>/dev/null || true)
+        steps=$(metric_sum unimod_train_steps_total <<<"$page")
+        ckpt=$(metric_sum unimod_checkpoint_last_success_timestamp_seconds <<<"$page")
+        fetches=$(metric_sum unimod_image_fetch_seconds_count <<<"$page")
+        if [[ -n $steps && -n $ckpt && -n $fetches && $ckpt != 0 ]] &&
+            ((${steps%.*} >= 10 && ${fetches%.*} >= 1)); then
+            break
+        fi
+        if ! kill -0 "$daemon" 2>/dev/null || ((SECONDS > deadline)); then
+            echo "test-live-prometheus: the daemon did not train and checkpoint" \
+                "(steps=${steps:-none}, checkpoint=${ckpt:-none}, fetches=${fetches:-none}); its log ends:" >&2
+            tail -30 "$tmp/unimod.log" >&2
+            exit 1
+        fi
+        sleep 2
+    done
+    echo "trained ${steps%.*} steps, checkpointed, fetched ${fetches%.*} image(s)"
+    # The check runs while the daemon keeps training; the cleanup stops it with SIGTERM.
+    "$0" "127.0.0.1:$mport"
+    exit $?
+fi
+
 target=$1
 
 if ! curl -fsS -o /dev/null --max-time 5 "http://$target/metrics"; then
@@ -117,7 +238,7 @@ if ! curl -fsS -o /dev/null --max-time 5 "http://$target/metrics"; then
     exit 1
 fi
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 cat >"$tmp/prometheus.yml" <<EOF
 global:
   scrape_interval: 1s
