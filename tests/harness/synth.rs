@@ -221,7 +221,12 @@ pub struct Shape {
 impl Shape {
     /// "large red circle".
     fn noun_phrase(&self) -> String {
-        format!("{} {} {}", self.size.name(), self.colour.name(), self.kind.name())
+        format!(
+            "{} {} {}",
+            self.size.name(),
+            self.colour.name(),
+            self.kind.name()
+        )
     }
 
     /// Whether the point (x, y), in fractions of the image side, lies inside the shape.
@@ -286,7 +291,11 @@ impl Scene {
                     break (colour, kind);
                 }
             };
-            let size = if rng.random_bool(0.5) { SizeClass::Small } else { SizeClass::Large };
+            let size = if rng.random_bool(0.5) {
+                SizeClass::Small
+            } else {
+                SizeClass::Large
+            };
             let side = w.min(h);
             let r = size.radius_fraction() * side;
             // Jitter the centre by up to half the free margin so that positions vary but a
@@ -295,7 +304,14 @@ impl Scene {
             let slack_y = (h / 2.0 - r).max(0.0) * 0.5;
             let cx = x0 + w / 2.0 + rng.random_range(-1.0..=1.0f32) * slack_x;
             let cy = y0 + h / 2.0 + rng.random_range(-1.0..=1.0f32) * slack_y;
-            shapes.push(Shape { colour, kind, size, cx, cy, r });
+            shapes.push(Shape {
+                colour,
+                kind,
+                size,
+                cx,
+                cy,
+                r,
+            });
         }
         Scene { layout, shapes }
     }
@@ -358,7 +374,11 @@ fn cells(layout: Layout) -> Vec<(f32, f32, f32, f32)> {
         Layout::Vertical => vec![(0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 0.5)],
         Layout::Row => {
             let third = 1.0 / 3.0;
-            vec![(0.0, 0.0, third, 1.0), (third, 0.0, third, 1.0), (2.0 * third, 0.0, third, 1.0)]
+            vec![
+                (0.0, 0.0, third, 1.0),
+                (third, 0.0, third, 1.0),
+                (2.0 * third, 0.0, third, 1.0),
+            ]
         }
     }
 }
@@ -366,7 +386,8 @@ fn cells(layout: Layout) -> Vec<(f32, f32, f32, f32)> {
 /// Encodes an image as PNG bytes.
 pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
     let mut buf = Cursor::new(Vec::new());
-    img.write_to(&mut buf, ImageFormat::Png).context("encoding a synthetic image as PNG")?;
+    img.write_to(&mut buf, ImageFormat::Png)
+        .context("encoding a synthetic image as PNG")?;
     Ok(buf.into_inner())
 }
 
@@ -443,7 +464,14 @@ impl Generator {
         let scene = Scene::random(rng);
         let caption = scene.caption(rng);
         let png = encode_png(&scene.render(self.size))?;
-        Ok((scene, PairRecord { id, caption, image_base64: BASE64.encode(png) }))
+        Ok((
+            scene,
+            PairRecord {
+                id,
+                caption,
+                image_base64: BASE64.encode(png),
+            },
+        ))
     }
 
     /// Training pair `index`, with the scene it was drawn from.
@@ -473,10 +501,18 @@ impl Generator {
             }
             _ => {
                 let s = &scene.shapes[0];
-                format!("the {} {} is {}.", s.colour.name(), s.kind.name(), s.size.name())
+                format!(
+                    "the {} {} is {}.",
+                    s.colour.name(),
+                    s.kind.name(),
+                    s.size.name()
+                )
             }
         };
-        TextRecord { id: format!("text-{index}"), text }
+        TextRecord {
+            id: format!("text-{index}"),
+            text,
+        }
     }
 
     /// Image-only record `index`, with the scene it shows.
@@ -484,7 +520,13 @@ impl Generator {
         let mut rng = self.rng(Stream::Image, index);
         let scene = Scene::random(&mut rng);
         let png = encode_png(&scene.render(self.size))?;
-        Ok((scene, ImageRecord { id: format!("img-{index}"), image_base64: BASE64.encode(png) }))
+        Ok((
+            scene,
+            ImageRecord {
+                id: format!("img-{index}"),
+                image_base64: BASE64.encode(png),
+            },
+        ))
     }
 
     /// The first `n` held-out pairs (ids `eval-N`), from their own stream, with pairwise
@@ -595,13 +637,22 @@ impl fmt::Display for BadRecord {
 /// produce` (which refuses lines that are not) publishes them.
 pub fn bad_text_records() -> Vec<BadRecord> {
     vec![
-        BadRecord { line: json!({"id": "bad-text-0"}).to_string(), why: "missing text" },
-        BadRecord { line: json!({"id": "bad-text-1", "text": ""}).to_string(), why: "empty text" },
+        BadRecord {
+            line: json!({"id": "bad-text-0"}).to_string(),
+            why: "missing text",
+        },
+        BadRecord {
+            line: json!({"id": "bad-text-1", "text": ""}).to_string(),
+            why: "empty text",
+        },
         BadRecord {
             line: json!({"id": "bad-text-2", "text": " \t "}).to_string(),
             why: "whitespace-only text",
         },
-        BadRecord { line: json!({"id": "bad-text-3", "text": 42}).to_string(), why: "text not a string" },
+        BadRecord {
+            line: json!({"id": "bad-text-3", "text": 42}).to_string(),
+            why: "text not a string",
+        },
     ]
 }
 
@@ -609,10 +660,14 @@ pub fn bad_text_records() -> Vec<BadRecord> {
 /// are not an image, invalid base64.
 pub fn bad_image_records() -> Vec<BadRecord> {
     vec![
-        BadRecord { line: json!({"id": "bad-img-0"}).to_string(), why: "missing image" },
         BadRecord {
-            line: json!({"id": "bad-img-1", "image_base64": BASE64.encode(b"definitely not a png")})
-                .to_string(),
+            line: json!({"id": "bad-img-0"}).to_string(),
+            why: "missing image",
+        },
+        BadRecord {
+            line:
+                json!({"id": "bad-img-1", "image_base64": BASE64.encode(b"definitely not a png")})
+                    .to_string(),
             why: "base64 of bytes that are not an image",
         },
         BadRecord {
@@ -637,7 +692,8 @@ pub fn bad_pair_records(valid_image_base64: &str) -> Vec<BadRecord> {
             why: "empty caption",
         },
         BadRecord {
-            line: json!({"id": "bad-pair-2", "caption": "a small red circle on the left"}).to_string(),
+            line: json!({"id": "bad-pair-2", "caption": "a small red circle on the left"})
+                .to_string(),
             why: "missing image",
         },
         BadRecord {
@@ -654,8 +710,14 @@ pub fn bad_pair_records(valid_image_base64: &str) -> Vec<BadRecord> {
 /// (`kcat -P -l`, the test harness) to publish one line per record.
 pub fn not_json_records() -> Vec<BadRecord> {
     vec![
-        BadRecord { line: "this line is not json".into(), why: "not JSON" },
-        BadRecord { line: "{\"id\": \"bad-json-1\", \"text\": ".into(), why: "truncated JSON" },
+        BadRecord {
+            line: "this line is not json".into(),
+            why: "not JSON",
+        },
+        BadRecord {
+            line: "{\"id\": \"bad-json-1\", \"text\": ".into(),
+            why: "truncated JSON",
+        },
     ]
 }
 
@@ -665,17 +727,22 @@ pub fn not_json_records() -> Vec<BadRecord> {
 pub const BAD_RAW_IMAGE: &[u8] = b"neither json nor an image";
 
 /// Writes one JSON value per line.
-fn write_jsonl<T: Serialize>(path: &Path, items: impl IntoIterator<Item = Result<T>>) -> Result<usize> {
+fn write_jsonl<T: Serialize>(
+    path: &Path,
+    items: impl IntoIterator<Item = Result<T>>,
+) -> Result<usize> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = BufWriter::new(file);
     let mut n = 0;
     for item in items {
         serde_json::to_writer(&mut out, &item?)
             .with_context(|| format!("writing {}", path.display()))?;
-        out.write_all(b"\n").with_context(|| format!("writing {}", path.display()))?;
+        out.write_all(b"\n")
+            .with_context(|| format!("writing {}", path.display()))?;
         n += 1;
     }
-    out.flush().with_context(|| format!("writing {}", path.display()))?;
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(n)
 }
 
@@ -696,13 +763,20 @@ fn write_lines(path: &Path, records: &[BadRecord]) -> Result<usize> {
 pub fn write_dataset(dir: &Path, cfg: &SynthConfig) -> Result<Manifest> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let gen = Generator::new(cfg.seed, cfg.size);
-    let mut m = Manifest { seed: cfg.seed, size: cfg.size, ..Manifest::default() };
+    let mut m = Manifest {
+        seed: cfg.seed,
+        size: cfg.size,
+        ..Manifest::default()
+    };
 
     m.pairs = write_jsonl(
         &dir.join("pairs.jsonl"),
         (0..cfg.pairs as u64).map(|i| gen.pair(i).map(|(_, r)| r)),
     )?;
-    m.texts = write_jsonl(&dir.join("text.jsonl"), (0..cfg.texts as u64).map(|i| Ok(gen.text(i))))?;
+    m.texts = write_jsonl(
+        &dir.join("text.jsonl"),
+        (0..cfg.texts as u64).map(|i| Ok(gen.text(i))),
+    )?;
 
     let image_dir: Option<PathBuf> = cfg.image_files.then(|| dir.join("images"));
     if let Some(d) = &image_dir {
@@ -729,8 +803,10 @@ pub fn write_dataset(dir: &Path, cfg: &SynthConfig) -> Result<Manifest> {
         let (_, valid) = gen.pair(0)?;
         m.bad_text = write_lines(&dir.join("bad_text.jsonl"), &bad_text_records())?;
         m.bad_image = write_lines(&dir.join("bad_image.jsonl"), &bad_image_records())?;
-        m.bad_pairs =
-            write_lines(&dir.join("bad_pairs.jsonl"), &bad_pair_records(&valid.image_base64))?;
+        m.bad_pairs = write_lines(
+            &dir.join("bad_pairs.jsonl"),
+            &bad_pair_records(&valid.image_base64),
+        )?;
         m.bad_not_json = write_lines(&dir.join("bad_not_json.txt"), &not_json_records())?;
         let raw = dir.join("bad_image_raw.bin");
         fs::write(&raw, BAD_RAW_IMAGE).with_context(|| format!("writing {}", raw.display()))?;
@@ -750,7 +826,9 @@ mod tests {
 
     fn decode(b64: &str) -> RgbImage {
         let bytes = BASE64.decode(b64).expect("generator writes valid base64");
-        image::load_from_memory(&bytes).expect("generator writes decodable PNG").to_rgb8()
+        image::load_from_memory(&bytes)
+            .expect("generator writes decodable PNG")
+            .to_rgb8()
     }
 
     #[test]
@@ -770,7 +848,10 @@ mod tests {
                 differs += 1;
             }
         }
-        assert!(differs > 10, "another seed should give other captions, {differs}/20 differ");
+        assert!(
+            differs > 10,
+            "another seed should give other captions, {differs}/20 differ"
+        );
     }
 
     #[test]
@@ -783,15 +864,27 @@ mod tests {
             assert_eq!(img.dimensions(), (64, 64));
             for s in &scene.shapes {
                 let phrase = format!("{} {} {}", s.size.name(), s.colour.name(), s.kind.name());
-                assert!(rec.caption.contains(&phrase), "{:?} lacks {phrase}", rec.caption);
+                assert!(
+                    rec.caption.contains(&phrase),
+                    "{:?} lacks {phrase}",
+                    rec.caption
+                );
                 let (x, y) = s.inner_point();
                 let px = img.get_pixel((x * 64.0) as u32, (y * 64.0) as u32);
-                assert_eq!(*px, s.colour.rgb(), "pair {i}: {} not drawn where expected", phrase);
+                assert_eq!(
+                    *px,
+                    s.colour.rgb(),
+                    "pair {i}: {} not drawn where expected",
+                    phrase
+                );
             }
             // Colours named in the caption are exactly the drawn ones.
             for c in Colour::ALL {
                 let drawn = scene.shapes.iter().any(|s| s.colour == c);
-                let named = rec.caption.split(' ').any(|w| w.trim_matches(',') == c.name());
+                let named = rec
+                    .caption
+                    .split(' ')
+                    .any(|w| w.trim_matches(',') == c.name());
                 assert_eq!(drawn, named, "{:?} and colour {}", rec.caption, c.name());
             }
         }
@@ -843,11 +936,21 @@ mod tests {
                 layout: Layout::Single(Placement::Center),
                 shapes: vec![Shape { kind, ..base }],
             };
-            scene.render(64).pixels().filter(|p| **p == Colour::Red.rgb()).count()
+            scene
+                .render(64)
+                .pixels()
+                .filter(|p| **p == Colour::Red.rgb())
+                .count()
         };
-        let (circle, square, triangle) =
-            (count(ShapeKind::Circle), count(ShapeKind::Square), count(ShapeKind::Triangle));
-        assert!(square > circle && circle > triangle, "{square} {circle} {triangle}");
+        let (circle, square, triangle) = (
+            count(ShapeKind::Circle),
+            count(ShapeKind::Square),
+            count(ShapeKind::Triangle),
+        );
+        assert!(
+            square > circle && circle > triangle,
+            "{square} {circle} {triangle}"
+        );
     }
 
     #[test]
@@ -868,7 +971,11 @@ mod tests {
                 .map(|w| w.trim_matches(|c| c == ',' || c == '.'))
                 .filter(|w| vocab.contains(*w))
                 .count();
-            assert!(known >= 2, "text {:?} shares too few words with captions", t.text);
+            assert!(
+                known >= 2,
+                "text {:?} shares too few words with captions",
+                t.text
+            );
         }
     }
 
@@ -882,7 +989,9 @@ mod tests {
         assert!(eval.iter().all(|(_, r)| r.id.starts_with("eval-")));
         // Held-out images are not copies of training images.
         let (_, first_train) = gen.pair(0).expect("pair");
-        assert!(eval.iter().all(|(_, r)| r.image_base64 != first_train.image_base64));
+        assert!(eval
+            .iter()
+            .all(|(_, r)| r.image_base64 != first_train.image_base64));
     }
 
     #[test]
@@ -906,15 +1015,21 @@ mod tests {
                 .map(str::to_string)
                 .collect()
         };
-        let pairs: Vec<PairRecord> =
-            lines("pairs.jsonl").iter().map(|l| serde_json::from_str(l).expect("pair")).collect();
+        let pairs: Vec<PairRecord> = lines("pairs.jsonl")
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("pair"))
+            .collect();
         assert_eq!(pairs.len(), 5);
         assert_eq!(decode(&pairs[4].image_base64).dimensions(), (24, 24));
-        let texts: Vec<TextRecord> =
-            lines("text.jsonl").iter().map(|l| serde_json::from_str(l).expect("text")).collect();
+        let texts: Vec<TextRecord> = lines("text.jsonl")
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("text"))
+            .collect();
         assert_eq!(texts.len(), 4);
-        let images: Vec<ImageRecord> =
-            lines("image.jsonl").iter().map(|l| serde_json::from_str(l).expect("img")).collect();
+        let images: Vec<ImageRecord> = lines("image.jsonl")
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("img"))
+            .collect();
         assert_eq!(images.len(), 3);
         let png = fs::read(dir.path().join("images/img-2.png")).expect("png file");
         assert_eq!(BASE64.encode(png), images[2].image_base64);
@@ -923,7 +1038,10 @@ mod tests {
         assert_eq!(lines("bad_image.jsonl").len(), m.bad_image);
         assert_eq!(lines("bad_pairs.jsonl").len(), m.bad_pairs);
         assert_eq!(lines("bad_not_json.txt").len(), m.bad_not_json);
-        assert_eq!(fs::read(dir.path().join("bad_image_raw.bin")).expect("raw"), BAD_RAW_IMAGE);
+        assert_eq!(
+            fs::read(dir.path().join("bad_image_raw.bin")).expect("raw"),
+            BAD_RAW_IMAGE
+        );
         let written: Manifest = serde_json::from_str(
             &fs::read_to_string(dir.path().join("manifest.json")).expect("manifest"),
         )
@@ -933,7 +1051,12 @@ mod tests {
         // Same config, same bytes.
         let again = tempfile::tempdir().expect("tempdir");
         write_dataset(again.path(), &cfg).expect("write");
-        for f in ["pairs.jsonl", "text.jsonl", "image.jsonl", "eval_pairs.jsonl"] {
+        for f in [
+            "pairs.jsonl",
+            "text.jsonl",
+            "image.jsonl",
+            "eval_pairs.jsonl",
+        ] {
             assert_eq!(
                 fs::read(dir.path().join(f)).expect("read"),
                 fs::read(again.path().join(f)).expect("read"),
@@ -947,7 +1070,11 @@ mod tests {
         let gen = Generator::new(2, 16);
         let valid = gen.pair(0).expect("pair").1.image_base64;
         let decodes = |b64: &str| {
-            BASE64.decode(b64).ok().and_then(|b| image::load_from_memory(&b).ok()).is_some()
+            BASE64
+                .decode(b64)
+                .ok()
+                .and_then(|b| image::load_from_memory(&b).ok())
+                .is_some()
         };
         let all: Vec<BadRecord> = bad_text_records()
             .into_iter()
@@ -980,7 +1107,10 @@ mod tests {
         }
         // Not JSON, and the raw image is no image.
         for r in not_json_records() {
-            assert!(serde_json::from_str::<serde_json::Value>(&r.line).is_err(), "{r}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&r.line).is_err(),
+                "{r}"
+            );
         }
         assert!(image::load_from_memory(BAD_RAW_IMAGE).is_err());
         // The valid image used inside bad pairs does decode (the pair fails for its caption).
