@@ -124,3 +124,46 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: 
     let mut visitor = ScaleGrads { grads, factor };
     module.visit(&mut visitor);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    #[test]
+    fn weight_decay_applies_to_matrices_only() {
+        let opt = MatrixDecayAdamW {
+            beta_1: 0.9,
+            beta_2: 0.98,
+            epsilon: 1e-6,
+            weight_decay: 0.1,
+        };
+        let device = Default::default();
+        // A zero gradient gives a zero Adam update, so only the decay can move a weight.
+        let m = Tensor::<NdArray, 2>::ones([2, 2], &device);
+        let (m2, _) = SimpleOptimizer::<NdArray>::step(&opt, 0.5, m.clone(), m.zeros_like(), None);
+        let v = Tensor::<NdArray, 1>::ones([3], &device);
+        let (v2, _) = SimpleOptimizer::<NdArray>::step(&opt, 0.5, v.clone(), v.zeros_like(), None);
+        let m2: Vec<f32> = m2.into_data().to_vec().expect("f32");
+        let v2: Vec<f32> = v2.into_data().to_vec().expect("f32");
+        assert!(m2.iter().all(|&x| (x - 0.95).abs() < 1e-6), "{m2:?}");
+        assert!(v2.iter().all(|&x| x == 1.0), "{v2:?}");
+    }
+
+    #[test]
+    fn first_step_moves_by_learning_rate_against_the_gradient_sign() {
+        let opt = MatrixDecayAdamW {
+            beta_1: 0.9,
+            beta_2: 0.98,
+            epsilon: 1e-8,
+            weight_decay: 0.0,
+        };
+        let device = Default::default();
+        let p = Tensor::<NdArray, 1>::zeros([2], &device);
+        let g = Tensor::<NdArray, 1>::from_floats([3.0, -0.5], &device);
+        let (p2, state) = SimpleOptimizer::<NdArray>::step(&opt, 0.01, p, g, None);
+        let p2: Vec<f32> = p2.into_data().to_vec().expect("f32");
+        assert!((p2[0] + 0.01).abs() < 1e-6 && (p2[1] - 0.01).abs() < 1e-6, "{p2:?}");
+        assert_eq!(state.map(|s| s.time), Some(1));
+    }
+}

@@ -6,8 +6,10 @@ use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder};
 use burn::tensor::backend::AutodiffBackend;
+use std::collections::BTreeMap;
+
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -24,6 +26,7 @@ use crate::settings::TrainSettings;
 const EMBED_CHUNK: usize = 64;
 
 type Adam<B> = OptimizerAdaptor<MatrixDecayAdamW, PretrainModel<B>, B>;
+type OptimRecord<B> = <Adam<B> as Optimizer<PretrainModel<B>, B>>::Record;
 type Bytes = NamedMpkBytesRecorder<FullPrecisionSettings>;
 
 /// Everything needed to resume training, as bytes for the daemon's store.
@@ -69,7 +72,6 @@ pub struct Trainer<B: AutodiffBackend> {
     optimizer: Adam<B>,
     device: B::Device,
     steps_applied: u64,
-    calls: u64,
 }
 
 fn optimizer<B: AutodiffBackend>(settings: &TrainSettings) -> Adam<B> {
@@ -105,7 +107,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             model: Some(model),
             device,
             steps_applied: 0,
-            calls: 0,
         })
     }
 
@@ -148,10 +149,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.settings
                 .seed
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .wrapping_add(self.steps_applied.wrapping_mul(0xBF58_476D_1CE4_E5B9))
-                .wrapping_add(self.calls),
+                .wrapping_add(self.steps_applied.wrapping_mul(0xBF58_476D_1CE4_E5B9)),
         );
-        self.calls += 1;
         let in_use: Vec<Objective> = Objective::ALL.into_iter().filter(|&o| self.config.uses(o)).collect();
         let mut sums = vec![(0.0f64, 0usize); Objective::ALL.len()];
         let mut report = StepReport {
@@ -250,7 +249,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         let recorder = Bytes::default();
         let model = Recorder::<B>::record(&recorder, self.model().clone().into_record(), ())
             .map_err(|e| ModelError::State(format!("model: {e}")))?;
-        let optimizer = Recorder::<B>::record(&recorder, self.optimizer.to_record(), ())
+        // The optimizer record is a hash map: written sorted by parameter id so that equal
+        // states give equal bytes (MessagePack maps read back into the hash map alike).
+        let item = Record::<B>::into_item::<FullPrecisionSettings>(self.optimizer.to_record());
+        let sorted: BTreeMap<_, _> = item.into_iter().collect();
+        let optimizer = Recorder::<B>::save_item(&recorder, sorted, ())
             .map_err(|e| ModelError::State(format!("optimizer: {e}")))?;
         Ok(TrainerState {
             config_json: self.config.to_json(),
@@ -267,12 +270,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         let record = Recorder::<B>::load::<<PretrainModel<B> as Module<B>>::Record>(&recorder, state.model.clone(), &device)
             .map_err(|e| ModelError::State(format!("model: {e}")))?;
         let model = PretrainModel::<B>::new(&config, &device).load_record(record);
-        let optim_record = Recorder::<B>::load::<<Adam<B> as Optimizer<PretrainModel<B>, B>>::Record>(
-            &recorder,
-            state.optimizer.clone(),
-            &device,
-        )
-        .map_err(|e| ModelError::State(format!("optimizer: {e}")))?;
+        let item: <OptimRecord<B> as Record<B>>::Item<FullPrecisionSettings> =
+            Recorder::<B>::load_item(&recorder, &mut state.optimizer.clone())
+                .map_err(|e| ModelError::State(format!("optimizer: {e}")))?;
+        let optim_record = <OptimRecord<B> as Record<B>>::from_item::<FullPrecisionSettings>(item, &device);
         let optimizer = optimizer::<B>(&settings).load_record(optim_record);
         B::seed(&device, settings.seed ^ state.steps_applied);
         Ok(Self {
@@ -282,7 +283,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             optimizer,
             device,
             steps_applied: state.steps_applied,
-            calls: 0,
         })
     }
 

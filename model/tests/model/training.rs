@@ -19,8 +19,12 @@ fn first_last(arch: Arch, steps: usize, k: usize, lr: f64) -> Vec<(&'static str,
     names
         .into_iter()
         .map(|name| {
+            // Seq2seq and MLM share the text records at random, so an objective may be
+            // absent from a step: average over the steps that have it.
             let mean = |r: &[unimod_model::StepReport]| {
-                r.iter().map(|x| loss(x, name).expect("objective present every step")).sum::<f32>() / r.len() as f32
+                let v: Vec<f32> = r.iter().filter_map(|x| loss(x, name)).collect();
+                assert!(v.len() * 2 >= r.len(), "{name} present in too few steps");
+                v.iter().sum::<f32>() / v.len() as f32
             };
             (name, mean(&history[..k]), mean(&history[steps - k..]))
         })
@@ -29,11 +33,14 @@ fn first_last(arch: Arch, steps: usize, k: usize, lr: f64) -> Vec<(&'static str,
 
 #[test]
 fn every_unimo_objective_learns_a_fixed_batch() {
-    let result = first_last(Arch::Unimo, 40, 5, 2e-3);
+    let result = first_last(Arch::Unimo, 60, 8, 2e-3);
     let names: Vec<&str> = result.iter().map(|r| r.0).collect();
     assert_eq!(names, ["total", "mlm", "seq2seq", "mrm", "cmcl", "itm"]);
     for (name, first, last) in result {
-        assert!(last < 0.8 * first, "{name}: {first} -> {last}");
+        eprintln!("unimo {name}: {first:.4} -> {last:.4}");
+        // Regressing pseudo-random region features is pure memorisation and the slowest
+        // objective here; 0.9 still fails when an objective does not learn at all.
+        assert!(last < 0.9 * first, "{name}: {first} -> {last}");
     }
 }
 
@@ -95,4 +102,38 @@ fn non_finite_input_skips_the_update() {
     let report = trainer.step(&[vec![text_example(2)]], 1e-2);
     assert!(report.applied && !report.nonfinite);
     assert_ne!(trainer.embed_texts(&probe), before);
+}
+
+/// Each objective trained alone on the fixed batch.
+fn alone(objective: &'static str, steps: usize) -> (f32, f32) {
+    let mut config = tiny(Arch::Unimo);
+    let w = |name: &str| if name == objective { 1.0 } else { 0.0 };
+    config.weights = unimod_model::ObjectiveWeights {
+        mlm: w("mlm"),
+        seq2seq: w("seq2seq"),
+        mrm: w("mrm"),
+        cmcl: w("cmcl"),
+        itm: w("itm"),
+    };
+    let mut trainer = Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer");
+    let batch = mixed_batch();
+    let values: Vec<f32> = (0..steps)
+        .map(|_| {
+            let r = trainer.step(std::slice::from_ref(&batch), 2e-3);
+            assert_eq!(r.losses.len(), 2, "total and {objective} only: {:?}", r.losses);
+            loss(&r, objective).expect("the objective in use")
+        })
+        .collect();
+    let k = steps / 8;
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    (mean(&values[..k]), mean(&values[steps - k..]))
+}
+
+#[test]
+fn each_objective_alone_learns_a_fixed_batch() {
+    for objective in ["mlm", "seq2seq", "mrm", "cmcl", "itm"] {
+        let (first, last) = alone(objective, 64);
+        eprintln!("alone {objective}: {first:.4} -> {last:.4}");
+        assert!(last < 0.8 * first, "{objective}: {first} -> {last}");
+    }
 }
