@@ -31,9 +31,27 @@ struct Size {
 }
 
 const SIZES: [Size; 3] = [
-    Size { name: "tiny", layers: 2, hidden: 128, vocab: 8_000, reps: 5 },
-    Size { name: "small", layers: 4, hidden: 256, vocab: 32_000, reps: 3 },
-    Size { name: "base", layers: 12, hidden: 768, vocab: 50_265, reps: 1 },
+    Size {
+        name: "tiny",
+        layers: 2,
+        hidden: 128,
+        vocab: 8_000,
+        reps: 5,
+    },
+    Size {
+        name: "small",
+        layers: 4,
+        hidden: 256,
+        vocab: 32_000,
+        reps: 3,
+    },
+    Size {
+        name: "base",
+        layers: 12,
+        hidden: 768,
+        vocab: 50_265,
+        reps: 1,
+    },
 ];
 
 impl Size {
@@ -74,9 +92,18 @@ fn blobs(total: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
     let third = total / 3;
     vec![
         ("model".to_owned(), payload(third, seed)),
-        ("optimizer".to_owned(), payload(total - third, seed.wrapping_add(1))),
-        ("tokenizer".to_owned(), payload(200_000, seed.wrapping_add(2))),
-        ("config".to_owned(), br#"{"arch":"unimo","size":"bench"}"#.to_vec()),
+        (
+            "optimizer".to_owned(),
+            payload(total - third, seed.wrapping_add(1)),
+        ),
+        (
+            "tokenizer".to_owned(),
+            payload(200_000, seed.wrapping_add(2)),
+        ),
+        (
+            "config".to_owned(),
+            br#"{"arch":"unimo","size":"bench"}"#.to_vec(),
+        ),
     ]
 }
 
@@ -134,7 +161,15 @@ fn write_speed(root: &Path, size: &Size) {
             file_t.push(file_write(root, &blobs));
         }
         let start = Instant::now();
-        let meta = store.write(CheckpointMeta { step: rep as u64, ..Default::default() }, blobs.clone()).expect("write");
+        let meta = store
+            .write(
+                CheckpointMeta {
+                    step: rep as u64,
+                    ..Default::default()
+                },
+                blobs.clone(),
+            )
+            .expect("write");
         sled_t.push(start.elapsed());
         if rep % 2 == 1 {
             file_t.push(file_write(root, &blobs));
@@ -169,7 +204,10 @@ fn growth(root: &Path, name: &str, bytes_per_checkpoint: usize, chunk_size: usiz
     const CHECKPOINTS: usize = 20;
     const KEEP: usize = 3;
     let dir = root.join(format!("growth-{name}"));
-    let options = StoreOptions { chunk_size, ..StoreOptions::default() };
+    let options = StoreOptions {
+        chunk_size,
+        ..StoreOptions::default()
+    };
     let store = CheckpointStore::open_with(&dir, options.clone()).expect("open store");
     let mut peak = 0;
     let mut live = 0;
@@ -177,7 +215,15 @@ fn growth(root: &Path, name: &str, bytes_per_checkpoint: usize, chunk_size: usiz
     for i in 0..CHECKPOINTS {
         let blobs = blobs(bytes_per_checkpoint, 1000 + i as u64);
         live = blob_bytes(&blobs) * KEEP as u64;
-        store.write(CheckpointMeta { step: i as u64, ..Default::default() }, blobs).expect("write");
+        store
+            .write(
+                CheckpointMeta {
+                    step: i as u64,
+                    ..Default::default()
+                },
+                blobs,
+            )
+            .expect("write");
         store.prune(KEEP).expect("prune");
         peak = peak.max(store.size_on_disk().expect("size"));
     }
@@ -234,7 +280,10 @@ fn main() {
     for size in SIZES.iter().filter(|s| wanted.iter().any(|w| w == s.name)) {
         growth(&root, size.name, size.payload_bytes(), chunk_size);
     }
-    if let Some(n) = std::env::var("UNIMOD_BENCH_GROWTH_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(n) = std::env::var("UNIMOD_BENCH_GROWTH_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         growth(&root, &format!("{n}MB"), n * 1_048_576, chunk_size);
     }
 }

@@ -68,7 +68,12 @@ pub struct BlobChunks {
 impl BlobChunks {
     pub(crate) fn new(data: &sled::Tree, id: u64, index: u32, blob: BlobMeta) -> Self {
         let start = ChunkKey::first_of_blob(id, index);
-        let end = ChunkKey { id, blob: index, chunk: blob.chunks }.encode();
+        let end = ChunkKey {
+            id,
+            blob: index,
+            chunk: blob.chunks,
+        }
+        .encode();
         Self {
             id,
             blob,
@@ -87,7 +92,10 @@ impl BlobChunks {
 
     fn corrupt(&mut self, reason: String) -> Option<Result<Vec<u8>, CheckpointError>> {
         self.finished = true;
-        Some(Err(CheckpointError::Corrupt { id: self.id, reason }))
+        Some(Err(CheckpointError::Corrupt {
+            id: self.id,
+            reason,
+        }))
     }
 }
 

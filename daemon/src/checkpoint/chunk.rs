@@ -45,7 +45,12 @@ impl ChunkKey {
 
     /// First key of checkpoint `id` (inclusive lower bound of its range).
     pub fn first_of(id: u64) -> [u8; KEY_LEN] {
-        Self { id, blob: 0, chunk: 0 }.encode()
+        Self {
+            id,
+            blob: 0,
+            chunk: 0,
+        }
+        .encode()
     }
 
     /// First key of blob `blob` of checkpoint `id`.
@@ -88,9 +93,21 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_sort_numerically() {
-        let a = ChunkKey { id: 1, blob: 2, chunk: 255 };
-        let b = ChunkKey { id: 1, blob: 2, chunk: 256 };
-        let c = ChunkKey { id: 256, blob: 0, chunk: 0 };
+        let a = ChunkKey {
+            id: 1,
+            blob: 2,
+            chunk: 255,
+        };
+        let b = ChunkKey {
+            id: 1,
+            blob: 2,
+            chunk: 256,
+        };
+        let c = ChunkKey {
+            id: 256,
+            blob: 0,
+            chunk: 0,
+        };
         assert_eq!(ChunkKey::decode(&a.encode()), Some(a));
         assert!(a.encode() < b.encode() && b.encode() < c.encode());
         assert_eq!(ChunkKey::decode(&[0; 15]), None);
@@ -98,11 +115,24 @@ mod tests {
 
     #[test]
     fn frame_verifies_payload_and_key() {
-        let key = ChunkKey { id: 3, blob: 0, chunk: 1 }.encode();
-        let other = ChunkKey { id: 3, blob: 0, chunk: 2 }.encode();
+        let key = ChunkKey {
+            id: 3,
+            blob: 0,
+            chunk: 1,
+        }
+        .encode();
+        let other = ChunkKey {
+            id: 3,
+            blob: 0,
+            chunk: 2,
+        }
+        .encode();
         let value = frame(&key, b"hello chunk");
         assert_eq!(unframe(&key, &value), Ok(&b"hello chunk"[..]));
-        assert!(unframe(&other, &value).is_err(), "chunk under the wrong key must fail");
+        assert!(
+            unframe(&other, &value).is_err(),
+            "chunk under the wrong key must fail"
+        );
         for i in 0..value.len() {
             let mut bad = value.clone();
             bad[i] ^= 1;

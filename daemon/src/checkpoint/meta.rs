@@ -124,7 +124,10 @@ pub(crate) fn decode_meta(id: u64, raw: &[u8]) -> Result<CheckpointMeta, Checkpo
     let meta: CheckpointMeta = serde_json::from_slice(json)
         .map_err(|e| corrupt(format!("metadata does not decode: {e}")))?;
     if meta.id != id {
-        return Err(corrupt(format!("metadata names id {} under key {id}", meta.id)));
+        return Err(corrupt(format!(
+            "metadata names id {} under key {id}",
+            meta.id
+        )));
     }
     Ok(meta)
 }
@@ -139,15 +142,29 @@ mod tests {
             step: 1200,
             created_at: "2026-11-27T06:00:00Z".to_owned(),
             bytes: 10,
-            records: RecordCounts { text: 1, image: 2, pair: 3, rejected: 4 },
+            records: RecordCounts {
+                text: 1,
+                image: 2,
+                pair: 3,
+                rejected: 4,
+            },
             offsets: vec![PartitionOffset {
                 topic: "unimo.text".to_owned(),
                 partition: 0,
                 offset: 42,
                 done_above: vec![44],
             }],
-            model: ModelSummary { arch: "unimo".to_owned(), size: "tiny".to_owned(), parameters: 5 },
-            blobs: vec![BlobMeta { name: "model".to_owned(), len: 10, chunks: 1, crc32: 9 }],
+            model: ModelSummary {
+                arch: "unimo".to_owned(),
+                size: "tiny".to_owned(),
+                parameters: 5,
+            },
+            blobs: vec![BlobMeta {
+                name: "model".to_owned(),
+                len: 10,
+                chunks: 1,
+                crc32: 9,
+            }],
             extra: serde_json::json!({"schedule_step": 1200}),
         }
     }
@@ -159,7 +176,15 @@ mod tests {
         assert_eq!(decode_meta(7, &raw).expect("decodes"), meta);
 
         let json = serde_json::to_value(&meta).expect("to json");
-        for key in ["id", "step", "created_at", "bytes", "records", "offsets", "model"] {
+        for key in [
+            "id",
+            "step",
+            "created_at",
+            "bytes",
+            "records",
+            "offsets",
+            "model",
+        ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }
         assert_eq!(json["records"]["rejected"], 4);
@@ -174,9 +199,21 @@ mod tests {
         for i in [0, 2, raw.len() / 2, raw.len() - 1] {
             let mut bad = raw.clone();
             bad[i] ^= 0x10;
-            assert!(matches!(decode_meta(7, &bad), Err(CheckpointError::Corrupt { id: 7, .. })), "byte {i}");
+            assert!(
+                matches!(
+                    decode_meta(7, &bad),
+                    Err(CheckpointError::Corrupt { id: 7, .. })
+                ),
+                "byte {i}"
+            );
         }
-        assert!(matches!(decode_meta(7, &raw[..3]), Err(CheckpointError::Corrupt { .. })));
-        assert!(matches!(decode_meta(8, &raw), Err(CheckpointError::Corrupt { id: 8, .. })));
+        assert!(matches!(
+            decode_meta(7, &raw[..3]),
+            Err(CheckpointError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode_meta(8, &raw),
+            Err(CheckpointError::Corrupt { id: 8, .. })
+        ));
     }
 }

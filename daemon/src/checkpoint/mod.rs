@@ -48,6 +48,7 @@
 //! [`CheckpointStore::blob_chunks`] (reads never wait for a write in progress). A file copy
 //! of a live sled directory is not a consistent snapshot, so no copy-based reader is offered.
 
+mod blob_sync;
 mod blobs;
 mod chunk;
 mod error;

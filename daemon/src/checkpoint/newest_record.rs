@@ -28,7 +28,9 @@ struct Record {
 
 impl NewestRecord {
     pub fn new(store: &Path) -> Self {
-        Self { path: store.join(FILE) }
+        Self {
+            path: store.join(FILE),
+        }
     }
 
     /// The recorded id; `None` when there is no record (new store, or nothing written yet).

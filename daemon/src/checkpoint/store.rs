@@ -19,6 +19,7 @@ use std::sync::Mutex;
 
 use chrono::{SecondsFormat, Utc};
 
+use super::blob_sync::SyncedBlobs;
 use super::blobs::{BlobChunks, Blobs};
 use super::chunk::{frame, ChunkKey, KEY_LEN};
 use super::error::CheckpointError;
@@ -56,7 +57,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { chunk_size: DEFAULT_CHUNK_SIZE, cache_capacity: 64 * 1024 * 1024 }
+        Self {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            cache_capacity: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -81,7 +85,9 @@ pub struct CheckpointStore {
 
 impl std::fmt::Debug for CheckpointStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckpointStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("CheckpointStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,9 +110,14 @@ impl CheckpointStore {
     /// As [`CheckpointStore::open`]; [`CheckpointError::Invalid`] for a zero chunk size.
     pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, CheckpointError> {
         if options.chunk_size == 0 {
-            return Err(CheckpointError::Invalid("chunk size must be positive".to_owned()));
+            return Err(CheckpointError::Invalid(
+                "chunk size must be positive".to_owned(),
+            ));
         }
-        let open_err = |source| CheckpointError::Open { path: path.to_owned(), source };
+        let open_err = |source| CheckpointError::Open {
+            path: path.to_owned(),
+            source,
+        };
         std::fs::create_dir_all(path).map_err(open_err)?;
         let lock = OpenOptions::new()
             .create(true)
@@ -117,7 +128,9 @@ impl CheckpointStore {
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                return Err(CheckpointError::Locked { path: path.to_owned() })
+                return Err(CheckpointError::Locked {
+                    path: path.to_owned(),
+                })
             }
             Err(TryLockError::Error(e)) => return Err(open_err(e)),
         }
@@ -172,7 +185,9 @@ impl CheckpointStore {
         let mut names = BTreeSet::new();
         for (name, _) in &blobs {
             if name.is_empty() || !names.insert(name.as_str()) {
-                return Err(CheckpointError::Invalid(format!("blob name {name:?} is empty or repeated")));
+                return Err(CheckpointError::Invalid(format!(
+                    "blob name {name:?} is empty or repeated"
+                )));
             }
         }
         if u32::try_from(blobs.len()).is_err() {
@@ -214,7 +229,12 @@ impl CheckpointStore {
             // The checkpoint itself is durable; only the detection of a lost newest one suffers.
             tracing::warn!(checkpoint = id, error = %e, "cannot record the newest checkpoint id");
         }
-        tracing::debug!(checkpoint = id, step = meta.step, bytes = meta.bytes, "checkpoint written");
+        tracing::debug!(
+            checkpoint = id,
+            step = meta.step,
+            bytes = meta.bytes,
+            "checkpoint written"
+        );
         Ok(meta)
     }
 
@@ -228,7 +248,9 @@ impl CheckpointStore {
         for (id, meta) in self.scan_meta()? {
             match meta {
                 Ok(meta) => out.push(meta),
-                Err(e) => tracing::warn!(checkpoint = id, error = %e, "skipping unreadable checkpoint metadata"),
+                Err(e) => {
+                    tracing::warn!(checkpoint = id, error = %e, "skipping unreadable checkpoint metadata")
+                }
             }
         }
         Ok(out)
@@ -336,9 +358,10 @@ impl CheckpointStore {
     /// metadata record; chunk errors come from the iterator.
     pub fn blob_chunks(&self, id: u64, name: &str) -> Result<BlobChunks, CheckpointError> {
         let meta = self.meta(id)?;
-        let (index, blob) = meta
-            .blob(name)
-            .ok_or_else(|| CheckpointError::NoSuchBlob { id, name: name.to_owned() })?;
+        let (index, blob) = meta.blob(name).ok_or_else(|| CheckpointError::NoSuchBlob {
+            id,
+            name: name.to_owned(),
+        })?;
         let index = u32::try_from(index).map_err(|_| CheckpointError::Corrupt {
             id,
             reason: "too many blobs".to_owned(),
@@ -393,7 +416,9 @@ impl CheckpointStore {
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, SyncedBlobs> {
         // The guarded state lives in sled, not in the mutex: a panic elsewhere poisons
         // nothing we rely on.
-        self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Every metadata record, newest first, decoded or with the reason it does not decode.
@@ -414,7 +439,9 @@ impl CheckpointStore {
     /// The stored next-id counter (0 when absent).
     fn next_id_counter(&self) -> Result<u64, CheckpointError> {
         Ok(match self.state.get(NEXT_ID_KEY)? {
-            Some(raw) => <[u8; 8]>::try_from(raw.as_ref()).map(u64::from_be_bytes).unwrap_or(0),
+            Some(raw) => <[u8; 8]>::try_from(raw.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0),
             None => 0,
         })
     }
@@ -431,7 +458,12 @@ impl CheckpointStore {
     fn allocate_id(&self) -> Result<u64, CheckpointError> {
         let counter = self.next_id_counter()?;
         let after_meta = match self.meta.last()? {
-            Some((key, _)) => <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes).unwrap_or(0) + 1,
+            Some((key, _)) => {
+                <[u8; 8]>::try_from(key.as_ref())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0)
+                    + 1
+            }
             None => 0,
         };
         let after_data = match self.data.last()? {
@@ -458,7 +490,9 @@ impl CheckpointStore {
         let mut removed = 0;
         let mut cursor = ChunkKey::first_of(0);
         loop {
-            let Some(first) = self.data.range(cursor..).keys().next() else { break };
+            let Some(first) = self.data.range(cursor..).keys().next() else {
+                break;
+            };
             let first = first?;
             let Some(id) = ChunkKey::decode(&first).map(|k| k.id) else {
                 tracing::warn!(key = ?first, "removing a malformed chunk key");
@@ -514,72 +548,20 @@ fn open_database(path: &Path, options: &StoreOptions) -> Result<sled::Db, Checkp
             // or a foreign process that bypassed the lock file: wait a little, then give up.
             Err(sled::Error::Io(ref e)) if e.to_string().contains("could not acquire lock") => {
                 if std::time::Instant::now() >= deadline {
-                    return Err(CheckpointError::Locked { path: path.to_owned() });
+                    return Err(CheckpointError::Locked {
+                        path: path.to_owned(),
+                    });
                 }
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(std::time::Duration::from_millis(200));
             }
-            Err(source) => return Err(CheckpointError::Database { path: path.to_owned(), source }),
-        }
-    }
-}
-
-/// sled 0.34 stores large pages (here: leaf nodes full of chunks) as separate files under
-/// `blobs/`, named by increasing log sequence numbers, and never fsyncs them; its `flush`
-/// only syncs the main log. Without help, a power failure (not a process kill) could leave
-/// the log pointing at blob files that never reached the disk. So before each flush the
-/// writer syncs the blob files created since its last sync, and the directory.
-#[derive(Debug, Default)]
-struct SyncedBlobs {
-    /// Highest blob file name (log sequence number) already synced.
-    through: i64,
-}
-
-impl SyncedBlobs {
-    /// Threads that fsync blob files concurrently: the filesystem journal then commits many
-    /// of them together instead of one after the other.
-    const SYNC_THREADS: usize = 8;
-
-    fn sync_new(&mut self, store: &Path) -> Result<(), CheckpointError> {
-        let dir = store.join("blobs");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(sled::Error::Io(e).into()),
-        };
-        let fresh: Vec<(i64, PathBuf)> = entries
-            .flatten()
-            .filter_map(|entry| {
-                let lsn = entry.file_name().to_str()?.parse::<i64>().ok()?;
-                (lsn > self.through).then(|| (lsn, entry.path()))
-            })
-            .collect();
-        if fresh.is_empty() {
-            return Ok(());
-        }
-        let per_thread = fresh.len().div_ceil(Self::SYNC_THREADS);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = fresh
-                .chunks(per_thread)
-                .map(|files| {
-                    scope.spawn(move || -> std::io::Result<()> {
-                        for (_, path) in files {
-                            match File::open(path).and_then(|f| f.sync_all()) {
-                                // sled deletes the blobs of rewritten pages lazily.
-                                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                                _ => {}
-                            }
-                        }
-                        Ok(())
-                    })
+            Err(source) => {
+                return Err(CheckpointError::Database {
+                    path: path.to_owned(),
+                    source,
                 })
-                .collect();
-            workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(std::io::Error::other("blob sync thread panicked"))))
-        })
-        .map_err(sled::Error::Io)?;
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(sled::Error::Io)?;
-        self.through = fresh.iter().map(|(lsn, _)| *lsn).max().unwrap_or(self.through);
-        Ok(())
+            }
+        }
     }
 }
 

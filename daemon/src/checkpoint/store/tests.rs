@@ -25,12 +25,31 @@ fn payload(len: usize, seed: u64) -> Vec<u8> {
 fn meta(step: u64) -> CheckpointMeta {
     CheckpointMeta {
         step,
-        records: RecordCounts { text: step, image: 2 * step, pair: 3 * step, rejected: 1 },
+        records: RecordCounts {
+            text: step,
+            image: 2 * step,
+            pair: 3 * step,
+            rejected: 1,
+        },
         offsets: vec![
-            PartitionOffset { topic: "unimo.text".to_owned(), partition: 0, offset: step as i64, done_above: vec![] },
-            PartitionOffset { topic: "unimo.pair".to_owned(), partition: 3, offset: 7, done_above: vec![9, 12] },
+            PartitionOffset {
+                topic: "unimo.text".to_owned(),
+                partition: 0,
+                offset: step as i64,
+                done_above: vec![],
+            },
+            PartitionOffset {
+                topic: "unimo.pair".to_owned(),
+                partition: 3,
+                offset: 7,
+                done_above: vec![9, 12],
+            },
         ],
-        model: ModelSummary { arch: "unimo".to_owned(), size: "tiny".to_owned(), parameters: 1234 },
+        model: ModelSummary {
+            arch: "unimo".to_owned(),
+            size: "tiny".to_owned(),
+            parameters: 1234,
+        },
         extra: serde_json::json!({ "schedule_step": step }),
         ..CheckpointMeta::default()
     }
@@ -38,7 +57,10 @@ fn meta(step: u64) -> CheckpointMeta {
 
 /// Small chunks so that small payloads span many chunks.
 fn small_chunks() -> StoreOptions {
-    StoreOptions { chunk_size: 1000, ..StoreOptions::default() }
+    StoreOptions {
+        chunk_size: 1000,
+        ..StoreOptions::default()
+    }
 }
 
 fn blobs(seed: u64) -> Vec<(String, Vec<u8>)> {
@@ -93,9 +115,25 @@ fn round_trip_is_bit_exact() {
 
     assert_eq!(written.id, 1);
     assert_eq!(written.bytes, 10_500 + 3000 + 13);
-    assert!(chrono::DateTime::parse_from_rfc3339(&written.created_at).is_ok(), "{}", written.created_at);
-    let names: Vec<_> = written.blobs.iter().map(|b| (b.name.as_str(), b.chunks)).collect();
-    assert_eq!(names, [("model", 11), ("optimizer", 3), ("tokenizer", 1), ("empty", 0)]);
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&written.created_at).is_ok(),
+        "{}",
+        written.created_at
+    );
+    let names: Vec<_> = written
+        .blobs
+        .iter()
+        .map(|b| (b.name.as_str(), b.chunks))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("model", 11),
+            ("optimizer", 3),
+            ("tokenizer", 1),
+            ("empty", 0)
+        ]
+    );
 
     let (loaded, got) = store.load(written.id).expect("load");
     assert_eq!(loaded, written);
@@ -105,7 +143,10 @@ fn round_trip_is_bit_exact() {
     assert_eq!(got.len(), 4);
     for (name, bytes) in blobs(1) {
         assert_eq!(got.get(&name), Some(bytes.as_slice()), "blob {name}");
-        assert_eq!(store.read_blob(written.id, &name).expect("read_blob"), bytes);
+        assert_eq!(
+            store.read_blob(written.id, &name).expect("read_blob"),
+            bytes
+        );
         let streamed: Vec<u8> = store
             .blob_chunks(written.id, &name)
             .expect("blob_chunks")
@@ -118,7 +159,10 @@ fn round_trip_is_bit_exact() {
     // And the same after a reopen, from disk.
     drop(store);
     let store = CheckpointStore::open_with(dir.path(), small_chunks()).expect("reopen");
-    let (_, mut got) = store.load_latest_valid().expect("load latest").expect("one checkpoint");
+    let (_, mut got) = store
+        .load_latest_valid()
+        .expect("load latest")
+        .expect("one checkpoint");
     assert_eq!(got.take("model"), Some(payload(10_500, 1)));
 }
 
@@ -128,28 +172,47 @@ fn missing_things_are_named() {
     let store = CheckpointStore::open_with(dir.path(), small_chunks()).expect("open");
     assert!(store.load_latest_valid().expect("empty store").is_none());
     assert!(store.list().expect("list").is_empty());
-    assert!(matches!(store.load(1), Err(CheckpointError::NotFound { id: 1 })));
+    assert!(matches!(
+        store.load(1),
+        Err(CheckpointError::NotFound { id: 1 })
+    ));
     let id = store.write(meta(1), blobs(1)).expect("write").id;
     assert!(matches!(
         store.read_blob(id, "nope"),
         Err(CheckpointError::NoSuchBlob { name, .. }) if name == "nope"
     ));
     let duplicate = vec![("a".to_owned(), vec![1]), ("a".to_owned(), vec![2])];
-    assert!(matches!(store.write(meta(2), duplicate), Err(CheckpointError::Invalid(_))));
-    assert!(matches!(store.write(meta(2), vec![(String::new(), vec![1])]), Err(CheckpointError::Invalid(_))));
-    assert_eq!(store.list().expect("list").len(), 1, "rejected writes leave nothing");
+    assert!(matches!(
+        store.write(meta(2), duplicate),
+        Err(CheckpointError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.write(meta(2), vec![(String::new(), vec![1])]),
+        Err(CheckpointError::Invalid(_))
+    ));
+    assert_eq!(
+        store.list().expect("list").len(),
+        1,
+        "rejected writes leave nothing"
+    );
 }
 
 #[test]
 fn ids_increase_across_prune_and_reopen_and_list_is_newest_first() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = CheckpointStore::open_with(dir.path(), small_chunks()).expect("open");
-    let first: Vec<u64> = (0..4).map(|s| store.write(meta(s), blobs(s)).expect("write").id).collect();
+    let first: Vec<u64> = (0..4)
+        .map(|s| store.write(meta(s), blobs(s)).expect("write").id)
+        .collect();
     assert_eq!(first, [1, 2, 3, 4]);
     assert_eq!(store.prune(2).expect("prune"), 2);
     let listed: Vec<u64> = store.list().expect("list").iter().map(|m| m.id).collect();
     assert_eq!(listed, [4, 3]);
-    assert_eq!(ids_with_chunks(&store), BTreeSet::from([3, 4]), "pruned chunks are deleted");
+    assert_eq!(
+        ids_with_chunks(&store),
+        BTreeSet::from([3, 4]),
+        "pruned chunks are deleted"
+    );
 
     // Pruning everything must not make ids restart.
     assert_eq!(store.prune(0).expect("prune all"), 2);
@@ -158,7 +221,10 @@ fn ids_increase_across_prune_and_reopen_and_list_is_newest_first() {
     assert!(store.list().expect("list").is_empty());
     let (latest, logs) = capture_logs(|| store.load_latest_valid());
     assert!(latest.expect("load").is_none());
-    assert!(!logs.contains("WARN"), "an emptied store is not damaged: {logs}");
+    assert!(
+        !logs.contains("WARN"),
+        "an emptied store is not damaged: {logs}"
+    );
     assert_eq!(store.write(meta(9), blobs(9)).expect("write").id, 5);
     assert_eq!(store.write(meta(10), blobs(10)).expect("write").id, 6);
     let listed: Vec<u64> = store.list().expect("list").iter().map(|m| m.step).collect();
@@ -173,26 +239,65 @@ fn a_damaged_chunk_skips_to_the_previous_checkpoint_with_a_warning() {
     let newer = store.write(meta(2), blobs(2)).expect("write");
 
     // Flip one payload byte of the newest checkpoint's optimizer, chunk 1, inside sled.
-    let key = ChunkKey { id: newer.id, blob: 1, chunk: 1 }.encode();
-    let mut value = store.data.get(key).expect("get").expect("chunk exists").to_vec();
+    let key = ChunkKey {
+        id: newer.id,
+        blob: 1,
+        chunk: 1,
+    }
+    .encode();
+    let mut value = store
+        .data
+        .get(key)
+        .expect("get")
+        .expect("chunk exists")
+        .to_vec();
     value[100] ^= 0x01;
     store.data.insert(key, value).expect("insert");
 
-    assert!(matches!(store.load(newer.id), Err(CheckpointError::Corrupt { id, .. }) if id == newer.id));
-    assert!(matches!(store.read_blob(newer.id, "optimizer"), Err(CheckpointError::Corrupt { .. })));
-    assert_eq!(store.read_blob(newer.id, "model").expect("model blob intact"), payload(10_500, 2));
+    assert!(
+        matches!(store.load(newer.id), Err(CheckpointError::Corrupt { id, .. }) if id == newer.id)
+    );
+    assert!(matches!(
+        store.read_blob(newer.id, "optimizer"),
+        Err(CheckpointError::Corrupt { .. })
+    ));
+    assert_eq!(
+        store
+            .read_blob(newer.id, "model")
+            .expect("model blob intact"),
+        payload(10_500, 2)
+    );
 
     let (loaded, logs) = capture_logs(|| store.load_latest_valid());
     let (meta, got) = loaded.expect("load").expect("the older checkpoint");
     assert_eq!(meta.id, older.id);
     assert_eq!(got.get("model"), Some(payload(10_500, 1).as_slice()));
     assert!(logs.contains("WARN"), "no warning in {logs:?}");
-    assert!(logs.contains(&format!("checkpoint {} failed verification", newer.id)), "{logs}");
+    assert!(
+        logs.contains(&format!("checkpoint {} failed verification", newer.id)),
+        "{logs}"
+    );
 
     // A missing chunk is caught too.
-    store.data.remove(ChunkKey { id: older.id, blob: 0, chunk: 4 }.encode()).expect("remove");
-    assert!(matches!(store.load(older.id), Err(CheckpointError::Corrupt { .. })));
-    assert!(store.load_latest_valid().expect("load").is_none(), "nothing verifies any more");
+    store
+        .data
+        .remove(
+            ChunkKey {
+                id: older.id,
+                blob: 0,
+                chunk: 4,
+            }
+            .encode(),
+        )
+        .expect("remove");
+    assert!(matches!(
+        store.load(older.id),
+        Err(CheckpointError::Corrupt { .. })
+    ));
+    assert!(
+        store.load_latest_valid().expect("load").is_none(),
+        "nothing verifies any more"
+    );
 }
 
 #[test]
@@ -202,16 +307,31 @@ fn a_damaged_metadata_record_skips_to_the_previous_checkpoint() {
     let older = store.write(meta(1), blobs(1)).expect("write");
     let newer = store.write(meta(2), blobs(2)).expect("write");
     let key = newer.id.to_be_bytes();
-    let mut record = store.meta.get(key).expect("get").expect("meta exists").to_vec();
+    let mut record = store
+        .meta
+        .get(key)
+        .expect("get")
+        .expect("meta exists")
+        .to_vec();
     let last = record.len() - 3;
     record[last] ^= 0x20;
     store.meta.insert(key, record).expect("insert");
 
     let (latest, logs) = capture_logs(|| store.load_latest_valid());
     assert_eq!(latest.expect("load").expect("older").0.id, older.id);
-    assert!(logs.contains(&format!("checkpoint {} failed verification", newer.id)), "{logs}");
+    assert!(
+        logs.contains(&format!("checkpoint {} failed verification", newer.id)),
+        "{logs}"
+    );
     let (listed, logs) = capture_logs(|| store.list());
-    assert_eq!(listed.expect("list").iter().map(|m| m.id).collect::<Vec<_>>(), [older.id]);
+    assert_eq!(
+        listed
+            .expect("list")
+            .iter()
+            .map(|m| m.id)
+            .collect::<Vec<_>>(),
+        [older.id]
+    );
     assert!(logs.contains("WARN"), "{logs}");
 }
 
@@ -221,7 +341,11 @@ fn corrupt_files(dir: &Path, needle: &[u8]) -> usize {
     let mut stack = vec![dir.to_owned()];
     while let Some(path) = stack.pop() {
         if path.is_dir() {
-            stack.extend(std::fs::read_dir(&path).expect("read_dir").map(|e| e.expect("entry").path()));
+            stack.extend(
+                std::fs::read_dir(&path)
+                    .expect("read_dir")
+                    .map(|e| e.expect("entry").path()),
+            );
             continue;
         }
         let mut bytes = std::fs::read(&path).expect("read file");
@@ -245,8 +369,12 @@ fn file_level_damage_to_the_newest_checkpoint_loads_the_previous() {
     let dir = tempfile::tempdir().expect("tempdir");
     let options = StoreOptions::default();
     let store = CheckpointStore::open_with(dir.path(), options.clone()).expect("open");
-    let older = store.write(meta(1), vec![("model".to_owned(), payload(300_000, 11))]).expect("write");
-    let newer = store.write(meta(2), vec![("model".to_owned(), payload(300_000, 12))]).expect("write");
+    let older = store
+        .write(meta(1), vec![("model".to_owned(), payload(300_000, 11))])
+        .expect("write");
+    let newer = store
+        .write(meta(2), vec![("model".to_owned(), payload(300_000, 12))])
+        .expect("write");
     drop(store);
 
     // A stretch from the middle of the newest model, wherever sled put it (log or blob file).
@@ -272,27 +400,56 @@ fn an_interrupted_write_is_invisible_and_collected() {
     // A crash after the chunks of id 3 were written but before its metadata record.
     let orphan = done.id.max(pruned_meanwhile.id) + 1;
     for chunk in 0..5 {
-        let key = ChunkKey { id: orphan, blob: 0, chunk }.encode();
-        store.data.insert(key, frame(&key, &payload(1000, u64::from(chunk)))).expect("insert");
+        let key = ChunkKey {
+            id: orphan,
+            blob: 0,
+            chunk,
+        }
+        .encode();
+        store
+            .data
+            .insert(key, frame(&key, &payload(1000, u64::from(chunk))))
+            .expect("insert");
     }
     // A crash in the middle of pruning id 2: metadata gone, chunks still there.
-    store.meta.remove(pruned_meanwhile.id.to_be_bytes()).expect("remove");
+    store
+        .meta
+        .remove(pruned_meanwhile.id.to_be_bytes())
+        .expect("remove");
     store.flush().expect("flush");
-    assert_eq!(store.list().expect("list").len(), 1, "the orphan is never listed");
-    assert_eq!(store.load_latest_valid().expect("load").expect("one").0.id, done.id);
+    assert_eq!(
+        store.list().expect("list").len(),
+        1,
+        "the orphan is never listed"
+    );
+    assert_eq!(
+        store.load_latest_valid().expect("load").expect("one").0.id,
+        done.id
+    );
     drop(store);
 
     let (store, logs) = capture_logs(|| CheckpointStore::open_with(dir.path(), small_chunks()));
     let store = store.expect("reopen");
     assert!(logs.contains("never completed"), "{logs}");
     assert_eq!(ids_with_chunks(&store), BTreeSet::from([done.id]));
-    assert_eq!(store.load_latest_valid().expect("load").expect("one").0.id, done.id);
+    assert_eq!(
+        store.load_latest_valid().expect("load").expect("one").0.id,
+        done.id
+    );
     let next = store.write(meta(3), blobs(3)).expect("write").id;
     assert!(next > orphan, "id {next} reuses an id at or below {orphan}");
 
     // Garbage left while the store is open is collected by the next prune.
-    let key = ChunkKey { id: next + 7, blob: 0, chunk: 0 }.encode();
-    store.data.insert(key, frame(&key, b"junk")).expect("insert");
+    let key = ChunkKey {
+        id: next + 7,
+        blob: 0,
+        chunk: 0,
+    }
+    .encode();
+    store
+        .data
+        .insert(key, frame(&key, b"junk"))
+        .expect("insert");
     assert_eq!(store.prune(5).expect("prune"), 0);
     assert_eq!(ids_with_chunks(&store), BTreeSet::from([done.id, next]));
 }
@@ -320,13 +477,18 @@ fn size_on_disk_stays_bounded_with_the_newest_three_kept() {
     let store = CheckpointStore::open(dir.path()).expect("open");
     let mut ratios = Vec::new();
     for i in 0..20_u64 {
-        store.write(meta(i), vec![("model".to_owned(), payload(CHECKPOINT, i))]).expect("write");
+        store
+            .write(meta(i), vec![("model".to_owned(), payload(CHECKPOINT, i))])
+            .expect("write");
         store.prune(KEEP).expect("prune");
         let kept = usize::try_from(i + 1).expect("small").min(KEEP);
         let live = (kept * CHECKPOINT) as f64;
         ratios.push(store.size_on_disk().expect("size") as f64 / live);
     }
-    assert!(ratios.iter().all(|r| *r <= BOUND), "size / live bytes per checkpoint: {ratios:.2?}");
+    assert!(
+        ratios.iter().all(|r| *r <= BOUND),
+        "size / live bytes per checkpoint: {ratios:.2?}"
+    );
     drop(store);
     let store = CheckpointStore::open(dir.path()).expect("reopen");
     let reopened = store.size_on_disk().expect("size") as f64 / (KEEP * CHECKPOINT) as f64;
@@ -345,13 +507,23 @@ fn store_and_blob_reader_can_be_shared_across_threads() {
     let store = Arc::new(CheckpointStore::open_with(dir.path(), small_chunks()).expect("open"));
     let id = store.write(meta(1), blobs(1)).expect("write").id;
     let chunks = store.blob_chunks(id, "model").expect("blob_chunks");
-    let reader = std::thread::spawn(move || chunks.map(|c| c.map(|c| c.len())).sum::<Result<usize, _>>());
+    let reader =
+        std::thread::spawn(move || chunks.map(|c| c.map(|c| c.len())).sum::<Result<usize, _>>());
     let writer = {
         let store = Arc::clone(&store);
         std::thread::spawn(move || store.write(meta(2), blobs(2)).map(|m| m.id))
     };
-    assert_eq!(reader.join().expect("reader thread").expect("chunks verify"), 10_500);
-    assert_eq!(writer.join().expect("writer thread").expect("write"), id + 1);
+    assert_eq!(
+        reader
+            .join()
+            .expect("reader thread")
+            .expect("chunks verify"),
+        10_500
+    );
+    assert_eq!(
+        writer.join().expect("writer thread").expect("write"),
+        id + 1
+    );
 }
 
 /// Environment variable that turns the test below into its own child writer process.
@@ -366,9 +538,16 @@ fn kill_during_writes_leaves_a_consistent_store() {
     const LEN: usize = 3 * 1024 * 1024;
     if let Some(dir) = std::env::var_os(KILL_CHILD_ENV) {
         let store = CheckpointStore::open(Path::new(&dir)).expect("child: open");
-        let mut step = store.list().expect("child: list").first().map_or(0, |m| m.step + 1);
+        let mut step = store
+            .list()
+            .expect("child: list")
+            .first()
+            .map_or(0, |m| m.step + 1);
         loop {
-            let blobs = vec![("model".to_owned(), payload(LEN, step)), ("replay".to_owned(), payload(LEN / 3, !step))];
+            let blobs = vec![
+                ("model".to_owned(), payload(LEN, step)),
+                ("replay".to_owned(), payload(LEN / 3, !step)),
+            ];
             store.write(meta(step), blobs).expect("child: write");
             store.prune(3).expect("child: prune");
             step += 1;
@@ -385,7 +564,11 @@ fn kill_during_writes_leaves_a_consistent_store() {
             break;
         }
         let mut child = std::process::Command::new(&exe)
-            .args(["--exact", "checkpoint::store::tests::kill_during_writes_leaves_a_consistent_store", "--test-threads=1"])
+            .args([
+                "--exact",
+                "checkpoint::store::tests::kill_during_writes_leaves_a_consistent_store",
+                "--test-threads=1",
+            ])
             .env(KILL_CHILD_ENV, dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -397,15 +580,31 @@ fn kill_during_writes_leaves_a_consistent_store() {
 
         let store = CheckpointStore::open(dir.path()).expect("open after kill");
         let listed = store.list().expect("list");
-        assert!(listed.len() <= 4, "prune keeps 3 (+1 written before its prune): {}", listed.len());
+        assert!(
+            listed.len() <= 4,
+            "prune keeps 3 (+1 written before its prune): {}",
+            listed.len()
+        );
         for m in &listed {
             let (loaded, blobs) = store.load(m.id).expect("every listed checkpoint verifies");
-            assert_eq!(blobs.get("model"), Some(payload(LEN, loaded.step).as_slice()), "checkpoint {}", m.id);
-            assert_eq!(blobs.get("replay"), Some(payload(LEN / 3, !loaded.step).as_slice()));
+            assert_eq!(
+                blobs.get("model"),
+                Some(payload(LEN, loaded.step).as_slice()),
+                "checkpoint {}",
+                m.id
+            );
+            assert_eq!(
+                blobs.get("replay"),
+                Some(payload(LEN / 3, !loaded.step).as_slice())
+            );
             assert_eq!(loaded.records, meta(loaded.step).records);
         }
         if let Some(newest) = listed.first() {
-            assert!(newest.id >= last_id, "ids went back from {last_id} to {}", newest.id);
+            assert!(
+                newest.id >= last_id,
+                "ids went back from {last_id} to {}",
+                newest.id
+            );
             last_id = newest.id;
             seen_any = true;
         }
@@ -415,5 +614,8 @@ fn kill_during_writes_leaves_a_consistent_store() {
             "chunks of interrupted writes are collected on open"
         );
     }
-    assert!(seen_any, "the child never completed a checkpoint; nothing was tested");
+    assert!(
+        seen_any,
+        "the child never completed a checkpoint; nothing was tested"
+    );
 }
