@@ -129,6 +129,8 @@ pub fn read_all(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result
     let marks = watermarks(brokers, topic)?;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        // assign() needs a group id; this one is never joined nor committed to.
+        .set("group.id", random_name("reader"))
         .set("enable.auto.commit", "false")
         .create()
         .context("creating a reader")?;

@@ -1,7 +1,7 @@
 //! Reads a sample of text and caption payloads for the tokenizer bootstrap.
 //!
 //! The reader assigns the partitions of the text and pair topics directly and reads them from
-//! their low watermarks, without joining the consumer group and without committing anything,
+//! their low watermarks, without joining any consumer group and without committing anything,
 //! so it never disturbs the daemon's group offsets.
 
 use std::collections::HashMap;
@@ -59,6 +59,8 @@ fn read_sample(
     let mut client = cfg.client_config();
     client
         .set("client.id", "unimod-bootstrap")
+        // librdkafka's assign() needs a group id; this one is never joined nor committed to.
+        .set("group.id", format!("{}.bootstrap", cfg.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");

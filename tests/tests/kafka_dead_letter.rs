@@ -1,0 +1,58 @@
+//! Dead-letter copies against a real broker: value and key unchanged, the four headers set,
+//! tombstones copied as tombstones, every copy acknowledged.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use unimod_e2e::kafka::read_all;
+use unimod_e2e::Broker;
+use unimod_ingest::kafka::{DeadLetterProducer, KafkaConfig};
+use unimod_ingest::record::{RawRecord, RecordKind, SourcePos};
+
+fn rejected(topic: &str, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) -> RawRecord {
+    RawRecord {
+        kind: RecordKind::Pair,
+        pos: SourcePos { topic: Arc::from(topic), partition, offset },
+        key: key.map(<[u8]>::to_vec),
+        payload: payload.map(<[u8]>::to_vec),
+        received_at: Instant::now(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_rejected_records_with_their_headers() -> anyhow::Result<()> {
+    let broker = Broker::start()?;
+    let dlq = broker.unique_topic("dead-letter", 1).await?;
+    let mut cfg = KafkaConfig::new(broker.brokers());
+    cfg.dead_letter_topic = Some(dlq.clone());
+    let producer = DeadLetterProducer::new(&cfg)?.expect("dead_letter_topic is set");
+    assert_eq!(producer.topic(), dlq);
+
+    let binary: Vec<u8> = (0..=255u8).collect();
+    let inputs = [
+        (rejected("unimo.pair", 2, 41, Some(b"pair-7"), Some(b"{\"caption\": ")), "not_json", "EOF while parsing"),
+        (rejected("unimo.image", 0, 9, None, Some(&binary)), "image_decode", "unknown image format"),
+        (rejected("unimo.text", 5, 1_000_000_007, None, None), "empty", ""),
+    ];
+    let mut acks = Vec::new();
+    for (record, reason, detail) in &inputs {
+        acks.push(producer.send(record, reason, detail).await?);
+    }
+    assert_eq!(acks.iter().map(|(_, o)| *o).collect::<Vec<_>>(), vec![0, 1, 2]);
+
+    let brokers = broker.brokers();
+    let copies = tokio::task::spawn_blocking(move || read_all(&brokers, &dlq, Duration::from_secs(30))).await??;
+    assert_eq!(copies.len(), 3);
+    for (copy, (record, reason, detail)) in copies.iter().zip(&inputs) {
+        assert_eq!(copy.payload, record.payload, "value unchanged");
+        assert_eq!(copy.key, record.key, "key unchanged");
+        let error = if detail.is_empty() { reason.to_string() } else { format!("{reason}: {detail}") };
+        assert_eq!(copy.header("unimod-error"), Some(error));
+        assert_eq!(copy.header("unimod-source-topic").as_deref(), Some(&*record.pos.topic));
+        assert_eq!(copy.header("unimod-source-partition"), Some(record.pos.partition.to_string()));
+        assert_eq!(copy.header("unimod-source-offset"), Some(record.pos.offset.to_string()));
+    }
+    Ok(())
+}
