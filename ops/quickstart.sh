@@ -146,7 +146,10 @@ brokers=127.0.0.1:$broker_port
 broker_url=tcp://$brokers
 
 say "starting tansu on $brokers (log: $qs/broker.log)"
-(cd "$qs" && exec tansu broker --listener-url "$broker_url" --advertised-listener-url "$broker_url" \
+# setsid: a terminal's Ctrl-C reaches this script only; cleanup then stops the daemon first
+# (one SIGTERM: drain and final checkpoint, a second signal would skip both) and the broker
+# after it.
+(cd "$qs" && exec setsid tansu broker --listener-url "$broker_url" --advertised-listener-url "$broker_url" \
     --storage-engine sqlite://broker.db >broker.log 2>&1) &
 broker_pid=$!
 for _ in $(seq 100); do
@@ -229,7 +232,7 @@ say "checking the configuration ($config)"
 
 metrics=http://127.0.0.1:$metrics_port
 say "training: unimod run --max-steps $steps --max-seconds $max_seconds (log: $qs/unimod.log)"
-"$unimod" run --config "$config" --max-steps "$steps" --max-seconds "$max_seconds" >"$qs/unimod.log" 2>&1 &
+setsid "$unimod" run --config "$config" --max-steps "$steps" --max-seconds "$max_seconds" >"$qs/unimod.log" 2>&1 &
 daemon_pid=$!
 say "metrics: $metrics/metrics   health: $metrics/healthz   readiness: $metrics/readyz"
 

@@ -148,7 +148,9 @@ if [[ $1 == --daemon ]]; then
     bport=$(free_port)
     burl=tcp://127.0.0.1:$bport
     mkdir -p "$tmp/broker"
-    (cd "$tmp/broker" && exec tansu broker --listener-url "$burl" --advertised-listener-url "$burl" \
+    # setsid: Ctrl-C reaches this script only, and cleanup stops the daemon (one SIGTERM: drain)
+    # before its broker.
+    (cd "$tmp/broker" && exec setsid tansu broker --listener-url "$burl" --advertised-listener-url "$burl" \
         --storage-engine sqlite://broker.db >broker.log 2>&1) &
     pids+=($!)
     for t in unimo.text unimo.image unimo.pair unimo.dead-letter; do
@@ -203,7 +205,7 @@ if [[ $1 == --daemon ]]; then
         echo "listen = \"127.0.0.1:$mport\""
     } >"$tmp/unimod.toml"
     "$unimod" check-config --config "$tmp/unimod.toml" >/dev/null
-    "$unimod" run --config "$tmp/unimod.toml" --max-seconds 1800 >"$tmp/unimod.log" 2>&1 &
+    setsid "$unimod" run --config "$tmp/unimod.toml" --max-seconds 1800 >"$tmp/unimod.log" 2>&1 &
     pids+=($!)
     daemon=${pids[-1]}
     echo "unimod run on 127.0.0.1:$mport (broker $brokers); waiting until it has trained and checkpointed"
