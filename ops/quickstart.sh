@@ -138,8 +138,13 @@ pick_port() {
     die "no free port near $want"
 }
 
+# Start clean, but never wipe a folder this script did not make.
+if [[ -e $qs && ! -e $qs/.unimod-quickstart ]]; then
+    die "$qs exists and was not made by the quickstart: remove it or set QS_DIR"
+fi
 rm -rf "$qs"
 mkdir -p "$qs"
+touch "$qs/.unimod-quickstart"
 broker_port=$(pick_port "${QS_BROKER_PORT:-9092}")
 metrics_port=$(pick_port "${QS_METRICS_PORT:-9464}")
 brokers=127.0.0.1:$broker_port
