@@ -46,12 +46,12 @@ impl<B: Backend> SimpleOptimizer<B> for MatrixDecayAdamW {
         let state = match state {
             Some(s) => AdamWMoments {
                 moment_1: s.moment_1.mul_scalar(b1).add(grad.clone().mul_scalar(1.0 - b1)),
-                moment_2: s.moment_2.mul_scalar(b2).add(grad.square().mul_scalar(1.0 - b2)),
+                moment_2: s.moment_2.mul_scalar(b2).add(grad.clone().mul(grad).mul_scalar(1.0 - b2)),
                 time: s.time + 1,
             },
             None => AdamWMoments {
                 moment_1: grad.clone().mul_scalar(1.0 - b1),
-                moment_2: grad.square().mul_scalar(1.0 - b2),
+                moment_2: grad.clone().mul(grad).mul_scalar(1.0 - b2),
                 time: 1,
             },
         };
@@ -85,7 +85,8 @@ struct SquaredNorm<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let s = g.square().sum();
+            // `x * x` rather than `square()`, which ndarray computes with `powf`.
+            let s = g.clone().mul(g).sum();
             self.sum = Some(match self.sum.take() {
                 Some(acc) => acc + s,
                 None => s,

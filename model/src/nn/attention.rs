@@ -12,7 +12,8 @@ use super::init;
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     query: Linear<B>,
-    key_value: Linear<B>,
+    key: Linear<B>,
+    value: Linear<B>,
     output: Linear<B>,
     dropout: Dropout,
     heads: usize,
@@ -33,7 +34,8 @@ impl<B: Backend> Attention<B> {
     ) -> Self {
         Self {
             query: init::linear(d_query, inner, std, device),
-            key_value: init::linear(d_kv, 2 * inner, std, device),
+            key: init::linear(d_kv, inner, std, device),
+            value: init::linear(d_kv, inner, std, device),
             output: init::linear(inner, d_query, std, device),
             dropout: DropoutConfig::new(dropout).init(),
             heads,
@@ -55,9 +57,13 @@ impl<B: Backend> Attention<B> {
             .forward(query)
             .reshape([b, lq, h, d])
             .swap_dims(1, 2);
-        let kv = self.key_value.forward(context).reshape([b, lk, 2, h, d]);
-        let k = kv.clone().narrow(2, 0, 1).reshape([b, lk, h, d]).swap_dims(1, 2);
-        let v = kv.narrow(2, 1, 1).reshape([b, lk, h, d]).swap_dims(1, 2);
+        // Separate key and value projections: splitting a fused one would copy both halves.
+        let k = self
+            .key
+            .forward(context.clone())
+            .reshape([b, lk, h, d])
+            .swap_dims(1, 2);
+        let v = self.value.forward(context).reshape([b, lk, h, d]).swap_dims(1, 2);
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt()) + bias;
         let weights = self.dropout.forward(softmax(scores, 3));
         let context = weights.matmul(v).swap_dims(1, 2).reshape([b, lq, h * d]);
