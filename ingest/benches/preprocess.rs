@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use image::codecs::jpeg::JpegEncoder;
 use image::{ImageFormat, RgbImage};
 use unimod_ingest::config::{ImageConfig, TextConfig};
-use unimod_ingest::image::{image_to_objects, ObjectExtractor};
+use unimod_ingest::image::{decode_rgb, image_to_objects, DecodeOptions, ObjectExtractor};
 use unimod_ingest::text::TextTokenizer;
 
 /// A deterministic photo-like image: smooth shading, a few shapes, fine texture and noise
@@ -75,6 +75,22 @@ fn benches(c: &mut Criterion) {
     group.bench_function("png_128x96", |b| {
         pool.install(|| b.iter(|| image_to_objects(&png, &config, &extractor).expect("decodes")))
     });
+    group.finish();
+
+    // Where the JPEG time goes: decoding at 1/4 scale alone, and the 67 crops alone.
+    let opts = DecodeOptions {
+        max_pixels: config.max_pixels,
+        max_dimension: config.max_dimension,
+        min_size: Some(extractor.min_useful_size()),
+    };
+    let decoded = decode_rgb(&jpeg, &opts).expect("decodes");
+    let mut group = c.benchmark_group("jpeg_640x480_stages");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("decode_quarter_scale", |b| pool.install(|| b.iter(|| decode_rgb(&jpeg, &opts).expect("decodes"))));
+    group.bench_function("decode_full_scale_zune_jpeg", |b| {
+        pool.install(|| b.iter(|| image::load_from_memory_with_format(&jpeg, ImageFormat::Jpeg).expect("decodes")))
+    });
+    group.bench_function("objects_from_160x120", |b| b.iter(|| extractor.extract(&decoded.rgb)));
     group.finish();
 
     let corpus: Vec<String> = (0..400)
