@@ -7,7 +7,7 @@
 #   ops/test-live-prometheus.sh --self-test   # against ops/testdata/fake_unimod_exporter.py
 #
 # --daemon (what CI runs) needs tansu on the PATH and built binaries: UNIMOD_BIN and
-# UNIMOD_SYNTH_BIN, by default target/release/{unimod,unimod-synth}, else target/debug. It
+# UNIMOD_SYNTH_BIN, by default the newer of target/{release,debug}/{unimod,unimod-synth}. It
 # starts a broker on a free port, publishes a small synthetic stream (with a few bad records and
 # a few image URLs served by a local HTTP server, so that the rejection and fetch series
 # exist), runs `unimod run` with frequent checkpoints until it has trained and checkpointed,
@@ -131,12 +131,17 @@ metric_sum() {
 
 if [[ $1 == --daemon ]]; then
     root=$(dirname "$ops")
+    # $var when set, else the newer of target/release/NAME and target/debug/NAME (a stale
+    # release build must not stand in for a fresh debug one, or the other way round).
     pick() {
-        local name=$1 var=$2 d
+        local name=$1 var=$2 d best=
         if [[ -n ${!var:-} ]]; then echo "${!var}"; return; fi
-        for d in "$root/target/release" "$root/target/debug"; do
-            if [[ -x $d/$name ]]; then echo "$d/$name"; return; fi
+        for d in "${CARGO_TARGET_DIR:-$root/target}"/{release,debug}; do
+            if [[ -x $d/$name ]] && { [[ -z $best ]] || [[ $d/$name -nt $best ]]; }; then
+                best=$d/$name
+            fi
         done
+        if [[ -n $best ]]; then echo "$best"; return; fi
         echo "test-live-prometheus: $name not built (cargo build --release -p unimod -p unimod-e2e) and $var not set" >&2
         exit 2
     }
