@@ -15,7 +15,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{FetchConfig, ImageConfig, PreprocessConfig};
+use crate::config::{ImageConfig, PreprocessConfig};
 use crate::decode::{decode_message, normalize_text, DecodeLimits, ImageSource, Message, RegionLimits};
 use crate::fetch::ImageFetcher;
 use crate::image::{image_to_objects, ObjectExtractor};
@@ -74,14 +74,14 @@ impl std::fmt::Debug for Preprocessor {
 }
 
 impl Preprocessor {
-    /// A preprocessor with its own pool of `preprocess.threads` workers. Configs are assumed
-    /// validated. With `metrics`, rejections are counted
+    /// A preprocessor with its own pool of `preprocess.threads` workers; inline images are
+    /// limited to the fetcher's `fetch.max_image_bytes`. Configs are assumed validated. With
+    /// `metrics`, rejections are counted
     /// (`unimod_records_rejected_total{kind,reason}`) and logged (rate-limited) here: callers
     /// must not count them again.
     pub fn new(
         preprocess: &PreprocessConfig,
         image: &ImageConfig,
-        fetch: &FetchConfig,
         tokenizer: Arc<TextTokenizer>,
         fetcher: ImageFetcher,
         metrics: Option<IngestMetrics>,
@@ -91,7 +91,7 @@ impl Preprocessor {
             .thread_name(|i| format!("unimod-prep-{i}"))
             .build()?;
         let limits = DecodeLimits {
-            max_image_bytes: fetch.max_image_bytes,
+            max_image_bytes: fetcher.config().max_image_bytes,
             regions: RegionLimits { max_objects: image.max_objects, max_dimension: image.max_dimension },
         };
         Ok(Self {

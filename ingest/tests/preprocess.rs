@@ -39,7 +39,7 @@ fn image_config() -> ImageConfig {
 fn preprocessor(metrics: Option<IngestMetrics>) -> Preprocessor {
     let fetch = FetchConfig { allow_private_networks: true, timeout_seconds: 30.0, retries: 0, ..FetchConfig::default() };
     let fetcher = ImageFetcher::new(&fetch, metrics.clone()).expect("fetcher");
-    Preprocessor::new(&PreprocessConfig { threads: 2, max_in_flight: 8 }, &image_config(), &fetch, tokenizer(), fetcher, metrics)
+    Preprocessor::new(&PreprocessConfig { threads: 2, max_in_flight: 8 }, &image_config(), tokenizer(), fetcher, metrics)
         .expect("preprocessor")
 }
 

@@ -199,7 +199,8 @@ mod tests {
 
     #[test]
     fn bad_regions_are_rejected() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("box outside", Box::new(|v| v["boxes"][1] = json!([50, 10, 101, 20]))),
             ("negative", Box::new(|v| v["boxes"][0] = json!([-1, 0, 5, 5]))),
             ("empty box", Box::new(|v| v["boxes"][0] = json!([5, 0, 5, 5]))),
