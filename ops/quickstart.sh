@@ -20,14 +20,14 @@
 # QS_STEPS (default: what the stream fills at batch size 16, 258 for the defaults; the
 # daemon waits for more records beyond that), QS_MAX_SECONDS (1800, a bound on training),
 # QS_ARCH (unimo | vilbert), QS_SIZE (tiny), QS_SEED (42),
+# QS_BROKER_PORT (9092, or a free port when taken), QS_METRICS_PORT (9464, likewise),
+# QS_SKIP_INSTALL=1, QS_SKIP_BUILD=1, QS_BIN_DIR (where unimod and unimod-synth are:
+# target/release), QS_DIR (.quickstart).
 #
 # Measured with the defaults (tiny UNIMO, debug build, 2 busy CPU cores, about 8 minutes of
 # training): held-out recall image->text R@1 0.11, R@5 0.48, R@10 0.69 and text->image R@1
 # 0.09, R@5 0.40, R@10 0.65, against 0.01 / 0.05 / 0.10 for chance on 100 pairs. With 1300
 # records (73 steps) recall stayed at chance: the pairs are what teaches retrieval.
-# QS_BROKER_PORT (9092, or a free port when taken), QS_METRICS_PORT (9464, likewise),
-# QS_SKIP_INSTALL=1, QS_SKIP_BUILD=1, QS_BIN_DIR (where unimod and unimod-synth are:
-# target/release), QS_DIR (.quickstart).
 
 set -euo pipefail
 
