@@ -127,7 +127,7 @@ pub async fn evaluate(config: &Config, pairs: &Path, checkpoint: Option<&str>) -
     );
     let fetcher = ImageFetcher::new(&config.fetch, None).context("building the image fetcher")?;
     let preprocessor =
-        Preprocessor::new(&config.preprocess, &config.image, &config.fetch, Arc::clone(&tokenizer), fetcher, None)
+        Preprocessor::new(&config.preprocess, &config.image, Arc::clone(&tokenizer), fetcher, None)
             .context("starting preprocessing")?;
     let topic: Arc<str> = Arc::from(pairs.display().to_string());
     let mut images: Vec<VisualInput> = Vec::new();

@@ -368,7 +368,6 @@ async fn session<B: AutodiffBackend>(
     let preprocessor = Preprocessor::new(
         &config.preprocess,
         &config.image,
-        &config.fetch,
         Arc::clone(&tokenizer),
         fetcher,
         Some(shared.ingest_metrics.clone()),
@@ -440,6 +439,8 @@ async fn session<B: AutodiffBackend>(
         metrics: shared.metrics.clone(),
         sink,
         progress: Arc::clone(&shared.progress),
+        generation: 0,
+        checkpointed_generation: 0,
     };
     let worker_stop = CancellationToken::new();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();

@@ -98,8 +98,12 @@ pub struct Worker<B: AutodiffBackend> {
     pub metrics: Metrics,
     /// Where checkpoints go.
     pub sink: CheckpointSink,
-    /// Incremented after every step: the systemd watchdog pings only while it moves.
+    /// Incremented at every loop iteration: the systemd watchdog pings only while it moves.
     pub progress: Arc<AtomicU64>,
+    /// Changes to the checkpointed state (steps, rejections) since the lineage started here.
+    pub generation: u64,
+    /// `generation` at the last checkpoint handed to the writer.
+    pub checkpointed_generation: u64,
 }
 
 impl<B: AutodiffBackend> Worker<B> {
@@ -171,6 +175,7 @@ impl<B: AutodiffBackend> Worker<B> {
                     Some(Event::Rejected { pos, .. }) => {
                         if self.lineage.admit(&pos) == Admission::New {
                             self.lineage.rejected(&pos);
+                            self.generation += 1;
                         }
                     }
                     None => {}
@@ -215,6 +220,7 @@ impl<B: AutodiffBackend> Worker<B> {
             let report = self.trainer.step(&micro, lr);
             let elapsed = started.elapsed();
             self.step += 1;
+            self.generation += 1;
             steps_this_run += 1;
 
             // 4. Account: every fresh record of the batch is now in the lineage.
@@ -271,8 +277,12 @@ impl<B: AutodiffBackend> Worker<B> {
         }
     }
 
+    /// A time-based checkpoint, when one is due and anything changed since the last one (an
+    /// idle stream does not rewrite identical checkpoints).
     fn maybe_checkpoint(&mut self, last: &mut Instant) -> anyhow::Result<()> {
-        if self.params.checkpoint_every.is_some_and(|every| last.elapsed() >= every) {
+        if self.generation != self.checkpointed_generation
+            && self.params.checkpoint_every.is_some_and(|every| last.elapsed() >= every)
+        {
             self.checkpoint(false, last)?;
         }
         Ok(())
@@ -298,6 +308,7 @@ impl<B: AutodiffBackend> Worker<B> {
             return Ok(());
         }
         *last = Instant::now();
+        self.checkpointed_generation = self.generation;
         Ok(())
     }
 
