@@ -159,7 +159,6 @@ async fn good_records_flow_and_bad_ones_go_to_the_dead_letter_topic() -> anyhow:
     let preprocessor = Preprocessor::new(
         &PreprocessConfig { threads: 2, max_in_flight: 8 },
         &image_config,
-        &fetch,
         Arc::clone(&tokenizer),
         ImageFetcher::new(&fetch, None)?,
         None,

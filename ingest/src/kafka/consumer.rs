@@ -5,10 +5,11 @@
 //!   where the owner of durable state says (see [`super::context`]); [`KafkaConsumer::commit`]
 //!   commits synchronously and is called only once a checkpoint holding those offsets is
 //!   durable, so the group's offsets never run ahead of the checkpoint.
-//! - Backpressure: when the channel is full the consumer pauses every assigned partition and
-//!   keeps polling (rebalances and the group session are served, `max.poll.interval.ms` is not
-//!   exceeded); it resumes as soon as the channel has room. librdkafka refetches from the last
-//!   record handed over, so nothing is lost or repeated.
+//! - Backpressure: when the channel stays full for more than `PAUSE_AFTER` (0.5 s) the consumer
+//!   pauses every assigned partition and keeps polling (rebalances and the group session are
+//!   served, `max.poll.interval.ms` is not exceeded); it resumes as soon as the channel has
+//!   room. librdkafka refetches from the last record handed over, so nothing is lost or
+//!   repeated. Shorter stalls just wait: pausing discards librdkafka's prefetched records.
 //! - Health and lag: a monitor task refreshes broker reachability and
 //!   `unimod_kafka_consumer_lag{topic,partition}` every `lag_interval_seconds`.
 
@@ -39,6 +40,12 @@ pub type StartOffsets = HashMap<(String, i32), i64>;
 /// How often the poll loop polls librdkafka even when nothing happens, so that librdkafka
 /// sees a live application while partitions are paused or topics are idle.
 const KEEPALIVE: Duration = Duration::from_millis(500);
+
+/// How long the record channel may stay full before the partitions are paused. Shorter
+/// stalls are waited out without polling (librdkafka's prefetch queue is bounded by
+/// `queued.max.messages.kbytes`); longer ones pause the partitions and keep polling, so the
+/// group session and rebalances are served however long downstream is stuck.
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
 
 /// Consumer errors are logged at most this often (per distinct message).
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -314,8 +321,26 @@ async fn poll_loop(
             }
         }
         let backlogged = !pending.is_empty();
-        if backlogged != shared.paused.load(Ordering::SeqCst) {
-            set_paused(&consumer, &shared, backlogged);
+        let paused = shared.paused.load(Ordering::SeqCst);
+        if !backlogged && paused {
+            set_paused(&consumer, &shared, false);
+        } else if backlogged && !paused {
+            // A short stall is waited out without pausing: pausing drops the records
+            // librdkafka has prefetched, and they would be fetched again on resume.
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                permit = records.reserve() => match (permit, pending.pop_front()) {
+                    (Ok(permit), Some(record)) => permit.send(record),
+                    (Ok(_), None) => {}
+                    (Err(_), _) => {
+                        tracing::info!("record receiver dropped; Kafka consumer stops");
+                        return;
+                    }
+                },
+                _ = tokio::time::sleep(PAUSE_AFTER) => set_paused(&consumer, &shared, true),
+            }
+            continue;
         }
         tokio::select! {
             biased;
