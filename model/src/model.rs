@@ -1,7 +1,7 @@
 //! The trainable model: one backbone (UNIMO or ViLBERT) plus the shared heads, and the
 //! forward pass that turns a [`Plan`] into one loss per objective.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
@@ -47,11 +47,16 @@ impl<B: Backend> PretrainModel<B> {
             Arch::Unimo => (Some(UnimoBackbone::new(config, device)), None),
             Arch::Vilbert => (None, Some(VilbertBackbone::new(config, device))),
         };
-        Self {
+        let model = Self {
             unimo,
             vilbert,
             heads: Heads::new(config, device),
-        }
+        };
+        // burn initialises parameters lazily, and a clone of an uninitialised parameter
+        // draws its own values: materialise them now, so that clones (saved states, eval
+        // copies) hold the same weights as the model that trains.
+        model.visit(&mut Materialize);
+        model
     }
 
     /// The heads.
@@ -217,6 +222,15 @@ impl<B: Backend> PretrainModel<B> {
         let idx: Vec<i64> = at.iter().map(|&i| i as i64).collect();
         let n = idx.len();
         emb.select(0, Tensor::from_data(TensorData::new(idx, [n]), device))
+    }
+}
+
+/// Forces every parameter's lazy initialisation.
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
     }
 }
 

@@ -58,3 +58,13 @@ fn corrupt_state_is_an_error_not_a_panic() {
         Err(ModelError::ConfigJson(_))
     ));
 }
+
+#[test]
+fn a_fresh_trainer_saves_the_weights_it_uses() {
+    // burn initialises parameters lazily; a state saved before the first step must hold
+    // the same weights as the trainer itself.
+    let trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
+    let state = trainer.save().expect("save");
+    let loaded = Trainer::<Train>::load(&state, settings(), Default::default()).expect("load");
+    assert_eq!(probe(&loaded), probe(&trainer));
+}
