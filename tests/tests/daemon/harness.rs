@@ -166,12 +166,11 @@ impl Setup {
         let log = self.dir.path().join(format!("daemon-{}.log", rand::random::<u32>()));
         let file = std::fs::File::create(&log).context("daemon log")?;
         let mut cmd = Command::new(unimod_bin());
-        cmd.arg("run").arg("--config").arg(&self.config).args(args);
+        cmd.arg("run").arg("--config").arg(&self.config).args(args).env_remove("NOTIFY_SOCKET");
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd
-            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(file.try_clone().context("log handle")?)
             .stderr(file)
