@@ -84,6 +84,15 @@ async fn bad_lines_stop_the_run_before_anything_is_sent() -> anyhow::Result<()> 
     let marks = tokio::task::spawn_blocking(move || watermarks(&brokers, &topic)).await??;
     assert_eq!(marks.get(&0), Some(&(0, 0)), "nothing was sent");
 
+    // Empty inputs publish nothing and succeed.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n\n")?;
+    let mut request = ProduceRequest::new(broker.brokers(), RecordKind::Text, vec![empty]);
+    request.topic = Some(broker.unique_topic("produce-empty", 1).await?);
+    let summary = produce(&request, &mut |_: &ProduceProgress| {}).await?;
+    assert_eq!((summary.sent, summary.acknowledged, summary.failed), (0, 0, 0));
+    assert!(summary.all_acknowledged());
+
     // A broker that does not answer fails fast with a clear error instead of hanging.
     let mut request = ProduceRequest::new("127.0.0.1:1", RecordKind::Text, vec![dir.path().join("good.jsonl")]);
     request.metadata_timeout = Duration::from_secs(2);

@@ -289,7 +289,8 @@ fn read_inputs(inputs: Vec<Input>, tx: mpsc::Sender<Outgoing>) -> Result<(), Pro
 /// Publishes the inputs of `request`, calling `progress` as records are sent and
 /// acknowledged. Fails before sending anything when an input is unreadable, a JSONL line is
 /// not a JSON object, or the topic's metadata cannot be fetched; delivery failures are
-/// counted in the summary instead.
+/// counted in the summary instead. Inputs that hold no record (empty files) give an empty
+/// summary.
 pub async fn produce(
     request: &ProduceRequest,
     progress: &mut (dyn FnMut(&ProduceProgress) + Send),
@@ -308,7 +309,10 @@ pub async fn produce(
         return Err(ProduceError::InvalidLines(bad));
     }
     if total == 0 {
-        return Err(ProduceError::NoInput("the inputs hold no records".into()));
+        // Empty files are nothing to publish, not an error: every record (none) is acknowledged.
+        tracing::warn!(%topic, "the inputs hold no records; nothing to publish");
+        progress(&ProduceProgress::default());
+        return Ok(ProduceSummary { topic, sent: 0, acknowledged: 0, failed: 0, first_error: None });
     }
 
     let producer = create_producer(request)?;
