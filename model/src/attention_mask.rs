@@ -99,8 +99,8 @@ mod tests {
         assert_eq!(bias, expect);
         let full = full_bias(&rows, 4, 5);
         for q in 0..9 {
-            for k in 0..9 {
-                assert_eq!(visible(&full, 9, 0, q, k), expect[k] == 0.0);
+            for (k, e) in expect.iter().enumerate() {
+                assert_eq!(visible(&full, 9, 0, q, k), *e == 0.0);
             }
         }
     }

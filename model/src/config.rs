@@ -259,7 +259,7 @@ impl ModelConfig {
         if self.layers == 0 || self.hidden == 0 || self.heads == 0 || self.ffn == 0 {
             return bad("layers, hidden, heads and ffn must be positive".into());
         }
-        if self.hidden % self.heads != 0 {
+        if !self.hidden.is_multiple_of(self.heads) {
             return bad(format!(
                 "hidden ({}) must be a multiple of heads ({})",
                 self.hidden, self.heads
@@ -304,7 +304,7 @@ impl ModelConfig {
                 if v.visual_hidden == 0 || v.visual_heads == 0 || v.visual_ffn == 0 {
                     return bad("vilbert visual dims must be positive".into());
                 }
-                if v.visual_hidden % v.visual_heads != 0 {
+                if !v.visual_hidden.is_multiple_of(v.visual_heads) {
                     return bad("vilbert visual_hidden must be a multiple of visual_heads".into());
                 }
                 if v.co_layers == 0 || v.co_layers > self.layers {
