@@ -4,7 +4,8 @@
 //! The daemon builds a [`ModelConfig`], wraps it in a [`Trainer`] on some autodiff backend,
 //! calls [`Trainer::step`] once per optimizer step with plain-data [`Example`]s, stores
 //! [`Trainer::save`]'s bytes in its checkpoints, and uses [`Trainer::embed_images`] /
-//! [`Trainer::embed_texts`] for retrieval. Nothing here knows about Kafka or storage.
+//! [`Trainer::embed_texts`] (UNIMO) or [`Trainer::match_scores`] (both; ViLBERT's
+//! alignment prediction) for retrieval. Nothing here knows about Kafka or storage.
 
 pub mod attention_mask;
 pub mod config;

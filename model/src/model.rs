@@ -182,17 +182,40 @@ impl<B: Backend> PretrainModel<B> {
             });
         }
         if !plan.itm.is_empty() {
-            let slots: Vec<Slot> = plan.itm.iter().map(|m| Slot { group: JOINT, row: m.row, pos: 0 }).collect();
-            let (cls, order) = gather(&encoded, &slots, Part::Text);
-            let (img, _) = gather(&encoded, &slots, Part::Visual);
+            let (logits, order) = self.itm_logits(&encoded, plan);
             let labels: Vec<bool> = order.iter().map(|&i| plan.itm[i].matched).collect();
             out.push(ObjectiveLoss {
                 objective: Objective::Itm,
-                loss: matching::binary_cross_entropy(self.heads.match_logits(cls, img), &labels),
+                loss: matching::binary_cross_entropy(logits, &labels),
                 count: labels.len(),
             });
         }
         out
+    }
+
+    /// The ITM head over the pooled `[CLS]` and `[IMG]` states of the plan's matching rows,
+    /// with, for each logit, the index of its target in `plan.itm`.
+    ///
+    /// # Shapes
+    /// - output: `[itm targets]`
+    fn itm_logits(&self, encoded: &[Option<Encoded<B>>; 3], plan: &Plan) -> (Tensor<B, 1>, Vec<usize>) {
+        let slots: Vec<Slot> = plan.itm.iter().map(|m| Slot { group: JOINT, row: m.row, pos: 0 }).collect();
+        let (cls, order) = gather(encoded, &slots, Part::Text);
+        let (img, _) = gather(encoded, &slots, Part::Visual);
+        (self.heads.match_logits(cls, img), order)
+    }
+
+    /// Image-text matching logits of the plan's ITM targets, in target order (higher =
+    /// more likely a pair). The plan must have at least one ITM target.
+    ///
+    /// # Shapes
+    /// - output: `[itm targets]`
+    pub fn match_logits(&self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 1> {
+        let encoded = self.encode_plan(plan, config, settings, device);
+        let (logits, order) = self.itm_logits(&encoded, plan);
+        let idx: Vec<i64> = inverse(&order).iter().map(|&i| i as i64).collect();
+        let n = idx.len();
+        logits.select(0, Tensor::from_data(TensorData::new(idx, [n]), device))
     }
 
     /// Pooled, projected, L2-normalised text vectors of the plan's text candidates, in

@@ -395,6 +395,30 @@ impl Plan {
         }
     }
 
+    /// Joint rows, one per `(image, text)` combination in order, each an unmasked
+    /// bidirectional row with an ITM target (labelled matched; the label is unused when
+    /// scoring), for [`crate::model::PretrainModel::match_logits`].
+    pub fn for_matching(pairs: &[(&ImageRows, &[u32])]) -> Plan {
+        let mut plan = Plan::default();
+        for (image, ids) in pairs {
+            let row = plan.groups[JOINT].push_joint((*image).clone(), ids.to_vec());
+            plan.itm.push(MatchTarget { row, matched: true });
+        }
+        plan
+    }
+
+    /// Each text truncated to the model's limit, or `None` when unusable (empty, ids
+    /// outside the vocabulary), as every plan cleans its inputs.
+    pub fn clean_texts(texts: &[Vec<u32>], config: &ModelConfig) -> Vec<Option<Vec<u32>>> {
+        texts.iter().map(|t| clean_text(t, config)).collect()
+    }
+
+    /// Each image truncated to the model's limit, or `None` when unusable
+    /// ([`VisualInput::problem`]).
+    pub fn clean_images(images: &[VisualInput], config: &ModelConfig) -> Vec<Option<ImageRows>> {
+        images.iter().map(|i| clean_image(i, config)).collect()
+    }
+
     /// A plan that only encodes texts, for pooled text embeddings (no masking).
     pub fn for_texts(texts: &[Vec<u32>], config: &ModelConfig) -> (Plan, Vec<Option<usize>>) {
         let mut plan = Plan::default();

@@ -320,6 +320,55 @@ impl<B: AutodiffBackend> Trainer<B> {
         out
     }
 
+    /// Alignment scores of every (image, text) combination: `scores[i][j]` = the image-text
+    /// matching logit (higher = more likely a pair) of image i with text j, in eval mode (no dropout).
+    /// Works for both architectures (UNIMO: its ITM head over the joint sequence); batches the
+    /// N x M combinations in chunks of at most `chunk` pairs to bound memory.
+    ///
+    /// This is ViLBERT's retrieval (its alignment-prediction head scores each pair jointly
+    /// through the co-attention model); its contrastive projection is never trained, so
+    /// [`Trainer::embed_images`] / [`Trainer::embed_texts`] are not meaningful for it.
+    /// An unusable image or text ([`VisualInput::problem`], empty, ids outside the
+    /// vocabulary) scores `f32::NEG_INFINITY` with everything. A `chunk` of 0 is taken as 1.
+    pub fn match_scores(&self, images: &[VisualInput], texts: &[Vec<u32>], chunk: usize) -> Vec<Vec<f32>> {
+        let mut scores = vec![vec![f32::NEG_INFINITY; texts.len()]; images.len()];
+        let clean_images = Plan::clean_images(images, &self.config);
+        let clean_texts = Plan::clean_texts(texts, &self.config);
+        let usable: Vec<(usize, usize)> = clean_images
+            .iter()
+            .enumerate()
+            .filter(|(_, im)| im.is_some())
+            .flat_map(|(i, _)| {
+                clean_texts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.is_some())
+                    .map(move |(j, _)| (i, j))
+            })
+            .collect();
+        if usable.is_empty() {
+            return scores;
+        }
+        let model = self.model().valid();
+        for part in usable.chunks(chunk.max(1)) {
+            let pairs: Vec<_> = part
+                .iter()
+                .filter_map(|&(i, j)| Some((clean_images[i].as_ref()?, clean_texts[j].as_deref()?)))
+                .collect();
+            let plan = Plan::for_matching(&pairs);
+            let logits: Vec<f32> = model
+                .match_logits(&plan, &self.config, &self.settings, &self.device)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap_or_default();
+            for (&(i, j), &v) in part.iter().zip(&logits) {
+                scores[i][j] = v;
+            }
+        }
+        scores
+    }
+
     fn row_or_zero(&self, rows: &[Vec<f32>], index: Option<usize>) -> Vec<f32> {
         index
             .and_then(|i| rows.get(i).cloned())

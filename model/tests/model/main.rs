@@ -4,6 +4,7 @@
 
 mod common;
 mod contrastive_toy;
+mod matching;
 mod masks;
 mod save_load;
 mod training;
