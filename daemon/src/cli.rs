@@ -83,6 +83,9 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }
 
+/// How long leftover blocking tasks may delay the exit after a command finished.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(3);
+
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -105,11 +108,14 @@ pub fn run(path: &Path, max_steps: Option<u64>, max_seconds: Option<u64>) -> Res
     let rt = runtime()?;
     let shutdown = CancellationToken::new();
     let opts = crate::run::RunOptions { max_steps, max_seconds: max_seconds.map(Duration::from_secs) };
-    rt.block_on(async {
+    let result = rt.block_on(async {
         spawn_signal_handler(shutdown.clone());
         crate::run::run(config, opts, shutdown).await
-    })
-    .map_err(|e| match e.downcast::<crate::run::StartupError>() {
+    });
+    // A blocking call stuck in a client library (a commit to an unresponsive broker) must not
+    // keep the process alive after the drain: give such tasks a moment, then exit regardless.
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result.map_err(|e| match e.downcast::<crate::run::StartupError>() {
         Ok(s) => CliError::usage(s.to_string()),
         Err(e) => CliError::runtime(e),
     })
@@ -136,7 +142,9 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
 pub fn produce(brokers: &str, kind: KindArg, topic: Option<String>, inputs: &[PathBuf]) -> Result<(), CliError> {
     init_logging(LogFormat::Human, "warn");
     let rt = runtime()?;
-    rt.block_on(crate::produce_cmd::produce(brokers, kind.into(), topic, inputs))
+    let result = rt.block_on(crate::produce_cmd::produce(brokers, kind.into(), topic, inputs));
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
 }
 
 /// `unimod eval`.
@@ -144,7 +152,9 @@ pub fn eval(config: &Path, pairs: &Path, checkpoint: Option<&str>, json: bool) -
     let config = load_config(config)?;
     init_logging(LogFormat::Human, "warn");
     let rt = runtime()?;
-    rt.block_on(crate::eval::eval_command(&config, pairs, checkpoint, json))
+    let result = rt.block_on(crate::eval::eval_command(&config, pairs, checkpoint, json));
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
 }
 
 /// `unimod checkpoint list`.

@@ -1,7 +1,8 @@
 //! `unimod eval`: image-to-text and text-to-image retrieval recall@1/5/10 of a checkpoint
 //! over a pairs file. Every pair goes through the same preprocessing as the stream (so URLs,
-//! base64 images and detector regions all work), then both sides are embedded into the
-//! CMCL space and ranked by cosine similarity over the whole file.
+//! base64 images and detector regions all work). UNIMO embeds both sides into its CMCL space
+//! and ranks by cosine similarity; ViLBERT scores every image-caption combination with its
+//! alignment-prediction head (as in its paper). Ranks are over the whole file.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use unimod_ingest::preprocess::{Outcome, Preprocessor};
 use unimod_ingest::record::{RawRecord, RecordKind, SourcePos};
 use unimod_ingest::fetch::ImageFetcher;
 use unimod_ingest::text::TextTokenizer;
-use unimod_model::{Trainer, VisualInput};
+use unimod_model::{Arch, Trainer, VisualInput};
 
 use crate::access::CheckpointAccess;
 use crate::checkpoint_io::{blob, Restored};
@@ -166,9 +167,18 @@ pub async fn evaluate(config: &Config, pairs: &Path, checkpoint: Option<&str>) -
         eprintln!("unimod: warning: {skipped} pairs of {} could not be used", pairs.display());
     }
     let state = restored.trainer.clone();
-    let (img_emb, txt_emb) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let n = images.len();
+    let (i2t, t2i) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let trainer: Trainer<EvalBackend> = Trainer::load(&state, Default::default(), Default::default())
             .map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
+        if trainer.config().arch == Arch::Vilbert {
+            // ViLBERT retrieves with its alignment-prediction head over every combination.
+            let scores = trainer.match_scores(&images, &texts, 256);
+            let transposed: Vec<Vec<f32>> =
+                (0..texts.len()).map(|t| scores.iter().map(|row| row[t]).collect()).collect();
+            return Ok((recall(&scores), recall(&transposed)));
+        }
+        // UNIMO: cosine similarity in the shared contrastive space.
         let mut img_emb = Vec::with_capacity(images.len());
         for chunk in images.chunks(64) {
             img_emb.extend(trainer.embed_images(chunk));
@@ -177,13 +187,12 @@ pub async fn evaluate(config: &Config, pairs: &Path, checkpoint: Option<&str>) -
         for chunk in texts.chunks(64) {
             txt_emb.extend(trainer.embed_texts(chunk));
         }
-        Ok((img_emb, txt_emb))
+        Ok(retrieval(&img_emb, &txt_emb))
     })
     .await
-    .context("embedding panicked")??;
-    let (i2t, t2i) = retrieval(&img_emb, &txt_emb);
-    tracing::info!(pairs = img_emb.len(), ms = started.elapsed().as_millis() as u64, "evaluated");
-    Ok(EvalReport { checkpoint: restored.meta.id, step: restored.meta.step, pairs: img_emb.len(), i2t, t2i })
+    .context("evaluation panicked")??;
+    tracing::info!(pairs = n, ms = started.elapsed().as_millis() as u64, "evaluated");
+    Ok(EvalReport { checkpoint: restored.meta.id, step: restored.meta.step, pairs: n, i2t, t2i })
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub const TRAIN_STEP_SECONDS: &str = "unimod_train_step_seconds";
 pub const TRAIN_GRAD_NORM: &str = "unimod_train_grad_norm";
 /// `unimod_checkpoint_seconds`.
 pub const CHECKPOINT_SECONDS: &str = "unimod_checkpoint_seconds";
+/// `unimod_checkpoint_stall_seconds`.
+pub const CHECKPOINT_STALL_SECONDS: &str = "unimod_checkpoint_stall_seconds";
 /// `unimod_checkpoint_last_success_timestamp_seconds`.
 pub const CHECKPOINT_LAST_SUCCESS: &str = "unimod_checkpoint_last_success_timestamp_seconds";
 /// `unimod_checkpoint_bytes`.
@@ -67,6 +69,9 @@ pub struct Metrics {
     pub grad_norm: Gauge,
     /// Checkpoint write time (serialise + store + flush).
     pub checkpoint_seconds: Histogram,
+    /// Time the trainer thread spends on a periodic checkpoint (serialising the state and
+    /// handing it to the writer): the training stall a checkpoint causes.
+    pub checkpoint_stall_seconds: Histogram,
     /// Unix time of the last durable checkpoint.
     pub checkpoint_last_success: Gauge,
     /// Bytes of the last checkpoint.
@@ -113,6 +118,10 @@ impl Metrics {
             HistogramOpts::new(CHECKPOINT_SECONDS, "Time to write one checkpoint durably")
                 .buckets(prometheus::exponential_buckets(0.01, 2.0, 14)?),
         )?;
+        let checkpoint_stall_seconds = Histogram::with_opts(
+            HistogramOpts::new(CHECKPOINT_STALL_SECONDS, "Training time lost to a periodic checkpoint (serialise + hand-over)")
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 16)?),
+        )?;
         let checkpoint_last_success =
             Gauge::new(CHECKPOINT_LAST_SUCCESS, "Unix time of the last durable checkpoint")?;
         let checkpoint_bytes = IntGauge::new(CHECKPOINT_BYTES, "Bytes of the last checkpoint")?;
@@ -139,6 +148,7 @@ impl Metrics {
             Box::new(step_seconds.clone()),
             Box::new(grad_norm.clone()),
             Box::new(checkpoint_seconds.clone()),
+            Box::new(checkpoint_stall_seconds.clone()),
             Box::new(checkpoint_last_success.clone()),
             Box::new(checkpoint_bytes.clone()),
             Box::new(checkpoint_failures.clone()),
@@ -173,6 +183,7 @@ impl Metrics {
             step_seconds,
             grad_norm,
             checkpoint_seconds,
+            checkpoint_stall_seconds,
             checkpoint_last_success,
             checkpoint_bytes,
             checkpoint_failures,

@@ -292,6 +292,7 @@ impl<B: AutodiffBackend> Worker<B> {
     /// the writer. A periodic checkpoint is skipped when the writer is still busy with the
     /// previous one, so training never waits for the disk.
     fn checkpoint(&mut self, wait: bool, last: &mut Instant) -> anyhow::Result<()> {
+        let stall = Instant::now();
         let state = self.trainer.save().map_err(|e| anyhow::anyhow!("serialising the model: {e}"))?;
         let job = CheckpointJob {
             step: self.step,
@@ -303,9 +304,13 @@ impl<B: AutodiffBackend> Worker<B> {
         };
         if wait {
             self.sink.write_and_wait(job)?;
-        } else if !self.sink.try_submit(job) {
-            tracing::debug!(step = self.step, "checkpoint writer busy; checkpoint deferred");
-            return Ok(());
+        } else {
+            let taken = self.sink.try_submit(job);
+            self.metrics.checkpoint_stall_seconds.observe(stall.elapsed().as_secs_f64());
+            if !taken {
+                tracing::debug!(step = self.step, "checkpoint writer busy; checkpoint deferred");
+                return Ok(());
+            }
         }
         *last = Instant::now();
         self.checkpointed_generation = self.generation;

@@ -61,6 +61,22 @@ async fn trains_the_stream_reports_ready_and_drains_on_sigterm() -> anyhow::Resu
     assert!(meta.is_some(), "lineage never reached {want:?}; last: {:?}; log:\n{}",
         latest_over_http(&setup).await.map(|m| counts(&m)), daemon.log_tail(4000));
 
+    // The inspection commands work while `run` holds the store (through its HTTP port).
+    let shown = setup.latest_checkpoint()?.expect("checkpoint show while running");
+    assert_eq!(counts(&shown), want, "checkpoint show while running");
+    for key in ["id", "step", "created_at", "bytes", "records", "offsets", "model"] {
+        assert!(shown.get(key).is_some(), "checkpoint show lacks {key}");
+    }
+    let out = setup.dir.path().join("export");
+    let (status, _, err) = setup.command(&[
+        "checkpoint", "export", "latest", "--config", &setup.config.display().to_string(),
+        "--out", &out.display().to_string(),
+    ])?;
+    assert!(status.success(), "export while running: {err}");
+    for f in ["model.bin", "model_config.json", "tokenizer.json"] {
+        assert!(out.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "export wrote no {f}");
+    }
+
     // Every metric of the contract is exported.
     let (_, metrics) = http_get(&setup.url("/metrics")).await.expect("metrics answer");
     for name in [
@@ -262,7 +278,8 @@ async fn training_beats_untrained(arch: &str) -> anyhow::Result<()> {
     let topics = Topics::create(&broker, 1).await?;
     let extra = "";
     let setup = Setup::new(&broker.brokers(), &topics, arch, extra)?;
-    let cfg = SynthConfig { seed: 3, size: 32, pairs: 400, texts: 0, images: 0, eval: 40, image_files: false, bad: false };
+    // 150 steps of 16 pairs: every training pair is seen once.
+    let cfg = SynthConfig { seed: 3, size: 32, pairs: 2400, texts: 0, images: 0, eval: 40, image_files: false, bad: false };
     setup.publish_synthetic(&broker.brokers(), &topics, &cfg).await?;
     let eval_pairs = setup.dir.path().join("data/eval_pairs.jsonl");
 
