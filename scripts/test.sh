@@ -31,8 +31,8 @@ if ((${#missing[@]})); then
 fi
 
 start=$SECONDS
-echo "test.sh: cargo test --workspace --locked $*"
-cargo test --workspace --locked "$@"
+echo "test.sh: cargo test --workspace --locked --no-fail-fast $*"
+cargo test --workspace --locked --no-fail-fast "$@"
 
 if [[ -x ops/check.sh ]]; then
     echo "test.sh: ops/check.sh"
