@@ -38,4 +38,15 @@ if [[ -x ops/check.sh ]]; then
     echo "test.sh: ops/check.sh"
     ops/check.sh
 fi
+
+# The dashboard's and the rules' PromQL against a real Prometheus scraping a real
+# `unimod run` (needs the binaries that `cargo test` built, and prometheus on the PATH).
+if command -v prometheus >/dev/null 2>&1; then
+    echo "test.sh: cargo build -p unimod -p unimod-e2e --bins"
+    cargo build --locked -p unimod -p unimod-e2e --bins
+    echo "test.sh: ops/test-live-prometheus.sh --daemon"
+    ops/test-live-prometheus.sh --daemon
+else
+    echo "test.sh: prometheus not installed; skipping the live-Prometheus test" >&2
+fi
 echo "test.sh: all tests passed in $((SECONDS - start)) s"

@@ -90,6 +90,8 @@ dead_letter_topic = "{d}"
 health_window_seconds = 3.0
 lag_interval_seconds = 0.5
 request_timeout_seconds = 3.0
+# A killed member leaves the group after this, so a restarted daemon rejoins quickly.
+options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
 
 [storage]
 path = "{store}"
