@@ -7,8 +7,10 @@
 use std::collections::VecDeque;
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use unimod_ingest::record::{RecordKind, Sample};
+use rand::SeedableRng;
+use unimod_ingest::record::Sample;
+
+use super::mix::{kind_index as index, weighted_pick};
 
 /// Per-kind FIFO queues with a mixing policy.
 #[derive(Debug)]
@@ -16,14 +18,6 @@ pub struct Batcher {
     queues: [VecDeque<Sample>; 3],
     weights: [f64; 3],
     rng: StdRng,
-}
-
-fn index(kind: RecordKind) -> usize {
-    match kind {
-        RecordKind::Text => 0,
-        RecordKind::Image => 1,
-        RecordKind::Pair => 2,
-    }
 }
 
 impl Batcher {
@@ -54,22 +48,8 @@ impl Batcher {
         let mut out = Vec::with_capacity(n.min(self.len()));
         while out.len() < n && !self.is_empty() {
             let avail: Vec<usize> = (0..3).filter(|&i| !self.queues[i].is_empty()).collect();
-            let weighted: Vec<usize> = avail.iter().copied().filter(|&i| self.weights[i] > 0.0).collect();
-            let pick = if weighted.is_empty() {
-                avail[0]
-            } else {
-                let total: f64 = weighted.iter().map(|&i| self.weights[i]).sum();
-                let mut x = self.rng.random::<f64>() * total;
-                let mut pick = weighted[weighted.len() - 1];
-                for &i in &weighted {
-                    if x < self.weights[i] {
-                        pick = i;
-                        break;
-                    }
-                    x -= self.weights[i];
-                }
-                pick
-            };
+            // A kind whose weight is 0 is drained only when nothing else is queued.
+            let pick = weighted_pick(&mut self.rng, &avail, &self.weights).unwrap_or(avail[0]);
             if let Some(s) = self.queues[pick].pop_front() {
                 out.push(s);
             }
@@ -83,7 +63,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use unimod_ingest::record::SourcePos;
+    use unimod_ingest::record::{RecordKind, SourcePos};
 
     fn sample(kind: RecordKind, offset: i64) -> Sample {
         Sample {

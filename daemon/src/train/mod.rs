@@ -4,6 +4,7 @@ pub mod batcher;
 pub mod cmcl;
 pub mod examples;
 pub mod lineage;
+pub mod mix;
 pub mod replay;
 pub mod schedule;
 pub mod worker;

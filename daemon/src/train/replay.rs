@@ -7,6 +7,8 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use super::mix::{kind_index as index, weighted_pick};
 use unimod_ingest::record::{ClassProbs, ObjectSequence, RecordKind, TokenSequence};
 
 /// What a replay buffer keeps of a sample.
@@ -32,14 +34,6 @@ pub struct ReplayBuffers {
     capacity: usize,
     reservoirs: [Reservoir; 3],
     rng: StdRng,
-}
-
-fn index(kind: RecordKind) -> usize {
-    match kind {
-        RecordKind::Text => 0,
-        RecordKind::Image => 1,
-        RecordKind::Pair => 2,
-    }
 }
 
 /// A persisted buffer that cannot be read.
@@ -87,23 +81,8 @@ impl ReplayBuffers {
     pub fn sample(&mut self, n: usize, weights: [f64; 3]) -> Vec<(RecordKind, ReplayItem)> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let avail: Vec<(usize, f64)> = (0..3)
-                .filter(|&i| !self.reservoirs[i].items.is_empty() && weights[i] > 0.0)
-                .map(|i| (i, weights[i]))
-                .collect();
-            let total: f64 = avail.iter().map(|(_, w)| w).sum();
-            if avail.is_empty() || total <= 0.0 {
-                break;
-            }
-            let mut x = self.rng.random::<f64>() * total;
-            let mut pick = avail[avail.len() - 1].0;
-            for (i, w) in &avail {
-                if x < *w {
-                    pick = *i;
-                    break;
-                }
-                x -= w;
-            }
+            let held: Vec<usize> = (0..3).filter(|&i| !self.reservoirs[i].items.is_empty()).collect();
+            let Some(pick) = weighted_pick(&mut self.rng, &held, &weights) else { break };
             let items = &self.reservoirs[pick].items;
             let item = items[self.rng.random_range(0..items.len())].clone();
             out.push((RecordKind::ALL[pick], item));
