@@ -129,6 +129,10 @@ pub struct ImageConfig {
     /// Decode JPEGs at a reduced scale (1/2, 1/4 or 1/8) when the smallest box still covers
     /// at least `crop_size` pixels: same features at a fraction of the cost.
     pub jpeg_reduced_decode: bool,
+    /// Largest accepted magnitude of a precomputed region feature value (and of a box
+    /// coordinate); a record with a larger one is rejected (`invalid_regions`). Detector
+    /// features are O(1)-O(100); huge finite values overflow the model's arithmetic.
+    pub max_abs_feature: f64,
 }
 
 impl Default for ImageConfig {
@@ -140,6 +144,7 @@ impl Default for ImageConfig {
             max_dimension: 16_384,
             max_objects: 100,
             jpeg_reduced_decode: true,
+            max_abs_feature: 1e4,
         }
     }
 }
@@ -164,6 +169,9 @@ impl ImageConfig {
         }
         if self.max_objects == 0 {
             return Err(ConfigError::new("image.max_objects", "must be > 0"));
+        }
+        if !(self.max_abs_feature.is_finite() && self.max_abs_feature > 0.0 && self.max_abs_feature <= 1e30) {
+            return Err(ConfigError::new("image.max_abs_feature", "must be in (0, 1e30]"));
         }
         if self.region_count() > self.max_objects {
             return Err(ConfigError::new(

@@ -92,7 +92,11 @@ impl Preprocessor {
             .build()?;
         let limits = DecodeLimits {
             max_image_bytes: fetcher.config().max_image_bytes,
-            regions: RegionLimits { max_objects: image.max_objects, max_dimension: image.max_dimension },
+            regions: RegionLimits {
+                max_objects: image.max_objects,
+                max_dimension: image.max_dimension,
+                max_abs_feature: image.max_abs_feature as f32,
+            },
         };
         Ok(Self {
             inner: Arc::new(Inner {

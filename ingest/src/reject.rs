@@ -53,11 +53,14 @@ pub enum RejectReason {
     ImageDecode,
     /// Tokenisation failed.
     Tokenize,
+    /// The record made a training step's loss or gradient non-finite (found by the trainer
+    /// after preprocessing accepted it).
+    Nonfinite,
 }
 
 impl RejectReason {
     /// Every reason, in a fixed order (for pre-registering metric series).
-    pub const ALL: [RejectReason; 19] = [
+    pub const ALL: [RejectReason; 20] = [
         RejectReason::EmptyPayload,
         RejectReason::NotJson,
         RejectReason::BadSchema,
@@ -77,6 +80,7 @@ impl RejectReason {
         RejectReason::UnsupportedFormat,
         RejectReason::ImageDecode,
         RejectReason::Tokenize,
+        RejectReason::Nonfinite,
     ];
 
     /// The snake_case label used in metrics and the dead-letter `unimod-error` header.
@@ -101,6 +105,7 @@ impl RejectReason {
             RejectReason::UnsupportedFormat => "unsupported_format",
             RejectReason::ImageDecode => "image_decode",
             RejectReason::Tokenize => "tokenize",
+            RejectReason::Nonfinite => "nonfinite",
         }
     }
 }

@@ -253,7 +253,7 @@ mod tests {
 
     const LIMITS: DecodeLimits = DecodeLimits {
         max_image_bytes: 1000,
-        regions: RegionLimits { max_objects: 10, max_dimension: 1000 },
+        regions: RegionLimits { max_objects: 10, max_dimension: 1000, max_abs_feature: 1e4 },
     };
 
     fn decode(kind: RecordKind, value: &Value) -> Result<Message, Rejection> {

@@ -5,7 +5,9 @@
 //! distributions for the KL term of masked region modelling).
 //!
 //! Everything is validated before it becomes an [`ObjectSequence`]: dimensions, box
-//! coordinates inside the image, feature length = boxes x dim, finite values.
+//! coordinates inside the image, feature length = boxes x dim, finite values within
+//! `image.max_abs_feature`; the global row's mean is computed in f64 and the finished
+//! sequence is checked finite, so hostile numbers never reach the optimizer.
 
 use serde_json::{Map, Value};
 
@@ -26,6 +28,8 @@ pub struct RegionLimits {
     pub max_objects: usize,
     /// Largest `image_w` / `image_h`.
     pub max_dimension: u32,
+    /// Largest accepted `|value|` of a region feature (`image.max_abs_feature`).
+    pub max_abs_feature: f32,
 }
 
 fn invalid(detail: impl Into<String>) -> Rejection {
@@ -43,7 +47,7 @@ fn positive_int(map: &Map<String, Value>, key: &str, max: u64) -> Result<u64, Re
     Ok(n)
 }
 
-fn f32_rows(map: &Map<String, Value>, key: &str, rows: usize, width: usize) -> Result<Vec<f32>, Rejection> {
+fn f32_rows(map: &Map<String, Value>, key: &str, rows: usize, width: usize, max_abs: f32) -> Result<Vec<f32>, Rejection> {
     let text = map
         .get(key)
         .ok_or_else(|| invalid(format!("regions.{key} is missing")))?
@@ -63,6 +67,12 @@ fn f32_rows(map: &Map<String, Value>, key: &str, rows: usize, width: usize) -> R
         .collect();
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(invalid(format!("regions.{key} value {i} is not finite")));
+    }
+    if let Some(i) = values.iter().position(|v| v.abs() > max_abs) {
+        return Err(invalid(format!(
+            "regions.{key} value {i} = {:e} is larger in magnitude than image.max_abs_feature = {max_abs:e}",
+            values[i]
+        )));
     }
     Ok(values)
 }
@@ -115,14 +125,14 @@ pub fn parse_regions(value: &Value, limits: RegionLimits) -> Result<ObjectSequen
         locations.push([x1 / image_w, y1 / image_h, x2 / image_w, y2 / image_h, (x2 - x1) * (y2 - y1) / area]);
     }
     let n = boxes.len();
-    let region_features = f32_rows(map, "features_base64", n, dim)?;
+    let region_features = f32_rows(map, "features_base64", n, dim, limits.max_abs_feature)?;
     let features = with_mean_row(&region_features, n, dim);
 
     let class_probs = match map.get("classes") {
         None => None,
         Some(_) => {
             let classes = positive_int(map, "classes", MAX_CLASSES as u64)? as usize;
-            let probs = f32_rows(map, "class_probs_base64", n, classes)?;
+            let probs = f32_rows(map, "class_probs_base64", n, classes, 1.0 + 1e-3)?;
             for (i, row) in probs.chunks_exact(classes).enumerate() {
                 let sum: f32 = row.iter().sum();
                 if row.iter().any(|&p| p < 0.0) || (sum - 1.0).abs() > 1e-3 {
@@ -134,20 +144,28 @@ pub fn parse_regions(value: &Value, limits: RegionLimits) -> Result<ObjectSequen
             Some(ClassProbs { classes, probs: with_mean_row(&probs, n, classes) })
         }
     };
-    Ok(ObjectSequence { dim, features, locations, class_probs })
+    let seq = ObjectSequence { dim, features, locations, class_probs };
+    let finite = seq.features.iter().all(|v| v.is_finite())
+        && seq.locations.iter().flatten().all(|v| v.is_finite())
+        && seq.class_probs.as_ref().is_none_or(|c| c.probs.iter().all(|v| v.is_finite()));
+    if !finite {
+        return Err(invalid("the object sequence built from the regions is not finite"));
+    }
+    Ok(seq)
 }
 
-/// Prepends the mean of `rows x width` values as a new first row.
+/// Prepends the mean of `rows x width` values as a new first row (summed in f64, so large
+/// values cannot overflow the sum).
 pub(crate) fn with_mean_row(rows_data: &[f32], rows: usize, width: usize) -> Vec<f32> {
-    let mut out = vec![0f32; width];
+    let mut sums = vec![0f64; width];
     for row in rows_data.chunks_exact(width) {
-        for (acc, v) in out.iter_mut().zip(row) {
-            *acc += v;
+        for (acc, v) in sums.iter_mut().zip(row) {
+            *acc += f64::from(*v);
         }
     }
-    let inv = 1.0 / rows.max(1) as f32;
-    out.iter_mut().for_each(|v| *v *= inv);
-    out.reserve(rows_data.len());
+    let n = rows.max(1) as f64;
+    let mut out: Vec<f32> = Vec::with_capacity(width + rows_data.len());
+    out.extend(sums.iter().map(|s| (s / n) as f32));
     out.extend_from_slice(rows_data);
     out
 }
@@ -159,7 +177,7 @@ mod tests {
 
     use super::*;
 
-    const LIMITS: RegionLimits = RegionLimits { max_objects: 10, max_dimension: 1000 };
+    const LIMITS: RegionLimits = RegionLimits { max_objects: 10, max_dimension: 1000, max_abs_feature: 1e4 };
 
     fn b64(values: &[f32]) -> String {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -212,6 +230,8 @@ mod tests {
             ("short features", Box::new(|v| v["features_base64"] = json!(b64(&[1.0, 2.0, 3.0])))),
             ("nan feature", Box::new(|v| v["features_base64"] = json!(b64(&[1.0, f32::NAN, 3.0, 4.0])))),
             ("inf feature", Box::new(|v| v["features_base64"] = json!(b64(&[1.0, f32::INFINITY, 3.0, 4.0])))),
+            ("huge feature", Box::new(|v| v["features_base64"] = json!(b64(&[3e38, 3e38, 3.0, 4.0])))),
+            ("above the bound", Box::new(|v| v["features_base64"] = json!(b64(&[1.0, -10_001.0, 3.0, 4.0])))),
             ("bad base64", Box::new(|v| v["features_base64"] = json!("@@@"))),
             ("no boxes", Box::new(|v| v["boxes"] = json!([]))),
             ("missing dim", Box::new(|v| {
@@ -226,5 +246,19 @@ mod tests {
             assert_eq!(err.reason, RejectReason::InvalidRegions, "{name}: {err}");
         }
         assert!(parse_regions(&json!([1, 2]), LIMITS).is_err());
+    }
+
+    #[test]
+    fn values_at_the_bound_pass_and_the_mean_is_exact() {
+        let mut v = good();
+        v["features_base64"] = json!(b64(&[1e4, -1e4, 1e4, 1e4]));
+        let seq = parse_regions(&v, LIMITS).expect("at the bound");
+        assert_eq!(&seq.features[..2], &[1e4, 0.0]);
+        // The f64 mean of values whose f32 sum overflows.
+        let big = RegionLimits { max_abs_feature: f32::MAX, ..LIMITS };
+        v["features_base64"] = json!(b64(&[3e38, 1.0, 3e38, 1.0]));
+        let seq = parse_regions(&v, big).expect("finite mean");
+        assert_eq!(seq.features[0], 3e38);
+        assert!(seq.features.iter().all(|x| x.is_finite()));
     }
 }

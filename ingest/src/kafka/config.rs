@@ -40,6 +40,14 @@ pub struct KafkaConfig {
     /// `unimod-source-offset`. Omitted: rejected records are only counted and logged.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// How long a dead-letter copy is retried on retriable delivery errors (broker down,
+    /// leader moving), in seconds. After that, or at once on a permanent error (copy over a
+    /// size limit, write denied), a copy without the value is sent (header
+    /// `unimod-value-dropped`); if that fails too, the failure is counted
+    /// (`unimod_dead_letter_failures_total`) and the record is finished anyway. Only the
+    /// record being copied waits; every other record goes on.
+    #[serde(default = "default_dead_letter_retry_seconds")]
+    pub dead_letter_retry_seconds: f64,
     /// Where to start a partition for which no checkpoint holds an offset:
     /// `"earliest"` (the oldest retained record) or `"latest"` (only new records).
     #[serde(default)]
@@ -152,6 +160,9 @@ fn default_pair_topic() -> String {
 fn default_queue_capacity() -> usize {
     1024
 }
+fn default_dead_letter_retry_seconds() -> f64 {
+    60.0
+}
 fn default_lag_interval_seconds() -> f64 {
     10.0
 }
@@ -170,6 +181,7 @@ impl KafkaConfig {
             group_id: default_group_id(),
             topics: TopicsConfig::default(),
             dead_letter_topic: None,
+            dead_letter_retry_seconds: default_dead_letter_retry_seconds(),
             auto_offset_reset: OffsetReset::default(),
             queue_capacity: default_queue_capacity(),
             lag_interval_seconds: default_lag_interval_seconds(),
@@ -226,6 +238,7 @@ impl KafkaConfig {
             return Err(ConfigError::new("queue_capacity", "must be at least 1"));
         }
         positive_seconds("lag_interval_seconds", self.lag_interval_seconds)?;
+        positive_seconds("dead_letter_retry_seconds", self.dead_letter_retry_seconds)?;
         positive_seconds("health_window_seconds", self.health_window_seconds)?;
         positive_seconds("request_timeout_seconds", self.request_timeout_seconds)?;
         for (key, value) in &self.options {

@@ -40,7 +40,7 @@ pub use bootstrap::{bootstrap_texts, BootstrapError};
 pub use config::{ConfigError, KafkaConfig, OffsetReset, TopicsConfig};
 pub use consumer::{KafkaConsumer, StartOffsets};
 pub use context::{RebalanceEvent, TopicPartition};
-pub use dead_letter::{DeadLetterProducer, HEADER_ERROR, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
+pub use dead_letter::{CopyOutcome, DeadLetterProducer, TopicCheck, HEADER_ERROR, HEADER_VALUE_DROPPED, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
 pub use error::{BadLine, ConsumerError, DeadLetterError, ProduceError};
 pub use health::{BrokerHealth, HealthSnapshot};
 pub use metrics::{KafkaMetrics, CONSUMER_LAG};
