@@ -3,7 +3,9 @@
 //! sled allows one process per database, so while `unimod run` holds the store these
 //! commands cannot open it. [`CheckpointAccess::open`] tries the store first; when it is
 //! locked, it reads through the running daemon's HTTP port (`metrics.listen` of the same
-//! config: `/v1/checkpoints...`), which serves the same verified data read-only.
+//! config: `/v1/checkpoints...`), which serves the same verified data read-only. Blobs need
+//! the token the daemon wrote to [`TOKEN_FILE`] in `storage.path` (readable only by users who
+//! can read the store). The client never goes through `HTTP(S)_PROXY`: the daemon is local.
 
 use std::sync::Arc;
 
@@ -11,7 +13,33 @@ use anyhow::Context as _;
 
 use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore};
 use crate::config::Config;
-use crate::http::CheckpointSource;
+use crate::http::{BlobStream, CheckpointSource};
+
+/// Name of the file in `storage.path` holding the token for checkpoint blobs over HTTP.
+pub const TOKEN_FILE: &str = "http-token";
+
+/// Writes a fresh random token to [`TOKEN_FILE`] in `store_dir` (mode 0600) and returns it.
+pub fn write_token(store_dir: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let token: String = {
+        use rand::Rng as _;
+        let mut rng = rand::rng();
+        (0..32).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+    };
+    let path = store_dir.join(TOKEN_FILE);
+    let tmp = store_dir.join(format!("{TOKEN_FILE}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(token.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
 
 /// Where checkpoints are read from.
 pub enum CheckpointAccess {
@@ -25,6 +53,10 @@ pub enum CheckpointAccess {
         rt: tokio::runtime::Runtime,
         /// The client.
         client: reqwest::Client,
+        /// The blob token, when [`TOKEN_FILE`] is readable.
+        token: Option<String>,
+        /// Where the token was looked for (for error messages).
+        token_path: std::path::PathBuf,
     },
 }
 
@@ -42,25 +74,39 @@ impl CheckpointAccess {
                     .context("starting an HTTP client runtime")?;
                 let client = reqwest::Client::builder()
                     .timeout(std::time::Duration::from_secs(600))
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    // The daemon's port is local: never route it through HTTP(S)_PROXY.
+                    .no_proxy()
                     .build()
                     .context("building an HTTP client")?;
-                Ok(Self::Remote { base, rt, client })
+                let token_path = config.storage.path.join(TOKEN_FILE);
+                let token = std::fs::read_to_string(&token_path).ok().map(|t| t.trim().to_owned());
+                Ok(Self::Remote { base, rt, client, token, token_path })
             }
             Err(e) => Err(e).with_context(|| format!("opening storage.path = {}", config.storage.path.display())),
         }
     }
 
     fn get(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let Self::Remote { base, rt, client } = self else { unreachable!("get is only used remotely") };
+        let Self::Remote { base, rt, client, token, token_path } = self else { unreachable!("get is only used remotely") };
         let url = format!("{base}{path}");
         rt.block_on(async {
-            let resp = client
-                .get(&url)
+            let mut request = client.get(&url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let resp = request
                 .send()
                 .await
                 .with_context(|| format!("the store is locked by a running daemon, and its HTTP port {base} does not answer"))?;
             if resp.status() == reqwest::StatusCode::NOT_FOUND {
                 return Ok(None);
+            }
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                anyhow::bail!(
+                    "{url}: the daemon serves checkpoint data only with its token, and {} is not readable by this user",
+                    token_path.display()
+                );
             }
             if !resp.status().is_success() {
                 let status = resp.status();
@@ -108,8 +154,7 @@ impl CheckpointAccess {
 
 fn local_meta(store: &CheckpointStore, id: &str) -> anyhow::Result<CheckpointMeta> {
     if id == "latest" {
-        let (meta, _) = store.load_latest_valid()?.context("the store holds no valid checkpoint")?;
-        return Ok(meta);
+        return store.latest_valid_meta()?.context("the store holds no valid checkpoint");
     }
     let n: u64 = id.parse().with_context(|| format!("checkpoint id must be a number or `latest`, got {id:?}"))?;
     match store.meta(n) {
@@ -135,15 +180,15 @@ impl CheckpointSource for StoreSource {
         }
     }
 
-    fn blob(&self, id: &str, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    fn blob_stream(&self, id: &str, name: &str) -> anyhow::Result<Option<BlobStream>> {
         let meta = match local_meta(&self.0, id) {
             Ok(m) => m,
             Err(e) if e.to_string().starts_with("no checkpoint") => return Ok(None),
             Err(e) => return Err(e),
         };
-        if meta.blob(name).is_none() {
-            return Ok(None);
-        }
-        Ok(Some(self.0.read_blob(meta.id, name)?))
+        let Some((_, blob)) = meta.blob(name) else { return Ok(None) };
+        let len = blob.len;
+        let chunks = self.0.blob_chunks(meta.id, name)?;
+        Ok(Some(BlobStream { len, chunks: Box::new(chunks.map(|c| c.map_err(anyhow::Error::from))) }))
     }
 }

@@ -7,6 +7,7 @@
 //! `tokenizer` (tokenizer.json), `replay` (binary), `state` (JSON: trainer step counters).
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -114,13 +115,14 @@ pub fn spawn_writer(
     model_size: String,
     metrics: Metrics,
     durable: mpsc::Sender<Durable>,
+    failures_in_row: Arc<AtomicU64>,
 ) -> anyhow::Result<(CheckpointSink, std::thread::JoinHandle<()>)> {
     // Capacity 0 would block the trainer until the writer picks the job up; 1 lets the
     // trainer hand over one job and go on.
     let (tx, rx) = sync_channel::<(CheckpointJob, Option<Reply>)>(1);
     let handle = std::thread::Builder::new()
         .name("checkpoint-writer".into())
-        .spawn(move || writer_loop(rx, store, keep, model_size, metrics, durable))
+        .spawn(move || writer_loop(rx, store, keep, model_size, metrics, durable, failures_in_row))
         .context("starting the checkpoint writer thread")?;
     Ok((CheckpointSink { tx }, handle))
 }
@@ -132,12 +134,15 @@ fn writer_loop(
     model_size: String,
     metrics: Metrics,
     durable: mpsc::Sender<Durable>,
+    failures_in_row: Arc<AtomicU64>,
 ) {
     while let Ok((job, reply)) = rx.recv() {
         let started = Instant::now();
         let result = write_one(&store, keep, &model_size, job);
         match &result {
             Ok((meta, offsets)) => {
+                failures_in_row.store(0, Ordering::Relaxed);
+                metrics.checkpoint_failures_in_row.set(0);
                 metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
                 metrics.checkpoint_bytes.set(meta.bytes as i64);
                 metrics
@@ -156,7 +161,9 @@ fn writer_loop(
             }
             Err(e) => {
                 metrics.checkpoint_failures.inc();
-                tracing::error!(error = %format!("{e:#}"), "checkpoint failed; the previous one stays current");
+                let n = failures_in_row.fetch_add(1, Ordering::Relaxed) + 1;
+                metrics.checkpoint_failures_in_row.set(n as i64);
+                tracing::error!(error = %format!("{e:#}"), failures_in_row = n, "checkpoint failed; the previous one stays current");
             }
         }
         if let Some(reply) = reply {
@@ -212,7 +219,11 @@ fn write_one(
         (blob::STATE.to_owned(), counters),
     ];
     let meta = store.write(meta, blobs).context("writing the checkpoint to the store")?;
-    store.prune(keep).context("pruning old checkpoints")?;
+    // The checkpoint is durable: a failed prune only leaves older ones behind (retried with
+    // the next checkpoint), it does not make this one a failure.
+    if let Err(e) = store.prune(keep) {
+        tracing::warn!(checkpoint = meta.id, error = %e, "pruning old checkpoints failed; will retry with the next checkpoint");
+    }
     Ok((meta, commit))
 }
 

@@ -19,11 +19,16 @@ pub enum Phase {
 pub struct Health {
     phase: AtomicU8,
     kafka_ok: AtomicBool,
+    checkpoints_failing: AtomicBool,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Self { phase: AtomicU8::new(Phase::Starting as u8), kafka_ok: AtomicBool::new(false) }
+        Self {
+            phase: AtomicU8::new(Phase::Starting as u8),
+            kafka_ok: AtomicBool::new(false),
+            checkpoints_failing: AtomicBool::new(false),
+        }
     }
 }
 
@@ -49,6 +54,11 @@ impl Health {
         self.kafka_ok.store(ok, Ordering::Release);
     }
 
+    /// Records whether checkpoint writes keep failing (`storage.max_failed_checkpoints`).
+    pub fn set_checkpoints_failing(&self, failing: bool) {
+        self.checkpoints_failing.store(failing, Ordering::Release);
+    }
+
     /// Whether the broker is reachable.
     pub fn kafka_ok(&self) -> bool {
         self.kafka_ok.load(Ordering::Acquire)
@@ -59,6 +69,7 @@ impl Health {
         match self.phase() {
             Phase::Starting => Some("starting"),
             Phase::Draining => Some("draining"),
+            Phase::Running if self.checkpoints_failing.load(Ordering::Acquire) => Some("checkpoint writes are failing"),
             Phase::Running if !self.kafka_ok() => Some("cannot reach kafka"),
             Phase::Running => None,
         }
@@ -76,6 +87,10 @@ mod tests {
         h.set_phase(Phase::Running);
         assert_eq!(h.not_ready_reason(), Some("cannot reach kafka"));
         h.set_kafka_ok(true);
+        assert_eq!(h.not_ready_reason(), None);
+        h.set_checkpoints_failing(true);
+        assert_eq!(h.not_ready_reason(), Some("checkpoint writes are failing"));
+        h.set_checkpoints_failing(false);
         assert_eq!(h.not_ready_reason(), None);
         h.set_phase(Phase::Draining);
         h.set_phase(Phase::Running);

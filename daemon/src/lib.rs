@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod checkpoint_io;
 pub mod cli;
 pub mod config;
+pub mod dead_letter;
 pub mod eval;
 pub mod health;
 pub mod http;

@@ -4,11 +4,14 @@
 //!
 //! Shutdown order (within `shutdown.drain_seconds`), each stage logged:
 //! 1. `/readyz` turns 503 and systemd gets `STOPPING=1`;
-//! 2. stop consuming (consumer and preprocessing stop; queued records are abandoned and will
-//!    be consumed again after the restart, since their offsets are not in any checkpoint);
-//! 3. the trainer finishes the step in flight and writes the final checkpoint durably;
+//! 2. stop consuming (consumer and preprocessing stop at once; queued records, whatever the
+//!    backlog, and dead-letter copies still under way are abandoned and will be consumed
+//!    again after the restart, since their offsets are not in any checkpoint);
+//! 3. the trainer finishes the step in flight (no new one starts) and writes the final
+//!    checkpoint durably;
 //! 4. offsets of that checkpoint are committed to the consumer group;
-//! 5. the consumer leaves the group; the HTTP server stops last.
+//! 5. the consumer leaves the group (bounded by what is left of the budget); the HTTP server
+//!    stops last (bounded by [`HTTP_STOP_WAIT`]).
 //!
 //! A rollback (too many non-finite steps) runs stages 2-5 without a final checkpoint and
 //! starts a new session from the newest valid checkpoint, in the same process.
@@ -23,7 +26,7 @@ use burn::tensor::backend::AutodiffBackend;
 use prometheus::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use unimod_ingest::kafka::{bootstrap_texts, DeadLetterProducer, KafkaConsumer, KafkaMetrics};
+use unimod_ingest::kafka::{bootstrap_texts, DeadLetterProducer, KafkaConsumer, KafkaMetrics, TopicCheck};
 use unimod_ingest::fetch::ImageFetcher;
 use unimod_ingest::preprocess::{bootstrap_text, run_pipeline, Outcome, Preprocessor, Processed};
 use unimod_ingest::record::RecordKind;
@@ -36,6 +39,7 @@ use crate::access::StoreSource;
 use crate::checkpoint::CheckpointStore;
 use crate::checkpoint_io::{spawn_writer, Durable, Restored};
 use crate::config::{parse_device, Config, DeviceChoice};
+use crate::dead_letter::DeadLetters;
 use crate::health::{Health, Phase};
 use crate::notify::Notifier;
 use crate::telemetry::Metrics;
@@ -47,6 +51,8 @@ use crate::train::worker::{Event, Worker, WorkerExit, WorkerParams};
 
 /// How long the tokenizer bootstrap waits for texts on an empty or slow stream.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the HTTP server gets to finish its requests once the drain is over.
+pub const HTTP_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// Bounds of one `run`.
 #[derive(Debug, Clone, Default)]
@@ -78,7 +84,10 @@ struct Shared {
 
 enum SessionEnd {
     Done,
-    Rollback,
+    /// Too many non-finite steps: restart from the newest valid checkpoint. Names the
+    /// checkpoint this session started from (and its offsets) so that a second rollback to the
+    /// same place is not a silent loop.
+    Rollback { from: Option<u64>, offsets: String },
 }
 
 /// Runs the daemon until `shutdown` is cancelled (then drains) or a bound is reached.
@@ -107,14 +116,18 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: CancellationToken) 
             .with_context(|| format!("opening storage.path = {}", config.storage.path.display()))?,
     );
     metrics.store_bytes.set(store.size_on_disk().unwrap_or(0) as i64);
+    check_dead_letter_topic(&config, &shutdown).await?;
 
     // HTTP first (so /healthz answers while starting) and last (stopped after the drain).
     let http_stop = CancellationToken::new();
+    let blob_token = crate::access::write_token(&config.storage.path)
+        .map_err(|e| StartupError(format!("storage.path = {}: {e:#}", config.storage.path.display())))?;
     let (addr, http_task) = crate::http::serve(
         config.metrics.listen,
         registry.clone(),
         Arc::clone(&health),
         Some(Arc::new(StoreSource(Arc::clone(&store)))),
+        Some(blob_token),
         http_stop.clone(),
     )
     .await?;
@@ -134,6 +147,7 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: CancellationToken) 
         store,
         progress,
     };
+    let mut last_rollback: Option<Option<u64>> = None;
     let result = loop {
         let end = match device {
             DeviceChoice::Cpu => {
@@ -152,7 +166,15 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: CancellationToken) 
             DeviceChoice::Cuda(_) => unreachable!("rejected above"),
         };
         match end {
-            Ok(SessionEnd::Rollback) if !shutdown.is_cancelled() => {
+            Ok(SessionEnd::Rollback { from, offsets }) if !shutdown.is_cancelled() => {
+                if last_rollback == Some(from) {
+                    let from = from.map_or_else(|| "none (a new lineage)".to_owned(), |id| id.to_string());
+                    break Err(anyhow::anyhow!(
+                        "rolled back to checkpoint {from} (offsets {offsets}) twice in a row: the model keeps diverging from there; \
+                         stopping instead of looping (lower train.learning_rate or restore an older checkpoint)"
+                    ));
+                }
+                last_rollback = Some(from);
                 tracing::warn!("restarting from the newest valid checkpoint");
                 continue;
             }
@@ -163,14 +185,54 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: CancellationToken) 
     health.set_phase(Phase::Draining);
     shared.metrics.ready.set(0);
     notifier.stopping();
-    // Stage 5: HTTP last.
+    // Stage 5: HTTP last, bounded.
     http_stop.cancel();
-    let _ = http_task.await;
+    let mut http_task = http_task;
+    if tokio::time::timeout(HTTP_STOP_WAIT, &mut http_task).await.is_err() {
+        tracing::warn!("HTTP requests still running after the drain; closing them");
+        http_task.abort();
+    }
     let _ = watchdog.await;
     if result.is_ok() {
         tracing::info!("stopped cleanly");
     }
     result
+}
+
+/// Checks that `kafka.dead_letter_topic` (when set) exists: a missing or inaccessible topic
+/// stops the start (exit 2) instead of stalling every rejected record later. Waits while the
+/// broker does not answer (like the consumer would), until `shutdown`.
+async fn check_dead_letter_topic(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let Some(topic) = config.kafka.dead_letter_topic.clone() else { return Ok(()) };
+    let producer = DeadLetterProducer::new(&config.kafka)
+        .map_err(|e| StartupError(format!("kafka.dead_letter_topic = {topic:?}: {e}")))?
+        .ok_or_else(|| anyhow::anyhow!("no dead-letter producer despite kafka.dead_letter_topic"))?;
+    let producer = Arc::new(producer);
+    let timeout = config.kafka.request_timeout();
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let p = Arc::clone(&producer);
+        let checked = tokio::task::spawn_blocking(move || p.check_topic(timeout))
+            .await
+            .context("checking the dead-letter topic")?;
+        match checked {
+            Ok(partitions) => {
+                tracing::info!(topic = %topic, partitions, "dead-letter topic found");
+                return Ok(());
+            }
+            Err(TopicCheck::Unusable(why)) => {
+                return Err(StartupError(format!("kafka.dead_letter_topic = {topic:?}: {why}")).into());
+            }
+            Err(TopicCheck::NoAnswer(why)) => {
+                tracing::warn!(topic = %topic, error = %why, "cannot check the dead-letter topic yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 /// `WATCHDOG=1` at half of `WATCHDOG_USEC`, only while the trainer loop moves.
@@ -377,25 +439,33 @@ async fn session<B: AutodiffBackend>(
     // Ends when the consumer stops (it drops the sending side of `raw_rx`).
     let pipeline = tokio::spawn(run_pipeline(preprocessor, raw_rx, processed_tx, config.preprocess.max_in_flight));
     let dead_letter = DeadLetterProducer::new(&config.kafka).context("starting the dead-letter producer")?;
+    let dlq_stop = CancellationToken::new();
+    let dead_letters = DeadLetters::new(
+        dead_letter,
+        Duration::from_secs_f64(config.kafka.dead_letter_retry_seconds),
+        shared.metrics.clone(),
+        dlq_stop.clone(),
+    );
     let (event_tx, event_rx) = mpsc::channel(config.train.queue_capacity);
     let feeder = tokio::spawn(feed(
         processed_rx,
         event_tx,
-        dead_letter,
+        dead_letters.clone(),
         shared.metrics.clone(),
         shared.ingest_metrics.clone(),
         feature_dim,
-        consume_stop.clone(),
     ));
 
     // Checkpoints: writer thread + committer.
     let (durable_tx, mut durable_rx) = mpsc::channel::<Durable>(8);
+    let checkpoint_failures = Arc::new(AtomicU64::new(0));
     let (sink, writer) = spawn_writer(
         Arc::clone(&shared.store),
         config.storage.keep_checkpoints,
         model_size,
         shared.metrics.clone(),
         durable_tx,
+        Arc::clone(&checkpoint_failures),
     )?;
     let committer = {
         let consumer = Arc::clone(&consumer);
@@ -426,7 +496,13 @@ async fn session<B: AutodiffBackend>(
         max_steps: steps_left,
         deadline: shared.deadline,
         max_nonfinite_in_row: t.max_nonfinite_in_row,
+        // Unready at N failures in a row, stop at 2N.
+        max_failed_checkpoints: config.storage.max_failed_checkpoints.saturating_mul(2),
     };
+    let restored_from = restored.as_ref().map(|r| r.meta.id);
+    let restored_offsets = restored.as_ref().map_or_else(String::new, |r| {
+        r.meta.offsets.iter().map(|p| format!("{}[{}]@{}", p.topic, p.partition, p.offset)).collect::<Vec<_>>().join(", ")
+    });
     let worker = Worker {
         schedule: Schedule::new(t.learning_rate, t.warmup_steps, t.rewarm_steps, restored.as_ref().map(|_| step)),
         cmcl: use_cmcl.then(|| CmclData::new(config.cmcl.clone(), Arc::clone(&tokenizer), t.seed ^ step)),
@@ -441,6 +517,9 @@ async fn session<B: AutodiffBackend>(
         progress: Arc::clone(&shared.progress),
         generation: 0,
         checkpointed_generation: 0,
+        dead_letters,
+        ingest_metrics: shared.ingest_metrics.clone(),
+        checkpoint_failures_in_row: Arc::clone(&checkpoint_failures),
     };
     let worker_stop = CancellationToken::new();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
@@ -465,10 +544,13 @@ async fn session<B: AutodiffBackend>(
         let health = Arc::clone(&shared.health);
         let metrics = shared.metrics.clone();
         let stop = consume_stop.clone();
+        let failures = Arc::clone(&checkpoint_failures);
+        let unready_at = u64::from(config.storage.max_failed_checkpoints);
         tokio::spawn(async move {
             loop {
                 let ok = consumer.connected();
                 health.set_kafka_ok(ok);
+                health.set_checkpoints_failing(unready_at > 0 && failures.load(Ordering::Relaxed) >= unready_at);
                 metrics.ready.set(i64::from(health.not_ready_reason().is_none()));
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -484,6 +566,7 @@ async fn session<B: AutodiffBackend>(
         _ = &mut done_rx => false,
     };
     let budget = Duration::from_secs(config.shutdown.drain_seconds);
+    let drain_started = Instant::now();
     let drain = async {
         if shutdown_requested {
             // Stage 1.
@@ -492,32 +575,42 @@ async fn session<B: AutodiffBackend>(
             shared.notifier.stopping();
             tracing::info!("drain 1/5: not ready");
         }
-        // Stage 2: stop consuming.
+        // Stage 2: stop consuming, whatever is queued: the records waiting in the queues and
+        // the dead-letter copies under way are abandoned (not finished, so not in the final
+        // checkpoint: consumed again after the restart). The trainer starts no new step.
         consume_stop.cancel();
-        let _ = pipeline.await;
-        let _ = monitor.await;
-        tracing::info!("drain 2/5: consumption stopped");
-        // Stage 3: the trainer finishes its step and writes the final checkpoint.
+        dlq_stop.cancel();
         worker_stop.cancel();
+        pipeline.abort();
+        feeder.abort();
+        let _ = pipeline.await;
+        let _ = feeder.await;
+        let _ = monitor.await;
+        tracing::info!(ms = drain_started.elapsed().as_millis() as u64, "drain 2/5: consumption stopped");
+        // Stage 3: the trainer finishes its step and writes the final checkpoint.
         let exit = tokio::task::spawn_blocking(move || worker_thread.join())
             .await
             .context("joining the trainer thread")?
             .map_err(|_| anyhow::anyhow!("the trainer thread panicked"))??;
-        let _ = feeder.await;
         tokio::task::spawn_blocking(move || writer.join())
             .await
             .context("joining the checkpoint writer")?
             .map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?;
-        tracing::info!(?exit, "drain 3/5: trainer stopped");
+        tracing::info!(?exit, ms = drain_started.elapsed().as_millis() as u64, "drain 3/5: trainer stopped");
         // Stage 4: the committer drains the last durable notifications.
         let _ = committer.await;
-        tracing::info!("drain 4/5: offsets committed");
-        // Stage 5 (consumer leaves the group; HTTP stops in `run`).
+        tracing::info!(ms = drain_started.elapsed().as_millis() as u64, "drain 4/5: offsets committed");
+        // Stage 5 (consumer leaves the group; HTTP stops in `run`), within what is left.
+        let left = budget.saturating_sub(drain_started.elapsed() + Duration::from_millis(500));
         match Arc::try_unwrap(consumer) {
-            Ok(c) => c.shutdown().await,
+            Ok(c) => {
+                if tokio::time::timeout(left, c.shutdown()).await.is_err() {
+                    tracing::warn!("leaving the consumer group took too long; closing without it");
+                }
+            }
             Err(_) => tracing::warn!("consumer still referenced; leaving the group on drop"),
         }
-        tracing::info!("drain 5/5: left the consumer group");
+        tracing::info!(ms = drain_started.elapsed().as_millis() as u64, "drain 5/5: left the consumer group");
         anyhow::Ok(exit)
     };
     let exit = match tokio::time::timeout(budget, drain).await {
@@ -528,7 +621,14 @@ async fn session<B: AutodiffBackend>(
         ),
     };
     match exit {
-        WorkerExit::Rollback => Ok(SessionEnd::Rollback),
+        WorkerExit::Rollback => Ok(SessionEnd::Rollback { from: restored_from, offsets: restored_offsets }),
+        WorkerExit::CheckpointsFailing => anyhow::bail!(
+            "{} checkpoint writes in a row failed (storage.path = {}, storage.max_failed_checkpoints = {}); \
+             stopping; the newest durable checkpoint stays valid",
+            checkpoint_failures.load(Ordering::Relaxed),
+            config.storage.path.display(),
+            config.storage.max_failed_checkpoints
+        ),
         WorkerExit::BoundReached => Ok(SessionEnd::Done),
         WorkerExit::Stopped if shutdown_requested => Ok(SessionEnd::Done),
         WorkerExit::Stopped => anyhow::bail!("the input stream ended unexpectedly (consumer stopped)"),
@@ -536,17 +636,16 @@ async fn session<B: AutodiffBackend>(
 }
 
 /// Forwards preprocessed records to the trainer in order. Rejections (already counted by
-/// reason and logged by the preprocessor) are counted per kind and copied to the
-/// dead-letter topic (retrying until acknowledged, so none is lost) before the trainer marks
-/// them finished.
+/// reason and logged by the preprocessor) are counted per kind and their dead-letter copy is
+/// started off this path: the trainer finishes such a record when its copy has ended, and
+/// every other record goes on meanwhile.
 async fn feed(
     mut processed: mpsc::Receiver<Processed>,
     events: mpsc::Sender<Event>,
-    dead_letter: Option<DeadLetterProducer>,
+    dead_letters: DeadLetters,
     metrics: Metrics,
     ingest_metrics: IngestMetrics,
     feature_dim: usize,
-    stop: CancellationToken,
 ) {
     while let Some(p) = processed.recv().await {
         let kind = p.raw.kind;
@@ -567,23 +666,9 @@ async fn feed(
             Outcome::Ready(sample) => Event::Ready(sample),
             Outcome::Rejected(r) => {
                 metrics.records.with_label_values(&[kind.as_str(), "rejected"]).inc();
-                if let Some(dlq) = &dead_letter {
-                    let mut backoff = Duration::from_millis(100);
-                    loop {
-                        match dlq.send(&p.raw, r.reason.as_str(), &r.detail).await {
-                            Ok(_) => break,
-                            Err(e) => {
-                                tracing::warn!(error = %e, pos = %p.raw.pos, "dead-letter copy failed; retrying");
-                                tokio::select! {
-                                    _ = stop.cancelled() => return,
-                                    _ = tokio::time::sleep(backoff) => {}
-                                }
-                                backoff = (backoff * 2).min(Duration::from_secs(10));
-                            }
-                        }
-                    }
-                }
-                Event::Rejected { kind, pos: p.raw.pos }
+                let pos = p.raw.pos.clone();
+                let copied = dead_letters.copy(p.raw, r.reason.as_str(), r.detail).await;
+                Event::Rejected { kind, pos, copied }
             }
         };
         if events.send(event).await.is_err() {

@@ -45,6 +45,12 @@ pub const ROLLBACKS_TOTAL: &str = "unimod_rollbacks_total";
 pub const BUILD_INFO: &str = "unimod_build_info";
 /// `unimod_ready`.
 pub const READY: &str = "unimod_ready";
+/// `unimod_dead_letter_failures_total{reason}`.
+pub const DEAD_LETTER_FAILURES_TOTAL: &str = "unimod_dead_letter_failures_total";
+/// `unimod_dead_letter_value_dropped_total{reason}`.
+pub const DEAD_LETTER_VALUE_DROPPED_TOTAL: &str = "unimod_dead_letter_value_dropped_total";
+/// `unimod_checkpoint_failures_in_row`.
+pub const CHECKPOINT_FAILURES_IN_ROW: &str = "unimod_checkpoint_failures_in_row";
 /// `unimod_trainer_queue_items`.
 pub const TRAINER_QUEUE_ITEMS: &str = "unimod_trainer_queue_items";
 
@@ -92,6 +98,12 @@ pub struct Metrics {
     pub trainer_queue: IntGauge,
     /// Build information (constant 1).
     pub build_info: IntGaugeVec,
+    /// Rejected records whose dead-letter copy (even without the value) failed, by reason.
+    pub dead_letter_failures: IntCounterVec,
+    /// Dead-letter copies sent without the record's value, by reason.
+    pub dead_letter_value_dropped: IntCounterVec,
+    /// Consecutive failed checkpoint writes (0 after a success).
+    pub checkpoint_failures_in_row: IntGauge,
 }
 
 impl Metrics {
@@ -138,7 +150,20 @@ impl Metrics {
             Opts::new(BUILD_INFO, "Build information; always 1"),
             &["version", "backend"],
         )?;
+        let dead_letter_failures = IntCounterVec::new(
+            Opts::new(DEAD_LETTER_FAILURES_TOTAL, "Rejected records finished without any dead-letter copy, by reason"),
+            &["reason"],
+        )?;
+        let dead_letter_value_dropped = IntCounterVec::new(
+            Opts::new(DEAD_LETTER_VALUE_DROPPED_TOTAL, "Dead-letter copies sent without the record's value, by reason"),
+            &["reason"],
+        )?;
+        let checkpoint_failures_in_row =
+            IntGauge::new(CHECKPOINT_FAILURES_IN_ROW, "Consecutive failed checkpoint writes (0 after a success)")?;
         for c in [
+            Box::new(dead_letter_failures.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(dead_letter_value_dropped.clone()),
+            Box::new(checkpoint_failures_in_row.clone()),
             Box::new(records.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(steps.clone()),
             Box::new(loss.clone()),
@@ -194,6 +219,9 @@ impl Metrics {
             ready,
             trainer_queue,
             build_info,
+            dead_letter_failures,
+            dead_letter_value_dropped,
+            checkpoint_failures_in_row,
         })
     }
 }

@@ -56,3 +56,57 @@ async fn copies_rejected_records_with_their_headers() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A copy the producer refuses for good (over `message.max.bytes`) goes out without its value,
+/// marked `unimod-value-dropped: too_large`, at once; a copy to a topic that does not exist
+/// ends as a failure within its retry budget; `check_topic` tells a missing topic apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeliverable_copies_end_within_their_budget() -> anyhow::Result<()> {
+    use unimod_ingest::kafka::dead_letter::{CopyOutcome, TopicCheck};
+    let broker = Broker::start()?;
+    let dlq = broker.unique_topic("dead-letter", 1).await?;
+    let mut cfg = KafkaConfig::new(broker.brokers());
+    cfg.options.insert("message.max.bytes".into(), "4000".into());
+    cfg.dead_letter_retry_seconds = 3.0;
+    let producer = DeadLetterProducer::with_topic(&cfg, &dlq)?;
+    assert_eq!(producer.check_topic(Duration::from_secs(10)), Ok(1));
+
+    let big = vec![b'x'; 10_000];
+    let started = Instant::now();
+    let outcome = producer
+        .deliver(&rejected("unimo.text", 0, 7, Some(b"k"), Some(&big)), "not_json", "expected value", Duration::from_secs(3))
+        .await;
+    assert_eq!(outcome, CopyOutcome::ValueDropped { reason: "too_large" });
+    assert!(started.elapsed() < Duration::from_secs(3), "a permanent error is not retried: {:?}", started.elapsed());
+    let small = producer
+        .deliver(&rejected("unimo.text", 0, 8, None, Some(b"{")), "not_json", "EOF", Duration::from_secs(3))
+        .await;
+    assert_eq!(small, CopyOutcome::Copied);
+    let brokers = broker.brokers();
+    let topic = dlq.clone();
+    let copies = tokio::task::spawn_blocking(move || read_all(&brokers, &topic, Duration::from_secs(30))).await??;
+    assert_eq!(copies.len(), 2);
+    assert_eq!(copies[0].payload, None);
+    assert_eq!(copies[0].key.as_deref(), Some(&b"k"[..]));
+    assert_eq!(copies[0].header("unimod-value-dropped").as_deref(), Some("too_large"));
+    assert_eq!(copies[0].header("unimod-source-offset").as_deref(), Some("7"));
+    assert_eq!(copies[1].payload.as_deref(), Some(&b"{"[..]));
+    assert_eq!(copies[1].header("unimod-value-dropped"), None);
+
+    // A topic that does not exist (tansu never creates one on produce).
+    let missing = unimod_e2e::kafka::random_name("missing-dlq");
+    let producer = DeadLetterProducer::with_topic(&cfg, &missing)?;
+    match producer.check_topic(Duration::from_secs(10)) {
+        Err(TopicCheck::Unusable(why)) => assert!(why.contains(&missing), "{why}"),
+        other => panic!("missing topic reported as {other:?}"),
+    }
+    let started = Instant::now();
+    let outcome = producer
+        .deliver(&rejected("unimo.text", 0, 9, None, Some(b"{")), "not_json", "EOF", Duration::from_secs(2))
+        .await;
+    let took = started.elapsed();
+    assert!(matches!(outcome, CopyOutcome::Failed { .. }), "{outcome:?}");
+    assert!(took < Duration::from_secs(20), "bounded: {took:?}");
+    eprintln!("copy to a missing topic ended as {outcome:?} after {took:?}");
+    Ok(())
+}

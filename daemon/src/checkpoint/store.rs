@@ -80,6 +80,9 @@ pub struct CheckpointStore {
     /// Serialises `write` and `prune` (and garbage collection), so chunks of a checkpoint
     /// being written are never mistaken for garbage.
     writer: Mutex<SyncedBlobs>,
+    /// Checkpoints known to verify (written or fully read by this process), so that
+    /// "which is the newest valid checkpoint" is answered without reading blobs again.
+    verified: Mutex<BTreeSet<u64>>,
     /// Held (locked) for the store's lifetime; dropping it releases the lock.
     _lock: File,
 }
@@ -145,6 +148,7 @@ impl CheckpointStore {
             options,
             newest: NewestRecord::new(path),
             writer: Mutex::new(SyncedBlobs::default()),
+            verified: Mutex::new(BTreeSet::new()),
             _lock: lock,
         };
         {
@@ -226,6 +230,7 @@ impl CheckpointStore {
         self.meta.insert(id.to_be_bytes(), record)?;
         writing.sync_new(&self.path)?;
         self.db.flush()?;
+        self.mark_verified(id);
         if let Err(e) = self.newest.write(id) {
             // The checkpoint itself is durable; only the detection of a lost newest one suffers.
             tracing::warn!(checkpoint = id, error = %e, "cannot record the newest checkpoint id");
@@ -296,7 +301,67 @@ impl CheckpointStore {
             }
             blobs.insert(blob.name.clone(), payload);
         }
+        self.mark_verified(id);
         Ok((meta, blobs))
+    }
+
+    /// Verifies every blob of checkpoint `id` chunk by chunk without keeping the payloads
+    /// (memory stays at one chunk); remembered, so each checkpoint is read at most once.
+    ///
+    /// # Errors
+    /// As [`CheckpointStore::load`].
+    pub fn verify(&self, id: u64) -> Result<CheckpointMeta, CheckpointError> {
+        let meta = self.meta(id)?;
+        if self.is_verified(id) {
+            return Ok(meta);
+        }
+        for (index, blob) in meta.blobs.iter().enumerate() {
+            let index = u32::try_from(index).map_err(|_| CheckpointError::Corrupt {
+                id,
+                reason: "too many blobs".to_owned(),
+            })?;
+            for part in BlobChunks::new(&self.data, id, index, blob.clone()) {
+                if let Err(e) = part {
+                    return Err(self.unless_pruned(id, e));
+                }
+            }
+        }
+        self.mark_verified(id);
+        Ok(meta)
+    }
+
+    /// Metadata of the newest checkpoint that verifies, without reading the blobs of
+    /// checkpoints this process wrote or already verified (the daemon's HTTP answers use
+    /// this: no blob is read per request). Damaged or unreadable newer ones are skipped with a
+    /// warning.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Storage`] when the metadata cannot be listed.
+    pub fn latest_valid_meta(&self) -> Result<Option<CheckpointMeta>, CheckpointError> {
+        for (id, meta) in self.scan_meta()? {
+            if meta.is_err() {
+                continue;
+            }
+            match self.verify(id) {
+                Ok(meta) => return Ok(Some(meta)),
+                Err(CheckpointError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(checkpoint = id, error = %e, "checkpoint {id} does not verify; skipping it"),
+            }
+        }
+        Ok(None)
+    }
+
+    fn is_verified(&self, id: u64) -> bool {
+        self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&id)
+    }
+
+    fn mark_verified(&self, id: u64) {
+        let mut set = self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.insert(id);
+        // Only recent ids matter; keep the set small.
+        while set.len() > 64 {
+            set.pop_first();
+        }
     }
 
     /// Loads the newest checkpoint that verifies. A newer checkpoint that does not verify is
@@ -318,6 +383,11 @@ impl CheckpointStore {
                 );
             }
         }
+        // A checkpoint whose data cannot be read (sled reports an I/O error: a blob file of
+        // its pages missing or truncated) is skipped like a corrupt one; only when no
+        // checkpoint at all can be read is the I/O error returned (never a silent new lineage
+        // over an unreadable store).
+        let mut unreadable: Option<CheckpointError> = None;
         for (id, meta) in stored {
             let loaded = meta.and_then(|_| self.load(id));
             match loaded {
@@ -329,10 +399,21 @@ impl CheckpointStore {
                 ),
                 // Pruned between listing and loading: older ones are being removed anyway.
                 Err(CheckpointError::NotFound { .. }) => {}
+                Err(e @ CheckpointError::Storage(_)) => {
+                    tracing::warn!(
+                        checkpoint = id,
+                        error = %e,
+                        "checkpoint {id} cannot be read (a file of the store is missing or truncated?); skipping it and trying the previous one"
+                    );
+                    unreadable.get_or_insert(e);
+                }
                 Err(e) => return Err(e),
             }
         }
-        Ok(None)
+        match unreadable {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
     }
 
     /// Reads and verifies one blob of checkpoint `id` (for `checkpoint export`, or the

@@ -105,6 +105,10 @@ pub struct StorageConfig {
     pub checkpoint_every_seconds: u64,
     /// How many of the newest checkpoints to keep (at least 1).
     pub keep_checkpoints: usize,
+    /// After this many failed checkpoint writes in a row (disk full, I/O errors) `/readyz`
+    /// answers 503; after twice as many the daemon stops with exit status 1 (the newest
+    /// durable checkpoint stays valid). 0 = never.
+    pub max_failed_checkpoints: u32,
 }
 
 impl Default for StorageConfig {
@@ -114,6 +118,7 @@ impl Default for StorageConfig {
             checkpoint_every_steps: 500,
             checkpoint_every_seconds: 600,
             keep_checkpoints: 3,
+            max_failed_checkpoints: 3,
         }
     }
 }

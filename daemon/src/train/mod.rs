@@ -5,6 +5,7 @@ pub mod cmcl;
 pub mod examples;
 pub mod lineage;
 pub mod mix;
+pub mod nonfinite;
 pub mod replay;
 pub mod schedule;
 pub mod worker;

@@ -12,16 +12,20 @@ use std::time::{Duration, Instant};
 use burn::tensor::backend::AutodiffBackend;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use unimod_ingest::record::{RecordKind, Sample, SourcePos};
+use unimod_ingest::record::{RawRecord, RecordKind, Sample, SourcePos};
+use unimod_ingest::reject::RejectReason;
+use unimod_ingest::telemetry::IngestMetrics;
 use unimod_model::{Example, Trainer};
 
 use super::batcher::Batcher;
 use super::cmcl::CmclData;
 use super::examples::{replay_example, sample_example};
 use super::lineage::{Admission, Lineage};
+use super::nonfinite::isolate;
 use super::replay::{ReplayBuffers, ReplayItem};
 use super::schedule::Schedule;
 use crate::checkpoint_io::{CheckpointJob, CheckpointSink, StreamState};
+use crate::dead_letter::{Copied, DeadLetters};
 use crate::telemetry::Metrics;
 
 /// What the feeder sends to the trainer thread, in partition order.
@@ -29,12 +33,15 @@ use crate::telemetry::Metrics;
 pub enum Event {
     /// A model-ready record.
     Ready(Sample),
-    /// A rejected record (already counted, logged and copied to the dead-letter topic).
+    /// A rejected record (already counted and logged). It is finished once its dead-letter
+    /// copy has ended (`copied`; `None`: no copy to wait for).
     Rejected {
         /// Its kind.
         kind: RecordKind,
         /// Where it came from.
         pos: SourcePos,
+        /// Resolves when the dead-letter copy has ended.
+        copied: Option<Copied>,
     },
 }
 
@@ -63,6 +70,8 @@ pub struct WorkerParams {
     pub deadline: Option<Instant>,
     /// Roll back after this many non-finite steps in a row.
     pub max_nonfinite_in_row: u32,
+    /// Stop (exit 1) after this many failed checkpoint writes in a row (0 = never).
+    pub max_failed_checkpoints: u32,
 }
 
 /// Why the trainer thread ended.
@@ -74,6 +83,8 @@ pub enum WorkerExit {
     BoundReached,
     /// Too many non-finite steps in a row: the caller reloads the last checkpoint.
     Rollback,
+    /// Checkpoint writes kept failing (`storage.max_failed_checkpoints`): no final checkpoint.
+    CheckpointsFailing,
 }
 
 /// Everything the trainer thread owns.
@@ -104,6 +115,12 @@ pub struct Worker<B: AutodiffBackend> {
     pub generation: u64,
     /// `generation` at the last checkpoint handed to the writer.
     pub checkpointed_generation: u64,
+    /// Dead-letter copies of records found to make steps non-finite.
+    pub dead_letters: DeadLetters,
+    /// Rejection counters (`unimod_records_rejected_total{kind,reason}`).
+    pub ingest_metrics: IngestMetrics,
+    /// Consecutive failed checkpoint writes, kept by the writer thread.
+    pub checkpoint_failures_in_row: Arc<AtomicU64>,
 }
 
 impl<B: AutodiffBackend> Worker<B> {
@@ -120,6 +137,8 @@ impl<B: AutodiffBackend> Worker<B> {
         let mut steps_this_run = 0u64;
         let mut nonfinite_in_row = 0u32;
         let mut input_closed = false;
+        // Rejected records whose dead-letter copy is still under way (their offsets wait).
+        let mut pending: Vec<(SourcePos, Copied)> = Vec::new();
         let fresh_target = {
             let replay = (self.params.batch_size as f64 * self.params.replay_ratio).round() as usize;
             self.params.batch_size.saturating_sub(replay).max(1)
@@ -128,6 +147,16 @@ impl<B: AutodiffBackend> Worker<B> {
             // Liveness for the systemd watchdog: every iteration, idle or not, bumps it; a
             // step stuck forever stops it.
             self.progress.fetch_add(1, Ordering::Relaxed);
+            self.finish_copied(&mut pending);
+            if self.params.max_failed_checkpoints > 0
+                && self.checkpoint_failures_in_row.load(Ordering::Relaxed) >= u64::from(self.params.max_failed_checkpoints)
+            {
+                tracing::error!(
+                    failures = self.checkpoint_failures_in_row.load(Ordering::Relaxed),
+                    "checkpoint writes keep failing (storage.max_failed_checkpoints); stopping without a final checkpoint, the previous one stays valid"
+                );
+                return Ok(WorkerExit::CheckpointsFailing);
+            }
             if stop.is_cancelled() {
                 self.final_checkpoint()?;
                 return Ok(WorkerExit::Stopped);
@@ -172,16 +201,25 @@ impl<B: AutodiffBackend> Worker<B> {
                         Admission::New => batcher.push(sample),
                         Admission::AlreadyDone => {}
                     },
-                    Some(Event::Rejected { pos, .. }) => {
+                    Some(Event::Rejected { pos, copied, .. }) => {
                         if self.lineage.admit(&pos) == Admission::New {
-                            self.lineage.rejected(&pos);
-                            self.generation += 1;
+                            match copied {
+                                Some(copied) => pending.push((pos, copied)),
+                                None => {
+                                    self.lineage.rejected(&pos);
+                                    self.generation += 1;
+                                }
+                            }
                         }
                     }
                     None => {}
                 }
             }
             self.metrics.trainer_queue.set(batcher.len() as i64);
+            // A stop request during the wait: no new step.
+            if stop.is_cancelled() {
+                continue;
+            }
             if batcher.is_empty() {
                 if input_closed {
                     self.final_checkpoint()?;
@@ -218,38 +256,87 @@ impl<B: AutodiffBackend> Worker<B> {
             let lr = self.schedule.lr(self.step);
             let started = Instant::now();
             let report = self.trainer.step(&micro, lr);
+            // A non-finite step applied nothing: find the examples that cause it, train the
+            // others (in halves), and reject the culprits among the fresh records.
+            let mut trained_idx: Vec<usize> = (0..fresh.len()).collect();
+            let mut culprit_idx: Vec<usize> = Vec::new();
+            let mut diverged = false;
+            if report.nonfinite {
+                let flat: Vec<Example> = micro.into_iter().flatten().collect();
+                let n = flat.len();
+                let found = isolate(&mut self.trainer, flat, lr);
+                tracing::warn!(
+                    step = self.step + 1,
+                    culprits = found.culprits.len(),
+                    trained = found.applied.len(),
+                    probes = found.probes,
+                    "non-finite step: isolated the examples that cause it"
+                );
+                diverged = found.model_diverged(n);
+                trained_idx = found.applied.iter().copied().filter(|&i| i < fresh.len()).collect();
+                if diverged {
+                    culprit_idx.clear();
+                } else {
+                    culprit_idx = found.culprits.iter().copied().filter(|&i| i < fresh.len()).collect();
+                    let replayed_bad = found.culprits.iter().filter(|&&i| i >= fresh.len()).count();
+                    if replayed_bad > 0 {
+                        tracing::warn!(items = replayed_bad, "replayed items made a step non-finite; left out of it");
+                    }
+                }
+            }
             let elapsed = started.elapsed();
             self.step += 1;
             self.generation += 1;
             steps_this_run += 1;
 
             // 4. Account: every fresh record of the batch is now in the lineage.
-            let m = &self.metrics;
+            let m = self.metrics.clone();
             m.steps.inc();
             m.step_seconds.observe(elapsed.as_secs_f64());
             m.learning_rate.set(lr);
-            m.samples.with_label_values(&["fresh"]).inc_by(fresh.len() as u64);
+            m.samples.with_label_values(&["fresh"]).inc_by(trained_idx.len() as u64);
             m.samples.with_label_values(&["replay"]).inc_by(replayed.len() as u64);
             m.tokens.inc_by(report.tokens as u64);
             m.grad_norm.set(f64::from(report.grad_norm));
             for (name, loss) in &report.losses {
-                m.loss.with_label_values(&[name]).set(f64::from(*loss));
+                if loss.is_finite() {
+                    m.loss.with_label_values(&[name]).set(f64::from(*loss));
+                }
+            }
+            // Split the fresh records: trained (an update containing them was applied, or
+            // the step had nothing to learn from them), culprits (rejected), and the rest of
+            // a diverged step (back to the batcher; a rollback may follow).
+            let mut trained = Vec::with_capacity(trained_idx.len());
+            let mut retry = Vec::new();
+            for (i, s) in fresh.into_iter().enumerate() {
+                if trained_idx.binary_search(&i).is_ok() {
+                    trained.push(s);
+                } else if culprit_idx.binary_search(&i).is_ok() {
+                    self.reject_nonfinite(s, rt.clone(), &mut pending);
+                } else {
+                    retry.push(s);
+                }
             }
             if let Some(cmcl) = self.cmcl.as_mut() {
-                cmcl.observe(&self.trainer, &fresh);
+                cmcl.observe(&self.trainer, &trained);
             }
-            for s in fresh {
+            for s in trained {
                 self.lineage.trained(s.kind, &s.pos);
                 m.records.with_label_values(&[s.kind.as_str(), "trained"]).inc();
                 self.replay.offer(s.kind, ReplayItem { text: s.text, image: s.image });
+            }
+            for s in retry {
+                batcher.push(s);
             }
             for kind in RecordKind::ALL {
                 m.replay_items.with_label_values(&[kind.as_str()]).set(self.replay.len(kind) as i64);
             }
             if report.nonfinite {
                 m.nonfinite_steps.inc();
+            }
+            if report.nonfinite && diverged {
                 nonfinite_in_row += 1;
-                tracing::warn!(step = self.step, in_row = nonfinite_in_row, "non-finite loss or gradient: update skipped");
+                tracing::warn!(step = self.step, in_row = nonfinite_in_row, "non-finite loss or gradient for most examples: the model diverged; update skipped");
                 if nonfinite_in_row >= self.params.max_nonfinite_in_row {
                     tracing::error!(
                         in_row = nonfinite_in_row,
@@ -273,6 +360,40 @@ impl<B: AutodiffBackend> Worker<B> {
                 self.checkpoint(false, &mut last_checkpoint)?;
             } else {
                 self.maybe_checkpoint(&mut last_checkpoint)?;
+            }
+        }
+    }
+
+    /// Finishes the rejected records whose dead-letter copy has ended.
+    fn finish_copied(&mut self, pending: &mut Vec<(SourcePos, Copied)>) {
+        pending.retain_mut(|(pos, copied)| match copied.try_recv() {
+            Ok(()) => {
+                self.lineage.rejected(pos);
+                self.generation += 1;
+                false
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
+            // Abandoned at shutdown: the record stays unfinished and is consumed again.
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => false,
+        });
+    }
+
+    /// Rejects a fresh record that makes steps non-finite (reason `nonfinite`): counted,
+    /// copied to the dead-letter topic (headers only: the value is not kept after
+    /// preprocessing), finished once the copy has ended.
+    fn reject_nonfinite(&mut self, s: Sample, rt: tokio::runtime::Handle, pending: &mut Vec<(SourcePos, Copied)>) {
+        let reason = RejectReason::Nonfinite;
+        self.ingest_metrics.record_rejected(s.kind, reason);
+        self.metrics.records.with_label_values(&[s.kind.as_str(), "rejected"]).inc();
+        tracing::warn!(pos = %s.pos, id = ?s.id, reason = reason.as_str(), "record rejected: it makes the training step non-finite");
+        let raw = RawRecord { kind: s.kind, pos: s.pos.clone(), key: None, payload: None, received_at: Instant::now() };
+        let detail = "the loss or gradient of this record is not finite (value not kept; read it at the source offset)".to_owned();
+        let copied = rt.block_on(self.dead_letters.copy(raw, reason.as_str(), detail));
+        match copied {
+            Some(copied) => pending.push((s.pos, copied)),
+            None => {
+                self.lineage.rejected(&s.pos);
+                self.generation += 1;
             }
         }
     }
