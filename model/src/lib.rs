@@ -19,6 +19,7 @@ pub mod nn;
 pub mod objectives;
 pub mod optimizer;
 pub mod plan;
+pub mod positives;
 pub mod retrieval;
 pub mod settings;
 pub mod trainer;

@@ -1,5 +1,5 @@
 //! Input corruption for the pretraining objectives, as pure functions over CPU data:
-//! span masking for MLM, fragment selection for seq2seq, anchor masking of regions for MRM.
+//! span masking for MLM, fragment selection for seq2seq, anchor masking of regions (by coverage) for MRM.
 //!
 //! Every function takes the random generator explicitly so that a seed fixes the result.
 
@@ -15,10 +15,14 @@ pub const SPAN_P: f64 = 0.2;
 pub const MAX_SPAN: usize = 10;
 /// Fraction of a text used as the seq2seq target (UNIMO: about 25%).
 pub const SEQ2SEQ_RATIO: f32 = 0.25;
-/// Fraction of regions masked for MRM.
+/// Share of the image area that masked region modelling hides (the area no visible region
+/// covers).
 pub const MRM_RATIO: f32 = 0.15;
-/// Regions overlapping an anchor above this IoU are masked with it (MODEL.md: 0.3-0.4).
-pub const ANCHOR_IOU: f32 = 0.35;
+/// A region covering more than this share of a masked region's own area is masked with it.
+/// MODEL.md's IoU rule (0.3-0.4) misses containment across the pyramid's scales (a 6x6 cell
+/// inside a 3x3 cell has IoU 0.25), so the coverage rule replaces it: no masked region lies
+/// more than a quarter inside a region that stays visible.
+pub const ANCHOR_COVERAGE: f32 = 0.25;
 
 /// A text corrupted for MLM.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,11 +176,8 @@ pub fn seq2seq_split<R: Rng>(
 /// Intersection over union of two boxes given as 5-d locations (the first four entries are
 /// `x1, y1, x2, y2`).
 pub fn iou(a: &[f32; 5], b: &[f32; 5]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let area = |r: &[f32; 5]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
+    let inter = intersection(a, b);
+    let union = box_area(a) + box_area(b) - inter;
     if union <= 0.0 {
         0.0
     } else {
@@ -184,10 +185,159 @@ pub fn iou(a: &[f32; 5], b: &[f32; 5]) -> f32 {
     }
 }
 
-/// Anchor masking of regions: random anchors among rows 1.. are masked together with every
-/// region overlapping them above `threshold` IoU, until about `ratio` of the regions are
-/// masked (at least one when there is a region). Row 0 (the global `[IMG]` entry) is never
-/// masked. Returns one flag per row.
+/// Area of a box given as a 5-d location (0 for a degenerate box).
+fn box_area(r: &[f32; 5]) -> f32 {
+    (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0)
+}
+
+/// Area of the intersection of two boxes.
+fn intersection(a: &[f32; 5], b: &[f32; 5]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    w * h
+}
+
+/// The share of box `inner`'s own area that lies inside box `outer` (0 when `inner` has no
+/// area). A 6x6 pyramid cell inside a 3x3 cell has coverage 1 (and IoU only 0.25).
+pub fn coverage(inner: &[f32; 5], outer: &[f32; 5]) -> f32 {
+    let area = box_area(inner);
+    if area <= 0.0 {
+        0.0
+    } else {
+        intersection(inner, outer) / area
+    }
+}
+
+/// Slack on the coverage threshold, so that boxes meeting it exactly up to rounding (a 6x6
+/// cell is exactly a quarter of a 3x3 cell) do not spread the mask.
+const COVERAGE_SLACK: f32 = 1e-4;
+/// Axis partitions finer than this fall back to a uniform raster of this many bins.
+const MAX_AXIS_CELLS: usize = 64;
+
+/// Partition of one axis into intervals: the distinct box edges when there are few, else a
+/// uniform raster between the extreme edges.
+fn axis_partition(edges: &mut Vec<f32>) -> Vec<f32> {
+    edges.sort_by(|a, b| a.total_cmp(b));
+    edges.dedup_by(|a, b| (*a - *b).abs() < 1e-6);
+    if edges.len() <= MAX_AXIS_CELLS + 1 {
+        return edges.clone();
+    }
+    let (lo, hi) = (edges[0], edges[edges.len() - 1]);
+    (0..=MAX_AXIS_CELLS)
+        .map(|i| lo + (hi - lo) * i as f32 / MAX_AXIS_CELLS as f32)
+        .collect()
+}
+
+/// Indices `[first, last)` of the intervals of `bounds` whose centres lie in `[lo, hi]`.
+fn cell_range(bounds: &[f32], lo: f32, hi: f32) -> (usize, usize) {
+    let mut first = usize::MAX;
+    let mut last = 0;
+    for i in 0..bounds.len().saturating_sub(1) {
+        let c = 0.5 * (bounds[i] + bounds[i + 1]);
+        if c >= lo && c <= hi {
+            first = first.min(i);
+            last = i + 1;
+        }
+    }
+    if first == usize::MAX {
+        (0, 0)
+    } else {
+        (first, last)
+    }
+}
+
+/// How much of the image the mask hides: the area covered by regions but by no visible
+/// region, as a share of the area covered by all regions. Kept incrementally as regions are
+/// masked (per-cell count of visible regions).
+struct HiddenArea {
+    nx: usize,
+    cell_area: Vec<f32>,
+    visible_count: Vec<u32>,
+    /// Per region (index into `locations`): the cell ranges `(x0, x1, y0, y1)` it covers.
+    cells: Vec<(usize, usize, usize, usize)>,
+    total: f32,
+    hidden: f32,
+}
+
+impl HiddenArea {
+    fn new(locations: &[[f32; 5]]) -> Self {
+        let regions = &locations[1..];
+        let mut xs: Vec<f32> = regions.iter().flat_map(|r| [r[0], r[2]]).collect();
+        let mut ys: Vec<f32> = regions.iter().flat_map(|r| [r[1], r[3]]).collect();
+        let bx = axis_partition(&mut xs);
+        let by = axis_partition(&mut ys);
+        let nx = bx.len().saturating_sub(1);
+        let ny = by.len().saturating_sub(1);
+        let mut cell_area = vec![0.0; nx * ny];
+        for j in 0..ny {
+            for i in 0..nx {
+                cell_area[j * nx + i] = (bx[i + 1] - bx[i]) * (by[j + 1] - by[j]);
+            }
+        }
+        let mut visible_count = vec![0u32; nx * ny];
+        let mut cells = vec![(0, 0, 0, 0)];
+        for r in regions {
+            let (x0, x1) = cell_range(&bx, r[0], r[2]);
+            let (y0, y1) = cell_range(&by, r[1], r[3]);
+            for j in y0..y1 {
+                for i in x0..x1 {
+                    visible_count[j * nx + i] += 1;
+                }
+            }
+            cells.push((x0, x1, y0, y1));
+        }
+        let total = cell_area
+            .iter()
+            .zip(&visible_count)
+            .filter(|(_, &c)| c > 0)
+            .map(|(a, _)| a)
+            .sum();
+        Self { nx, cell_area, visible_count, cells, total, hidden: 0.0 }
+    }
+
+    /// Whether the regions cover any area at all (else the mask falls back to counting).
+    fn has_area(&self) -> bool {
+        self.total > 1e-9
+    }
+
+    /// The hidden share of the covered area.
+    fn share(&self) -> f32 {
+        self.hidden / self.total
+    }
+
+    /// Masks (`hide`) or unmasks region `r`, updating the hidden area.
+    fn set(&mut self, r: usize, hide: bool) {
+        let (x0, x1, y0, y1) = self.cells[r];
+        for j in y0..y1 {
+            for i in x0..x1 {
+                let k = j * self.nx + i;
+                if hide {
+                    self.visible_count[k] -= 1;
+                    if self.visible_count[k] == 0 {
+                        self.hidden += self.cell_area[k];
+                    }
+                } else {
+                    if self.visible_count[k] == 0 {
+                        self.hidden -= self.cell_area[k];
+                    }
+                    self.visible_count[k] += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Anchor masking of regions by coverage, for masked region modelling that hides what it
+/// masks. Row 0 (the global `[IMG]` entry) is never masked; returns one flag per row.
+///
+/// Anchors among rows 1.. are tried in random order. An anchor is masked together with the
+/// closure of the coverage rule: every region that covers more than `threshold` of a masked
+/// region's own area is masked too (so a 6x6 pyramid cell takes the 4x4, 3x3, 2x2 and 1x1
+/// boxes around it, which would otherwise show it at a coarser scale), repeated until no
+/// visible region covers more than `threshold` of a masked one. The anchor is kept when it
+/// brings the hidden share of the image (the area covered by regions but by no visible
+/// region) closer to `ratio`, else undone; at least one anchor is always kept. Regions
+/// without any area fall back to counting masked regions against `ratio`.
 pub fn anchor_mask<R: Rng>(
     locations: &[[f32; 5]],
     ratio: f32,
@@ -199,30 +349,72 @@ pub fn anchor_mask<R: Rng>(
     if rows < 2 {
         return masked;
     }
-    let regions = rows - 1;
-    let budget = ((ratio * regions as f32).round() as usize).clamp(1, regions);
     let mut order: Vec<usize> = (1..rows).collect();
     // Fisher-Yates shuffle: anchors are tried in random order.
     for i in (1..order.len()).rev() {
         let j = rng.random_range(0..=i);
         order.swap(i, j);
     }
-    let mut count = 0;
-    for anchor in order {
-        if count >= budget {
-            break;
-        }
+    let mut area = HiddenArea::new(locations);
+    let by_area = area.has_area();
+    let regions = (rows - 1) as f32;
+    let mut count = 0usize;
+    let mut share = 0.0f32;
+    let mut added = Vec::new();
+    for &anchor in &order {
         if masked[anchor] {
             continue;
         }
-        for r in 1..rows {
-            if !masked[r] && (r == anchor || iou(&locations[anchor], &locations[r]) > threshold) {
-                masked[r] = true;
-                count += 1;
+        close_over(&mut masked, locations, threshold, anchor, &mut added);
+        let new_share = if by_area {
+            added.iter().for_each(|&r| area.set(r, true));
+            area.share()
+        } else {
+            (count + added.len()) as f32 / regions
+        };
+        if (new_share - ratio).abs() < (share - ratio).abs() {
+            share = new_share;
+            count += added.len();
+        } else {
+            for &r in &added {
+                masked[r] = false;
+                if by_area {
+                    area.set(r, false);
+                }
             }
         }
     }
+    if count == 0 {
+        // No anchor brought the share closer (a single region, say): keep the first anchor
+        // with its closure anyway, so that every image has a target.
+        close_over(&mut masked, locations, threshold, order[0], &mut added);
+    }
     masked
+}
+
+/// Masks `anchor` and the closure of the coverage rule from it (every visible region that
+/// covers more than `threshold` of a masked region's area), listing what it masked in `added`.
+fn close_over(
+    masked: &mut [bool],
+    locations: &[[f32; 5]],
+    threshold: f32,
+    anchor: usize,
+    added: &mut Vec<usize>,
+) {
+    added.clear();
+    masked[anchor] = true;
+    added.push(anchor);
+    let mut next = 0;
+    while next < added.len() {
+        let m = added[next];
+        next += 1;
+        for v in 1..masked.len() {
+            if !masked[v] && coverage(&locations[m], &locations[v]) > threshold + COVERAGE_SLACK {
+                masked[v] = true;
+                added.push(v);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -345,7 +537,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(4);
         let locs = grid(6); // 36 disjoint regions
         for _ in 0..20 {
-            let m = anchor_mask(&locs, MRM_RATIO, ANCHOR_IOU, &mut rng);
+            let m = anchor_mask(&locs, MRM_RATIO, ANCHOR_COVERAGE, &mut rng);
             assert!(!m[0], "the [IMG] row is never masked");
             assert_eq!(m.iter().filter(|&&x| x).count(), 5, "round(0.15 * 36)");
         }
@@ -359,10 +551,10 @@ mod tests {
         locs.push([0.0, 0.0, 0.25, 0.24, 0.06]);
         locs.push([0.5, 0.25, 0.74, 0.5, 0.06]);
         for _ in 0..50 {
-            let m = anchor_mask(&locs, MRM_RATIO, ANCHOR_IOU, &mut rng);
+            let m = anchor_mask(&locs, MRM_RATIO, ANCHOR_COVERAGE, &mut rng);
             for i in 1..locs.len() {
                 for j in 1..locs.len() {
-                    if m[i] && iou(&locs[i], &locs[j]) > ANCHOR_IOU {
+                    if m[i] && iou(&locs[i], &locs[j]) > 0.35 {
                         // Only anchors pull in neighbours, but with these disjoint clusters
                         // every masked region's overlapping partner is masked too.
                         assert!(m[j], "{i} masked without its overlapping region {j}");
@@ -370,5 +562,92 @@ mod tests {
                 }
             }
         }
+    }
+    /// The built-in object sequence of `ingest::image::objects` with its default scales
+    /// (1x1, 2x2, 3x3, 4x4, 6x6): the global row, then each scale's cells row by row.
+    fn default_pyramid() -> Vec<[f32; 5]> {
+        let mut locs = vec![[0.0, 0.0, 1.0, 1.0, 1.0]];
+        for n in [1usize, 2, 3, 4, 6] {
+            let inv = 1.0 / n as f32;
+            for gy in 0..n {
+                for gx in 0..n {
+                    locs.push([
+                        gx as f32 * inv,
+                        gy as f32 * inv,
+                        (gx + 1) as f32 * inv,
+                        (gy + 1) as f32 * inv,
+                        inv * inv,
+                    ]);
+                }
+            }
+        }
+        locs
+    }
+
+    /// Share of the image that no visible region covers, on a 72x72 raster (exact for the
+    /// pyramid: 72 is a multiple of every scale), independent of the mask's own bookkeeping.
+    fn raster_hidden_share(locs: &[[f32; 5]], masked: &[bool]) -> f32 {
+        const G: usize = 72;
+        let mut seen = vec![false; G * G];
+        for (_, loc) in locs.iter().enumerate().skip(1).filter(|(r, _)| !masked[*r]) {
+            let to = |v: f32| (v * G as f32).round() as usize;
+            for y in to(loc[1])..to(loc[3]) {
+                for x in to(loc[0])..to(loc[2]) {
+                    seen[y * G + x] = true;
+                }
+            }
+        }
+        seen.iter().filter(|&&s| !s).count() as f32 / (G * G) as f32
+    }
+
+    #[test]
+    fn anchor_mask_hides_what_it_masks_on_the_default_pyramid() {
+        let locs = default_pyramid();
+        assert_eq!(locs.len(), 67);
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut shares = Vec::new();
+        for _ in 0..300 {
+            let m = anchor_mask(&locs, MRM_RATIO, ANCHOR_COVERAGE, &mut rng);
+            assert!(!m[0], "the [IMG] row is never masked");
+            assert!(m.iter().any(|&x| x), "every image has a target");
+            for i in (1..locs.len()).filter(|&i| m[i]) {
+                for j in (1..locs.len()).filter(|&j| !m[j]) {
+                    let inside = coverage(&locs[i], &locs[j]);
+                    assert!(
+                        inside <= 0.25 + 1e-3,
+                        "masked region {i} {:?} lies {inside} inside visible region {j} {:?}",
+                        locs[i],
+                        locs[j]
+                    );
+                }
+            }
+            let share = raster_hidden_share(&locs, &m);
+            assert!((0.08..=0.3).contains(&share), "hidden share {share}");
+            shares.push(share);
+        }
+        let mean = shares.iter().sum::<f32>() / shares.len() as f32;
+        assert!((0.13..=0.18).contains(&mean), "mean hidden share {mean}");
+    }
+
+    #[test]
+    fn coverage_of_known_boxes() {
+        let big = [0.0, 0.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 9.0];
+        let small = [0.0, 0.0, 1.0 / 6.0, 1.0 / 6.0, 1.0 / 36.0];
+        assert!((coverage(&small, &big) - 1.0).abs() < 1e-6);
+        assert!((coverage(&big, &small) - 0.25).abs() < 1e-6);
+        assert!((iou(&small, &big) - 0.25).abs() < 1e-6, "what the IoU rule missed");
+        assert_eq!(coverage(&[0.5, 0.5, 0.5, 0.5, 0.0], &big), 0.0);
+    }
+
+    #[test]
+    fn anchor_mask_of_a_single_region_or_degenerate_boxes() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let one = vec![[0.0, 0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0, 1.0]];
+        assert_eq!(anchor_mask(&one, MRM_RATIO, ANCHOR_COVERAGE, &mut rng), vec![false, true]);
+        // Boxes without area: counting decides (round(0.15 * 20) = 3).
+        let mut flat = vec![[0.0, 0.0, 1.0, 1.0, 1.0]];
+        flat.extend((0..20).map(|i| [i as f32 * 0.05, 0.5, i as f32 * 0.05, 0.5, 0.0]));
+        let m = anchor_mask(&flat, MRM_RATIO, ANCHOR_COVERAGE, &mut rng);
+        assert_eq!(m.iter().filter(|&&x| x).count(), 3);
     }
 }

@@ -13,6 +13,7 @@ use crate::attention_mask::{MaskKind, MaskRow};
 use crate::config::{ModelConfig, Objective};
 use crate::example::{Example, ExampleKind, VisualInput};
 use crate::masking::{self, anchor_mask, seq2seq_split, span_mask};
+use crate::positives;
 
 /// Index of the text-row group.
 pub const TEXT: usize = 0;
@@ -210,7 +211,7 @@ fn mask_regions<R: Rng>(
     rng: &mut R,
 ) -> Vec<RegionTarget> {
     let dim = config.feature_dim;
-    let masked = anchor_mask(&image.locations, masking::MRM_RATIO, masking::ANCHOR_IOU, rng);
+    let masked = anchor_mask(&image.locations, masking::MRM_RATIO, masking::ANCHOR_COVERAGE, rng);
     let classes = source
         .class_probs
         .as_ref()
@@ -340,13 +341,22 @@ impl Plan {
             plan.plan_contrast(&pairs, config);
         }
         if itm {
+            // The mismatched caption: the first hard negative, else the next pair's caption
+            // that belongs to another image (never a caption of the same image or a copy).
+            let keys: Vec<u64> = pairs.iter().map(|(image, _, _)| positives::image_key(&image.features)).collect();
             for (i, (image, ids, example)) in pairs.iter().enumerate() {
+                let n = pairs.len();
                 let negative = example
                     .hard_negatives
                     .iter()
                     .filter_map(|t| clean_text(t, config))
                     .next()
-                    .or_else(|| (pairs.len() > 1).then(|| pairs[(i + 1) % pairs.len()].1.clone()));
+                    .or_else(|| {
+                        (1..n)
+                            .map(|d| (i + d) % n)
+                            .find(|&j| keys[j] != keys[i] && pairs[j].1 != *ids)
+                            .map(|j| pairs[j].1.clone())
+                    });
                 let row = plan.groups[JOINT].push_joint(image.clone(), ids.clone());
                 plan.itm.push(MatchTarget { row, matched: true });
                 if let Some(neg) = negative {
@@ -362,6 +372,7 @@ impl Plan {
 
     /// Adds the unmasked rows and the group structure of the contrastive loss.
     fn plan_contrast(&mut self, pairs: &[(ImageRows, Vec<u32>, &Example)], config: &ModelConfig) {
+        let first_pair = self.cmcl.pairs.len();
         for (image, ids, example) in pairs {
             let image_row = self.groups[IMAGE].push_image(image.clone());
             let text_row = self.groups[TEXT].push_text(ids.clone(), MaskKind::Bidirectional);
@@ -393,6 +404,10 @@ impl Plan {
                 positive_images,
             });
         }
+        // Captions of the same image and copies of a pair are positives, never negatives.
+        let image_keys: Vec<u64> = self.cmcl.images.iter().map(|s| positives::image_key(&self.groups[s.group].images[s.row].features)).collect();
+        let texts: Vec<&[u32]> = self.cmcl.texts.iter().map(|s| self.groups[s.group].texts[s.row].as_slice()).collect();
+        positives::share_positives(&mut self.cmcl.pairs[first_pair..], &image_keys, &texts);
     }
 
     /// Joint rows, one per `(image, text)` combination in order, each an unmasked
