@@ -11,6 +11,7 @@ pub mod attention_mask;
 pub mod config;
 pub mod error;
 pub mod example;
+pub mod export;
 pub mod group_tensors;
 pub mod heads;
 pub mod masking;
