@@ -81,6 +81,7 @@ fn trainer(size: &str) -> Trainer<CpuBackend> {
         mrm: 1.0,
         cmcl: 1.0,
         itm: 0.0,
+        caption: 0.0,
     };
     let settings = TrainSettings {
         text_buckets: vec![TEXT_LEN],

@@ -132,6 +132,7 @@ fn train(size: &str, steps: usize, batch_size: usize) -> Result<(), String> {
         mrm: 1.0,
         cmcl: 1.0,
         itm: 0.0,
+        caption: 0.0,
     };
     let mut trainer = Trainer::<Target>::new(config, settings(), Default::default()).map_err(|e| e.to_string())?;
     // A fixed pool of 8 batches revisited in turn: the loss must fall as they are learned.

@@ -68,6 +68,8 @@ pub struct ObjectiveWeights {
     pub cmcl: f32,
     /// Image-text matching (alignment prediction) on pairs.
     pub itm: f32,
+    /// Image-to-text seq2seq (captioning) on pairs; UNIMO only.
+    pub caption: f32,
 }
 
 impl Default for ObjectiveWeights {
@@ -78,6 +80,7 @@ impl Default for ObjectiveWeights {
             mrm: 1.0,
             cmcl: 1.0,
             itm: 1.0,
+            caption: 1.0,
         }
     }
 }
@@ -142,6 +145,14 @@ pub struct ModelConfig {
     /// ViLBERT visual-stream dimensions (present exactly when `arch` is `vilbert`).
     #[serde(default)]
     pub vilbert: Option<VilbertDims>,
+    /// Share of text seq2seq examples whose target is a suffix (prefix -> continuation);
+    /// the rest use UNIMO's fragment sampling.
+    #[serde(default = "default_continuation")]
+    pub continuation: f32,
+}
+
+fn default_continuation() -> f32 {
+    0.5
 }
 
 fn default_ln_eps() -> f64 {
@@ -215,6 +226,7 @@ impl ModelConfig {
             special,
             weights: ObjectiveWeights::default(),
             vilbert,
+            continuation: default_continuation(),
         };
         config.validate()?;
         Ok(config)
@@ -292,10 +304,14 @@ impl ModelConfig {
             ("mrm", w.mrm),
             ("cmcl", w.cmcl),
             ("itm", w.itm),
+            ("caption", w.caption),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return bad(format!("weight of {name} must be finite and >= 0, got {v}"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.continuation) {
+            return bad(format!("continuation share {} must be in [0, 1]", self.continuation));
         }
         match (self.arch, &self.vilbert) {
             (Arch::Unimo, Some(_)) => return bad("vilbert dims given for arch unimo".into()),
@@ -341,6 +357,7 @@ impl ModelConfig {
             Objective::Mrm => w.mrm > 0.0,
             Objective::Cmcl => self.arch == Arch::Unimo && w.cmcl > 0.0,
             Objective::Itm => w.itm > 0.0,
+            Objective::Caption => self.arch == Arch::Unimo && w.caption > 0.0,
         }
     }
 
@@ -368,16 +385,19 @@ pub enum Objective {
     Cmcl,
     /// Image-text matching.
     Itm,
+    /// Image-to-text seq2seq (captioning).
+    Caption,
 }
 
 impl Objective {
     /// All objectives, in reporting order.
-    pub const ALL: [Objective; 5] = [
+    pub const ALL: [Objective; 6] = [
         Objective::Mlm,
         Objective::Seq2seq,
         Objective::Mrm,
         Objective::Cmcl,
         Objective::Itm,
+        Objective::Caption,
     ];
 
     /// The name used in reports and in the `objective` metric label.
@@ -388,6 +408,7 @@ impl Objective {
             Objective::Mrm => "mrm",
             Objective::Cmcl => "cmcl",
             Objective::Itm => "itm",
+            Objective::Caption => "caption",
         }
     }
 }

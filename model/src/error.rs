@@ -20,4 +20,10 @@ pub enum ModelError {
     /// Model or optimizer bytes do not decode into this configuration's model.
     #[error("checkpoint state does not decode: {0}")]
     State(String),
+    /// The architecture cannot do what was asked (ViLBERT has no generation head).
+    #[error("{0}")]
+    Unsupported(String),
+    /// An input cannot be used (an image the model cannot read, an empty prompt).
+    #[error("unusable input: {0}")]
+    Input(String),
 }

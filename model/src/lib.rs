@@ -10,6 +10,7 @@
 pub mod attention_mask;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod example;
 pub mod export;
 pub mod group_tensors;
@@ -29,6 +30,7 @@ pub mod vilbert;
 
 pub use config::{Arch, ModelConfig, Objective, ObjectiveWeights, SpecialTokens, VilbertDims};
 pub use error::ModelError;
+pub use generate::{DecodeOptions, Generated, Inference};
 pub use example::{Example, ExampleKind, VisualInput};
 pub use retrieval::cosine_top_k;
 pub use settings::TrainSettings;

@@ -111,7 +111,11 @@ impl<B: Backend> PretrainModel<B> {
             let n = v.len();
             Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), device)
         };
-        for (objective, targets) in [(Objective::Mlm, &plan.mlm), (Objective::Seq2seq, &plan.seq2seq)] {
+        for (objective, targets) in [
+            (Objective::Mlm, &plan.mlm),
+            (Objective::Seq2seq, &plan.seq2seq),
+            (Objective::Caption, &plan.caption),
+        ] {
             if targets.is_empty() {
                 continue;
             }
@@ -300,4 +304,11 @@ fn gather<B: Backend>(encoded: &[Option<Encoded<B>>; 3], slots: &[Slot], part: P
         Tensor::cat(pieces, 0)
     };
     (out, order)
+}
+
+impl<B: Backend> PretrainModel<B> {
+    /// The UNIMO backbone (`None` for ViLBERT), for generation.
+    pub fn unimo(&self) -> Option<&UnimoBackbone<B>> {
+        self.unimo.as_ref()
+    }
 }

@@ -13,6 +13,7 @@ use crate::attention_mask::{MaskKind, MaskRow};
 use crate::config::{ModelConfig, Objective};
 use crate::example::{Example, ExampleKind, VisualInput};
 use crate::masking::{self, anchor_mask, seq2seq_split, span_mask};
+use crate::objectives::caption;
 use crate::positives;
 
 /// Index of the text-row group.
@@ -159,6 +160,8 @@ pub struct Plan {
     pub mlm: Vec<TokenTarget>,
     /// Seq2seq targets.
     pub seq2seq: Vec<TokenTarget>,
+    /// Image-to-text seq2seq (caption) targets.
+    pub caption: Vec<TokenTarget>,
     /// MRM targets.
     pub mrm: Vec<RegionTarget>,
     /// CMCL structure.
@@ -264,7 +267,13 @@ impl Plan {
                     plan.tokens += ids.len();
                     let use_s2s = s2s && (!mlm || rng.random::<bool>());
                     if use_s2s {
-                        if let Some(split) = seq2seq_split(&ids, &special, masking::SEQ2SEQ_RATIO, rng) {
+                        let continuation = config.continuation > 0.0 && rng.random::<f32>() < config.continuation;
+                        let split = if continuation {
+                            caption::continuation_split(&ids, &special, rng)
+                        } else {
+                            seq2seq_split(&ids, &special, masking::SEQ2SEQ_RATIO, rng)
+                        };
+                        if let Some(split) = split {
                             let kind = MaskKind::PrefixLm {
                                 source_len: split.source_len,
                             };
@@ -336,6 +345,9 @@ impl Plan {
                 }
                 plan.groups[JOINT].push_joint(masked_image, text);
             }
+        }
+        if config.uses(Objective::Caption) {
+            caption::plan_captions(&mut plan, pairs.iter().map(|(image, ids, _)| (image, ids.as_slice())));
         }
         if cmcl && !pairs.is_empty() {
             plan.plan_contrast(&pairs, config);

@@ -46,7 +46,7 @@ pub struct TrainerState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepReport {
     /// `("total", weighted sum)` first, then the mean loss of each objective that had
-    /// targets in this step, in the order mlm, seq2seq, mrm, cmcl, itm.
+    /// targets in this step, in the order mlm, seq2seq, mrm, cmcl, itm, caption.
     pub losses: Vec<(&'static str, f32)>,
     /// Valid targets of each objective in use (zero when the step had none).
     pub counts: Vec<(&'static str, usize)>,
@@ -91,6 +91,7 @@ fn weight(config: &ModelConfig, objective: Objective) -> f32 {
         Objective::Mrm => w.mrm,
         Objective::Cmcl => w.cmcl,
         Objective::Itm => w.itm,
+        Objective::Caption => w.caption,
     }
 }
 

@@ -66,3 +66,36 @@ impl<B: Backend> UnimoBackbone<B> {
         }
     }
 }
+
+impl<B: Backend> UnimoBackbone<B> {
+    /// Encodes new positions over the cached ones (incremental decoding): the visual rows
+    /// (if any) come first, then the text tokens at text positions `text_start..`.
+    ///
+    /// # Shapes
+    /// - `visual`: features `[batch, n, feature_dim]` and locations `[batch, n, 5]`
+    /// - `ids`: `[batch, t]`, `bias`: `[batch, 1, n + t or 1, cached + n + t]`
+    /// - output: `[batch, n + t, hidden]`
+    pub fn forward_cached(
+        &self,
+        visual: Option<(Tensor<B, 3>, Tensor<B, 3>)>,
+        ids: Option<Tensor<B, 2, Int>>,
+        text_start: usize,
+        bias: Tensor<B, 4>,
+        cache: &mut crate::nn::transformer::EncoderCache<B>,
+    ) -> Tensor<B, 3> {
+        let mut parts = Vec::with_capacity(2);
+        if let Some((f, l)) = visual {
+            parts.push(self.visual.forward(f, l));
+        }
+        if let Some(ids) = ids {
+            parts.push(self.text.forward_at(ids, text_start));
+        }
+        let x = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(parts, 1) };
+        self.encoder.forward_cached(x, bias, cache)
+    }
+
+    /// Layers of the shared Transformer.
+    pub fn num_layers(&self) -> usize {
+        self.encoder.num_layers()
+    }
+}

@@ -121,3 +121,50 @@ impl<B: Backend> AttentionBlock<B> {
         }
     }
 }
+
+/// Keys and values of earlier positions of one attention layer, for incremental decoding.
+///
+/// # Shapes
+/// - keys and values: `[batch, heads, cached, head_dim]`
+pub type KeyValues<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
+
+impl<B: Backend> Attention<B> {
+    /// Self-attention of new positions `x` over the cached positions and themselves; the new
+    /// keys and values are appended to `cache`. Exact wherever earlier positions never attend
+    /// to later ones (the prefix-LM and image-to-text masks), since cached states then never
+    /// change.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, lq, d]`, `bias`: `[batch, 1, lq or 1, cached + lq]` -> `[batch, lq, d]`
+    pub fn forward_cached(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>, cache: &mut KeyValues<B>) -> Tensor<B, 3> {
+        let [b, lq, _] = x.dims();
+        let (h, d) = (self.heads, self.head_dim);
+        let split = |t: Tensor<B, 3>| t.reshape([b, lq, h, d]).swap_dims(1, 2);
+        let q = split(self.query.forward(x.clone()));
+        let mut k = split(self.key.forward(x.clone()));
+        let mut v = split(self.value.forward(x));
+        if let Some((pk, pv)) = cache.take() {
+            k = Tensor::cat(vec![pk, k], 2);
+            v = Tensor::cat(vec![pv, v], 2);
+        }
+        *cache = Some((k.clone(), v.clone()));
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt()) + bias;
+        let weights = self.dropout.forward(softmax(scores, 3));
+        let context = weights.matmul(v).swap_dims(1, 2).reshape([b, lq, h * d]);
+        self.output.forward(context)
+    }
+}
+
+impl<B: Backend> AttentionBlock<B> {
+    /// [`AttentionBlock::forward`] (self-attention) over cached positions; see
+    /// [`Attention::forward_cached`].
+    pub fn forward_cached(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>, cache: &mut KeyValues<B>) -> Tensor<B, 3> {
+        if self.pre_ln {
+            let normed = self.norm.forward(x.clone());
+            x + self.dropout.forward(self.attention.forward_cached(normed, bias, cache))
+        } else {
+            let out = self.attention.forward_cached(x.clone(), bias, cache);
+            self.norm.forward(x + self.dropout.forward(out))
+        }
+    }
+}

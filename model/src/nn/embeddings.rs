@@ -78,3 +78,22 @@ impl<B: Backend> VisualEmbedding<B> {
         self.dropout.forward(self.norm.forward(x))
     }
 }
+
+impl<B: Backend> TextEmbedding<B> {
+    /// [`TextEmbedding::forward`] for tokens at text positions `start..start + t` (incremental
+    /// decoding). `start + t` must not exceed the model's `max_text_len`.
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch, t]` -> `[batch, t, hidden]`
+    pub fn forward_at(&self, ids: Tensor<B, 2, Int>, start: usize) -> Tensor<B, 3> {
+        let t = ids.dims()[1];
+        let positions = self
+            .position
+            .weight
+            .val()
+            .narrow(0, POSITION_OFFSET + start, t)
+            .unsqueeze_dim::<3>(0);
+        let x = self.word.forward(ids) + positions;
+        self.dropout.forward(self.norm.forward(x))
+    }
+}

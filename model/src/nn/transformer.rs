@@ -81,3 +81,64 @@ impl<B: Backend> Encoder<B> {
         }
     }
 }
+
+/// Cached keys and values of every layer of an [`Encoder`], for incremental decoding.
+#[derive(Debug, Clone)]
+pub struct EncoderCache<B: Backend> {
+    /// One entry per layer.
+    pub layers: Vec<super::attention::KeyValues<B>>,
+}
+
+impl<B: Backend> EncoderCache<B> {
+    /// An empty cache for `layers` layers.
+    pub fn new(layers: usize) -> Self {
+        Self { layers: vec![None; layers] }
+    }
+
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps (and repeats) the batch rows `rows` of every layer (beam reordering).
+    pub fn select(&mut self, rows: Tensor<B, 1, Int>) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, rows.clone());
+            *v = v.clone().select(0, rows.clone());
+        }
+    }
+}
+
+impl<B: Backend> TransformerLayer<B> {
+    /// [`TransformerLayer::forward`] over cached positions.
+    pub fn forward_cached(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>, cache: &mut super::attention::KeyValues<B>) -> Tensor<B, 3> {
+        self.ffn.forward(self.attention.forward_cached(x, bias, cache))
+    }
+}
+
+impl<B: Backend> Encoder<B> {
+    /// Number of layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// [`Encoder::forward`] for new positions over the cached ones, appending their keys and
+    /// values to `cache`.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, lq, hidden]`, `bias`: `[batch, 1, lq or 1, cached + lq]` -> `[batch, lq, hidden]`
+    pub fn forward_cached(&self, mut x: Tensor<B, 3>, bias: Tensor<B, 4>, cache: &mut EncoderCache<B>) -> Tensor<B, 3> {
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward_cached(x, bias.clone(), kv);
+        }
+        match &self.final_norm {
+            Some(norm) => norm.forward(x),
+            None => x,
+        }
+    }
+}

@@ -31,6 +31,7 @@ fn separable_pairs_reach_perfect_retrieval() {
         mrm: 0.0,
         cmcl: 1.0,
         itm: 0.0,
+        caption: 0.0,
     };
     let mut trainer = Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer");
     let pairs: Vec<_> = (0..8).map(pair).collect();

@@ -42,6 +42,7 @@ fn itm_only(arch: Arch) -> Trainer<Train> {
         mrm: 0.0,
         cmcl: 0.0,
         itm: 1.0,
+        caption: 0.0,
     };
     Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer")
 }

@@ -35,7 +35,7 @@ fn first_last(arch: Arch, steps: usize, k: usize, lr: f64) -> Vec<(&'static str,
 fn every_unimo_objective_learns_a_fixed_batch() {
     let result = first_last(Arch::Unimo, 60, 8, 2e-3);
     let names: Vec<&str> = result.iter().map(|r| r.0).collect();
-    assert_eq!(names, ["total", "mlm", "seq2seq", "mrm", "cmcl", "itm"]);
+    assert_eq!(names, ["total", "mlm", "seq2seq", "mrm", "cmcl", "itm", "caption"]);
     for (name, first, last) in result {
         eprintln!("unimo {name}: {first:.4} -> {last:.4}");
         // Regressing pseudo-random region features is pure memorisation and the slowest
@@ -53,6 +53,7 @@ fn report_counts_targets_and_samples() {
     let count = |n: &str| report.counts.iter().find(|c| c.0 == n).map(|c| c.1);
     assert_eq!(count("cmcl"), Some(3), "one CMCL anchor per pair");
     assert_eq!(count("itm"), Some(6), "a matched and a rewritten caption per pair");
+    assert_eq!(count("caption"), Some(3 * 9), "each caption token but [SEP] predicts the next");
     assert!(count("mrm").is_some_and(|c| c >= 6), "at least one region per image and pair");
     assert!(report.grad_norm > 0.0 && report.grad_norm.is_finite());
     assert_eq!(trainer.steps_applied(), 1);
@@ -114,6 +115,7 @@ fn alone(objective: &'static str, steps: usize) -> (f32, f32) {
         mrm: w("mrm"),
         cmcl: w("cmcl"),
         itm: w("itm"),
+        caption: w("caption"),
     };
     let mut trainer = Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer");
     let batch = mixed_batch();
@@ -131,7 +133,7 @@ fn alone(objective: &'static str, steps: usize) -> (f32, f32) {
 
 #[test]
 fn each_objective_alone_learns_a_fixed_batch() {
-    for objective in ["mlm", "seq2seq", "mrm", "cmcl", "itm"] {
+    for objective in ["mlm", "seq2seq", "mrm", "cmcl", "itm", "caption"] {
         let (first, last) = alone(objective, 64);
         eprintln!("alone {objective}: {first:.4} -> {last:.4}");
         assert!(last < 0.8 * first, "{objective}: {first} -> {last}");
@@ -148,6 +150,7 @@ fn region_class_distributions_add_a_kl_term_that_learns() {
         mrm: 1.0,
         cmcl: 0.0,
         itm: 0.0,
+        caption: 0.0,
     };
     let with_classes = |seed: u32| {
         let mut e = image_example(seed);
