@@ -9,6 +9,7 @@ pub mod config;
 pub mod eval;
 pub mod health;
 pub mod http;
+pub mod intake;
 pub mod inspect;
 pub mod notify;
 pub mod produce_cmd;

@@ -8,7 +8,7 @@
 //!    be consumed again after the restart, since their offsets are not in any checkpoint);
 //! 3. the trainer finishes the step in flight and writes the final checkpoint durably;
 //! 4. offsets of that checkpoint are committed to the consumer group;
-//! 5. the consumer leaves the group; the HTTP server stops last.
+//! 5. the consumer is closed; the HTTP server stops last.
 //!
 //! A rollback (too many non-finite steps) runs stages 2-5 without a final checkpoint and
 //! starts a new session from the newest valid checkpoint, in the same process.
@@ -23,9 +23,9 @@ use burn::tensor::backend::AutodiffBackend;
 use prometheus::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use unimod_ingest::kafka::{bootstrap_texts, DeadLetterProducer, KafkaConsumer, KafkaMetrics};
+use unimod_ingest::kafka::{bootstrap_texts, DeadLetterProducer, KafkaMetrics};
 use unimod_ingest::fetch::ImageFetcher;
-use unimod_ingest::preprocess::{bootstrap_text, run_pipeline, Outcome, Preprocessor, Processed};
+use unimod_ingest::preprocess::{bootstrap_text, Outcome, Preprocessor, Processed};
 use unimod_ingest::record::RecordKind;
 use unimod_ingest::reject::{RejectReason, Rejection};
 use unimod_ingest::telemetry::IngestMetrics;
@@ -353,16 +353,14 @@ async fn session<B: AutodiffBackend>(
     };
     let start_offsets: HashMap<(String, i32), i64> =
         progress_offsets.iter().map(|p| ((p.topic.clone(), p.partition), p.next_offset)).collect();
-    let lineage = Lineage::restore(counts, &progress_offsets);
+    let mut lineage = Lineage::restore(counts, &progress_offsets);
     let tokenizer_json = Arc::new(tokenizer.to_json().context("serialising the tokenizer")?);
 
-    // The pipeline: consumer -> preprocessing -> feeder -> trainer thread.
+    // The pipeline: consumer -> per-kind preprocessing -> mixer -> feeder -> trainer thread
+    // (see `intake`). Nothing is pending at the start of a session: records queued by an
+    // earlier one were abandoned and will be consumed again.
+    shared.kafka_metrics.pending_reset();
     let consume_stop = CancellationToken::new();
-    let (raw_tx, raw_rx) = mpsc::channel(config.kafka.queue_capacity);
-    let consumer = Arc::new(
-        KafkaConsumer::start(&config.kafka, start_offsets, raw_tx, shared.kafka_metrics.clone(), consume_stop.clone())
-            .context("starting the Kafka consumer")?,
-    );
     let fetcher = ImageFetcher::new(&config.fetch, Some(shared.ingest_metrics.clone()))
         .context("building the image fetcher")?;
     let preprocessor = Preprocessor::new(
@@ -373,9 +371,27 @@ async fn session<B: AutodiffBackend>(
         Some(shared.ingest_metrics.clone()),
     )
     .context("starting preprocessing")?;
-    let (processed_tx, processed_rx) = mpsc::channel(config.train.queue_capacity);
-    // Ends when the consumer stops (it drops the sending side of `raw_rx`).
-    let pipeline = tokio::spawn(run_pipeline(preprocessor, raw_rx, processed_tx, config.preprocess.max_in_flight));
+    let intake = crate::intake::start(
+        &config.kafka,
+        start_offsets,
+        preprocessor,
+        shared.kafka_metrics.clone(),
+        crate::intake::IntakeParams {
+            max_in_flight: config.preprocess.max_in_flight,
+            output_capacity: config.train.batch_size,
+            weights: [config.train.mix.text, config.train.mix.image, config.train.mix.pair],
+            seed: config.train.seed ^ step,
+        },
+        consume_stop.clone(),
+    )
+    .context("starting the Kafka consumer")?;
+    let consumer = intake.consumer;
+    let processed_rx = intake.processed;
+    // Ends when the consumer stopped and everything queued went through.
+    let pipeline = intake.task;
+    let topic_kinds: Vec<(String, RecordKind)> =
+        RecordKind::ALL.into_iter().map(|k| (config.kafka.topics.topic(k).to_owned(), k)).collect();
+    lineage.link(shared.kafka_metrics.clone(), &topic_kinds, consumer.reset_feed());
     let dead_letter = DeadLetterProducer::new(&config.kafka).context("starting the dead-letter producer")?;
     let (event_tx, event_rx) = mpsc::channel(config.train.queue_capacity);
     let feeder = tokio::spawn(feed(
@@ -512,12 +528,14 @@ async fn session<B: AutodiffBackend>(
         // Stage 4: the committer drains the last durable notifications.
         let _ = committer.await;
         tracing::info!("drain 4/5: offsets committed");
-        // Stage 5 (consumer leaves the group; HTTP stops in `run`).
+        // Stage 5 (the consumer closes; HTTP stops in `run`).
         match Arc::try_unwrap(consumer) {
             Ok(c) => c.shutdown().await,
-            Err(_) => tracing::warn!("consumer still referenced; leaving the group on drop"),
+            Err(_) => tracing::warn!("consumer still referenced; closing it on drop"),
         }
-        tracing::info!("drain 5/5: left the consumer group");
+        // Records still queued were abandoned: they will be consumed again.
+        shared.kafka_metrics.pending_reset();
+        tracing::info!("drain 5/5: consumer closed");
         anyhow::Ok(exit)
     };
     let exit = match tokio::time::timeout(budget, drain).await {
