@@ -10,6 +10,7 @@ pub mod dead_letter;
 pub mod eval;
 pub mod health;
 pub mod http;
+pub mod intake;
 pub mod inspect;
 pub mod notify;
 pub mod produce_cmd;

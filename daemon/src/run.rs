@@ -10,8 +10,8 @@
 //! 3. the trainer finishes the step in flight (no new one starts) and writes the final
 //!    checkpoint durably;
 //! 4. offsets of that checkpoint are committed to the consumer group;
-//! 5. the consumer leaves the group (bounded by what is left of the budget); the HTTP server
-//!    stops last (bounded by [`HTTP_STOP_WAIT`]).
+//! 5. the consumer is closed (bounded by what is left of the budget); the HTTP server stops
+//!    last (bounded by [`HTTP_STOP_WAIT`]).
 //!
 //! A rollback (too many non-finite steps) runs stages 2-5 without a final checkpoint and
 //! starts a new session from the newest valid checkpoint, in the same process.
@@ -26,9 +26,9 @@ use burn::tensor::backend::AutodiffBackend;
 use prometheus::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use unimod_ingest::kafka::{bootstrap_texts, DeadLetterProducer, KafkaConsumer, KafkaMetrics, TopicCheck};
+use unimod_ingest::kafka::{bootstrap_texts, DeadLetterProducer, KafkaMetrics, TopicCheck};
 use unimod_ingest::fetch::ImageFetcher;
-use unimod_ingest::preprocess::{bootstrap_text, run_pipeline, Outcome, Preprocessor, Processed};
+use unimod_ingest::preprocess::{bootstrap_text, Outcome, Preprocessor, Processed};
 use unimod_ingest::record::RecordKind;
 use unimod_ingest::reject::{RejectReason, Rejection};
 use unimod_ingest::telemetry::IngestMetrics;
@@ -415,16 +415,14 @@ async fn session<B: AutodiffBackend>(
     };
     let start_offsets: HashMap<(String, i32), i64> =
         progress_offsets.iter().map(|p| ((p.topic.clone(), p.partition), p.next_offset)).collect();
-    let lineage = Lineage::restore(counts, &progress_offsets);
+    let mut lineage = Lineage::restore(counts, &progress_offsets);
     let tokenizer_json = Arc::new(tokenizer.to_json().context("serialising the tokenizer")?);
 
-    // The pipeline: consumer -> preprocessing -> feeder -> trainer thread.
+    // The pipeline: consumer -> per-kind preprocessing -> mixer -> feeder -> trainer thread
+    // (see `intake`). Nothing is pending at the start of a session: records queued by an
+    // earlier one were abandoned and will be consumed again.
+    shared.kafka_metrics.pending_reset();
     let consume_stop = CancellationToken::new();
-    let (raw_tx, raw_rx) = mpsc::channel(config.kafka.queue_capacity);
-    let consumer = Arc::new(
-        KafkaConsumer::start(&config.kafka, start_offsets, raw_tx, shared.kafka_metrics.clone(), consume_stop.clone())
-            .context("starting the Kafka consumer")?,
-    );
     let fetcher = ImageFetcher::new(&config.fetch, Some(shared.ingest_metrics.clone()))
         .context("building the image fetcher")?;
     let preprocessor = Preprocessor::new(
@@ -435,9 +433,27 @@ async fn session<B: AutodiffBackend>(
         Some(shared.ingest_metrics.clone()),
     )
     .context("starting preprocessing")?;
-    let (processed_tx, processed_rx) = mpsc::channel(config.train.queue_capacity);
-    // Ends when the consumer stops (it drops the sending side of `raw_rx`).
-    let pipeline = tokio::spawn(run_pipeline(preprocessor, raw_rx, processed_tx, config.preprocess.max_in_flight));
+    let intake = crate::intake::start(
+        &config.kafka,
+        start_offsets,
+        preprocessor,
+        shared.kafka_metrics.clone(),
+        crate::intake::IntakeParams {
+            max_in_flight: config.preprocess.max_in_flight,
+            output_capacity: config.train.batch_size,
+            weights: [config.train.mix.text, config.train.mix.image, config.train.mix.pair],
+            seed: config.train.seed ^ step,
+        },
+        consume_stop.clone(),
+    )
+    .context("starting the Kafka consumer")?;
+    let consumer = intake.consumer;
+    let processed_rx = intake.processed;
+    // Ends when the consumer stopped and everything queued went through.
+    let pipeline = intake.task;
+    let topic_kinds: Vec<(String, RecordKind)> =
+        RecordKind::ALL.into_iter().map(|k| (config.kafka.topics.topic(k).to_owned(), k)).collect();
+    lineage.link(shared.kafka_metrics.clone(), &topic_kinds, consumer.reset_feed());
     let dead_letter = DeadLetterProducer::new(&config.kafka).context("starting the dead-letter producer")?;
     let dlq_stop = CancellationToken::new();
     let dead_letters = DeadLetters::new(
@@ -600,17 +616,19 @@ async fn session<B: AutodiffBackend>(
         // Stage 4: the committer drains the last durable notifications.
         let _ = committer.await;
         tracing::info!(ms = drain_started.elapsed().as_millis() as u64, "drain 4/5: offsets committed");
-        // Stage 5 (consumer leaves the group; HTTP stops in `run`), within what is left.
+        // Stage 5 (the consumer closes; HTTP stops in `run`), within what is left.
         let left = budget.saturating_sub(drain_started.elapsed() + Duration::from_millis(500));
         match Arc::try_unwrap(consumer) {
             Ok(c) => {
                 if tokio::time::timeout(left, c.shutdown()).await.is_err() {
-                    tracing::warn!("leaving the consumer group took too long; closing without it");
+                    tracing::warn!("closing the consumer took too long; dropping it");
                 }
             }
-            Err(_) => tracing::warn!("consumer still referenced; leaving the group on drop"),
+            Err(_) => tracing::warn!("consumer still referenced; closing it on drop"),
         }
-        tracing::info!(ms = drain_started.elapsed().as_millis() as u64, "drain 5/5: left the consumer group");
+        // Records still queued were abandoned: they will be consumed again.
+        shared.kafka_metrics.pending_reset();
+        tracing::info!(ms = drain_started.elapsed().as_millis() as u64, "drain 5/5: consumer closed");
         anyhow::Ok(exit)
     };
     let exit = match tokio::time::timeout(budget, drain).await {

@@ -6,6 +6,11 @@
 //! Records finished above it are remembered too; a checkpoint stores both, and after a restart
 //! the consumer resumes at the next offset and skips the finished ones
 //! ([`BeginOutcome::AlreadyFinished`]), so no record is trained twice or lost.
+//!
+//! The next offset only moves over offsets this run has seen: records begun here (finished or
+//! skipped as already finished) and holes below the highest of them. Restored finished
+//! offsets above it never pull it forward, since records between them may not even have been
+//! delivered yet. `begin` must be called in partition order (the consumer's order).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -40,23 +45,41 @@ struct PartitionState {
     /// Every offset below this is finished; `None` until the first record finishes.
     next: Option<i64>,
     in_flight: BTreeSet<i64>,
-    /// Finished offsets at or above `next` (only while something below them is in flight).
+    /// Finished offsets at or above `next`: finished here while something below them is in
+    /// flight, or restored from a checkpoint (finished in an earlier run).
     finished: BTreeSet<i64>,
+    /// The highest offset delivered in this run (begun, or skipped as already finished).
+    /// Offsets above it have not been seen here, whatever `finished` holds.
+    delivered: Option<i64>,
 }
 
 impl PartitionState {
     fn advance(&mut self) {
+        // Everything below the lowest record in flight was delivered and finished (the
+        // consumer delivers in partition order); with nothing in flight, everything up to the
+        // highest delivered offset was.
         let candidate = match self.in_flight.first() {
             Some(&lowest) => Some(lowest),
-            None => self.finished.last().map(|&o| o + 1),
+            None => self.delivered.map(|o| o + 1),
         };
         if let Some(candidate) = candidate {
             if self.next.is_none_or(|n| candidate > n) {
                 self.next = Some(candidate);
             }
         }
-        if let Some(next) = self.next {
+        if let Some(mut next) = self.next {
+            // Finished offsets right at the next offset (restored ones) extend it.
+            while self.finished.contains(&next) && !self.in_flight.contains(&next) {
+                next += 1;
+            }
+            self.next = Some(next);
             self.finished = self.finished.split_off(&next);
+        }
+    }
+
+    fn delivered(&mut self, offset: i64) {
+        if self.delivered.is_none_or(|d| offset > d) {
+            self.delivered = Some(offset);
         }
     }
 }
@@ -80,6 +103,8 @@ pub struct PartitionOffsets {
 #[derive(Debug, Clone, Default)]
 pub struct OffsetTracker {
     partitions: BTreeMap<(Arc<str>, i32), PartitionState>,
+    /// Records in flight when their partition was reset: finished quietly, tracked no more.
+    orphans: BTreeMap<(Arc<str>, i32), BTreeSet<i64>>,
 }
 
 impl OffsetTracker {
@@ -92,20 +117,23 @@ impl OffsetTracker {
     pub fn begin(&mut self, pos: &SourcePos) -> Result<BeginOutcome, OffsetError> {
         let state = self.partitions.entry((pos.topic.clone(), pos.partition)).or_default();
         if state.next.is_some_and(|n| pos.offset < n) || state.finished.contains(&pos.offset) {
+            state.delivered(pos.offset);
             return Ok(BeginOutcome::AlreadyFinished);
         }
         if !state.in_flight.insert(pos.offset) {
             return Err(OffsetError::AlreadyInFlight(pos.to_string()));
         }
+        state.delivered(pos.offset);
         Ok(BeginOutcome::New)
     }
 
     /// Marks a record finished (trained, or rejected and dead-lettered).
     pub fn finish(&mut self, pos: &SourcePos) -> Result<(), OffsetError> {
-        let state = self
-            .partitions
-            .get_mut(&(pos.topic.clone(), pos.partition))
-            .ok_or_else(|| OffsetError::NotInFlight(pos.to_string()))?;
+        let key = (pos.topic.clone(), pos.partition);
+        if self.orphans.get_mut(&key).is_some_and(|o| o.remove(&pos.offset)) {
+            return Ok(());
+        }
+        let state = self.partitions.get_mut(&key).ok_or_else(|| OffsetError::NotInFlight(pos.to_string()))?;
         if !state.in_flight.remove(&pos.offset) {
             return Err(OffsetError::NotInFlight(pos.to_string()));
         }
@@ -123,6 +151,16 @@ impl OffsetTracker {
     /// Number of records in flight across all partitions.
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|s| s.in_flight.len()).sum()
+    }
+
+    /// Starts a partition afresh after its offsets were reset by the broker (topic recreated
+    /// or truncated): what was known about it is dropped, so its records are new again; records
+    /// still in flight from before the reset finish quietly.
+    pub fn reset_partition(&mut self, topic: &str, partition: i32) {
+        let key = (Arc::from(topic), partition);
+        if let Some(state) = self.partitions.remove(&key) {
+            self.orphans.entry(key).or_default().extend(state.in_flight);
+        }
     }
 
     /// Forgets a partition (after it was revoked in a rebalance): its in-flight records will
@@ -230,6 +268,52 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_finished_offset_never_pulls_the_next_offset_over_records_not_yet_delivered() {
+        // Issue 9, item 0: the checkpoint holds partition 0 at 366 with a record rejected at
+        // 459 (rejected at admission while 366..458 waited in the batcher). After the resume
+        // the first step trains 366..395: the next offset must stop at 396, and 396..458 are
+        // new records when they arrive, not "already finished".
+        let saved = vec![PartitionOffsets { topic: "t".into(), partition: 0, next_offset: 366, finished_above: vec![459] }];
+        let mut tracker = OffsetTracker::restore(&saved);
+        for o in 366..396 {
+            assert_eq!(tracker.begin(&pos(0, o)).expect("begin"), BeginOutcome::New);
+        }
+        for o in 366..396 {
+            tracker.finish(&pos(0, o)).expect("finish");
+        }
+        assert_eq!(tracker.next_offset("t", 0), Some(396));
+        assert_eq!(
+            tracker.export(),
+            vec![PartitionOffsets { topic: "t".into(), partition: 0, next_offset: 396, finished_above: vec![459] }]
+        );
+        for o in 396..459 {
+            assert_eq!(tracker.begin(&pos(0, o)).expect("begin"), BeginOutcome::New, "offset {o}");
+        }
+        assert_eq!(tracker.begin(&pos(0, 459)).expect("begin"), BeginOutcome::AlreadyFinished);
+        assert_eq!(tracker.begin(&pos(0, 460)).expect("begin"), BeginOutcome::New);
+        for o in (396..459).chain([460]) {
+            tracker.finish(&pos(0, o)).expect("finish");
+        }
+        assert_eq!(tracker.next_offset("t", 0), Some(461));
+        assert_eq!(tracker.export()[0].finished_above, Vec::<i64>::new());
+    }
+
+    #[test]
+    fn restored_finished_offsets_right_at_the_next_offset_extend_it() {
+        let saved = vec![PartitionOffsets { topic: "t".into(), partition: 0, next_offset: 10, finished_above: vec![11, 12, 20] }];
+        let mut tracker = OffsetTracker::restore(&saved);
+        tracker.begin(&pos(0, 10)).expect("begin");
+        tracker.finish(&pos(0, 10)).expect("finish");
+        assert_eq!(tracker.next_offset("t", 0), Some(13));
+        assert_eq!(tracker.export()[0].finished_above, vec![20]);
+        // A mid-run delivery skipped as already finished counts as delivered.
+        assert_eq!(tracker.begin(&pos(0, 11)).expect("begin"), BeginOutcome::AlreadyFinished);
+        assert_eq!(tracker.begin(&pos(0, 13)).expect("begin"), BeginOutcome::New);
+        tracker.finish(&pos(0, 13)).expect("finish");
+        assert_eq!(tracker.next_offset("t", 0), Some(14));
+    }
+
+    #[test]
     fn restore_skips_finished_records_and_misuse_is_an_error() {
         let mut tracker = OffsetTracker::new();
         for o in 0..4 {
@@ -255,5 +339,19 @@ mod tests {
         let last = restored.forget_partition("t", 2).expect("state");
         assert_eq!(last.next_offset, 3);
         assert_eq!(restored.next_offset("t", 2), None);
+    }
+
+    #[test]
+    fn a_reset_partition_starts_afresh_and_its_old_records_finish_quietly() {
+        let saved = vec![PartitionOffsets { topic: "t".into(), partition: 0, next_offset: 500, finished_above: vec![] }];
+        let mut tracker = OffsetTracker::restore(&saved);
+        assert_eq!(tracker.begin(&pos(0, 500)).expect("begin"), BeginOutcome::New);
+        // The topic was recreated: offsets start at 0 again.
+        assert_eq!(tracker.begin(&pos(0, 0)).expect("begin"), BeginOutcome::AlreadyFinished);
+        tracker.reset_partition("t", 0);
+        assert_eq!(tracker.begin(&pos(0, 0)).expect("begin"), BeginOutcome::New);
+        tracker.finish(&pos(0, 500)).expect("the old record finishes quietly");
+        tracker.finish(&pos(0, 0)).expect("finish");
+        assert_eq!(tracker.next_offset("t", 0), Some(1));
     }
 }

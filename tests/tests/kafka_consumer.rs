@@ -1,5 +1,6 @@
 //! The ingest Kafka consumer against a real broker (tansu): all three topics with several
-//! partitions, start offsets from a checkpoint, commits, backpressure, broker restarts.
+//! partitions, start offsets from a checkpoint, commits, backpressure (per kind, by records
+//! and by bytes), out-of-range offsets, another member in the group, broker restarts.
 
 mod support;
 
@@ -11,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use unimod_e2e::kafka::{committed_offsets, eventually, produce_many, produce_to_partition, producer};
 use unimod_e2e::Broker;
-use unimod_ingest::kafka::{KafkaConsumer, KafkaMetrics, StartOffsets};
+use unimod_ingest::kafka::{KafkaConsumer, KafkaMetrics, Lanes, PartitionReset, QueueBudget, StartOffsets};
 use unimod_ingest::record::{RawRecord, RecordKind};
 
 /// Checks that no (topic, partition, offset) repeats and that offsets rise per partition.
@@ -130,8 +131,9 @@ async fn backpressure_pauses_and_resumes_without_loss_or_duplicates() -> anyhow:
 
     let mut cfg = config(&broker, &topics);
     cfg.queue_capacity = 4;
-    // Short group timers: if paused partitions stopped the polling, librdkafka would leave
-    // the group after max.poll.interval.ms and the partitions would be revoked.
+    // The consumer does not join its group, so nothing can revoke its partitions while they
+    // are paused; short group timers (which would make an idle group member leave) change
+    // nothing.
     cfg.options.insert("session.timeout.ms".into(), "6000".into());
     cfg.options.insert("heartbeat.interval.ms".into(), "1000".into());
     cfg.options.insert("max.poll.interval.ms".into(), "6000".into());
@@ -148,7 +150,7 @@ async fn backpressure_pauses_and_resumes_without_loss_or_duplicates() -> anyhow:
     // Stay full for longer than max.poll.interval.ms.
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(consumer.is_paused());
-    assert_eq!(consumer.revocations(), 0, "the consumer stayed in the group while paused");
+    assert_eq!(consumer.revocations(), 0, "nothing revoked the partitions while paused");
     // Paused for real: the consumer did not pull the partitions into memory meanwhile.
     let pulled: i64 = (0..2).filter_map(|p| consumer.position(&topics.text, p)).sum();
     assert!(pulled < 300, "only a few records were fetched while paused ({pulled})");
@@ -168,7 +170,7 @@ async fn backpressure_pauses_and_resumes_without_loss_or_duplicates() -> anyhow:
         assert_eq!(record.payload.as_deref(), Some(expected.as_bytes()));
     }
     assert!(eventually(WAIT, || !consumer.is_paused()).await, "resumed once drained");
-    assert_eq!(consumer.revocations(), 0, "never left the group (max.poll.interval.ms kept)");
+    assert_eq!(consumer.revocations(), 0, "nothing revoked the partitions");
     assert!(
         tokio::time::timeout(Duration::from_millis(500), rx.recv()).await.is_err(),
         "no record beyond the 600 produced"
@@ -202,6 +204,141 @@ async fn reports_a_stopped_broker_and_recovers_after_restart() -> anyhow::Result
     assert_exactly_once_in_order(&all);
     let offsets: Vec<i64> = all.iter().map(|r| r.pos.offset).collect();
     assert_eq!(offsets, (0..10).collect::<Vec<_>>());
+    consumer.shutdown().await;
+    Ok(())
+}
+
+/// The values of `unimod_offset_resets_total` by (topic, partition).
+fn reset_counts(metrics: &KafkaMetrics) -> HashMap<(String, String), u64> {
+    use prometheus::core::Collector;
+    let mut out = HashMap::new();
+    for family in metrics.offset_resets.collect() {
+        for m in family.get_metric() {
+            let label = |n: &str| m.get_label().iter().find(|l| l.name() == n).map(|l| l.value().to_owned()).unwrap_or_default();
+            out.insert((label("topic"), label("partition")), m.get_counter().get_value() as u64);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_range_start_offset_is_counted_and_consumption_goes_on() -> anyhow::Result<()> {
+    // A checkpoint offset past the end: the topic was recreated with fewer records.
+    let broker = Broker::start()?;
+    let topics = input_topics(&broker, 2).await?;
+    let producer = producer(&broker.brokers())?;
+    produce_to_partition(&producer, &topics.text, 0, &payloads("t", 0, 5)).await?;
+    produce_to_partition(&producer, &topics.text, 1, &payloads("t", 1, 5)).await?;
+    let cfg = config(&broker, &topics);
+    let start: StartOffsets = [((topics.text.clone(), 0), 1000), ((topics.text.clone(), 1), 3)].into();
+    let (tx, mut rx) = mpsc::channel(64);
+    let metrics = KafkaMetrics::unregistered();
+    let consumer = KafkaConsumer::start(&cfg, start, tx, metrics.clone(), CancellationToken::new())?;
+    let records = recv_n(&mut rx, 7).await?;
+    assert_exactly_once_in_order(&records);
+    let got: HashSet<(i32, i64)> = records.iter().map(|r| (r.pos.partition, r.pos.offset)).collect();
+    let expected: HashSet<(i32, i64)> = (0..5).map(|o| (0, o)).chain((3..5).map(|o| (1, o))).collect();
+    assert_eq!(got, expected, "partition 0 restarts at its low watermark, partition 1 resumes at 3");
+    let resets = reset_counts(&metrics);
+    assert_eq!(resets.get(&(topics.text.clone(), "0".into())), Some(&1), "{resets:?}");
+    assert_eq!(resets.values().filter(|n| **n > 0).count(), 1, "only partition 0 was out of range: {resets:?}");
+    assert_eq!(resets.len(), 6, "every assigned partition has a series: {resets:?}");
+    assert_eq!(
+        consumer.take_offset_resets(),
+        vec![PartitionReset { partition: (topics.text.as_str().into(), 0), from: 1000, to: 0 }]
+    );
+    assert!(consumer.take_offset_resets().is_empty(), "taken once");
+    consumer.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_member_in_the_group_neither_delays_nor_splits_consumption() -> anyhow::Result<()> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let broker = Broker::start()?;
+    let topics = input_topics(&broker, 3).await?;
+    let producer = producer(&broker.brokers())?;
+    for partition in 0..3 {
+        produce_to_partition(&producer, &topics.text, partition, &payloads("m", partition, 10)).await?;
+    }
+    let cfg = config(&broker, &topics);
+    // Another consumer joins the group first and holds it (long session timeout).
+    let other: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("group.id", &cfg.group_id)
+        .set("session.timeout.ms", "45000")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    other.subscribe(&[&topics.text])?;
+    let _ = tokio::time::timeout(Duration::from_secs(10), other.recv()).await;
+
+    let started = std::time::Instant::now();
+    let (tx, mut rx) = mpsc::channel(64);
+    let consumer = KafkaConsumer::start(&cfg, StartOffsets::new(), tx, KafkaMetrics::unregistered(), CancellationToken::new())?;
+    // All partitions, without waiting for any group protocol.
+    let records = recv_n(&mut rx, 30).await?;
+    let took = started.elapsed();
+    assert_exactly_once_in_order(&records);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(consumer.assignment().len(), 9);
+    consumer.shutdown().await;
+    drop(other);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_kind_is_paused_alone_and_the_byte_budget_bounds_the_queue() -> anyhow::Result<()> {
+    let broker = Broker::start()?;
+    let topics = input_topics(&broker, 1).await?;
+    let producer = producer(&broker.brokers())?;
+    let texts: Vec<Vec<u8>> = payloads("text", 0, 200);
+    let images: Vec<Vec<u8>> = (0..40).map(|i| {
+        let mut v = format!("image/0/{i}/").into_bytes();
+        v.resize(1000, b'x');
+        v
+    }).collect();
+    produce_to_partition(&producer, &topics.text, 0, &texts).await?;
+    produce_to_partition(&producer, &topics.image, 0, &images).await?;
+    let cfg = config(&broker, &topics);
+    let (text_tx, mut text_rx) = mpsc::channel(4);
+    let (image_tx, mut image_rx) = mpsc::channel(1000);
+    let (pair_tx, _pair_rx) = mpsc::channel(4);
+    // 5,000 bytes per kind: five images.
+    let budget = QueueBudget::new(15_000);
+    let lanes = Lanes { senders: [text_tx, image_tx, pair_tx], budget: Some(budget.clone()) };
+    let consumer = KafkaConsumer::start_lanes(&cfg, StartOffsets::new(), lanes, KafkaMetrics::unregistered(), CancellationToken::new())?;
+
+    // Texts are not read: their queue fills and only texts are paused; images still flow,
+    // up to the byte budget.
+    let first = recv_n(&mut image_rx, 5).await?;
+    assert!(eventually(WAIT, || consumer.is_kind_paused(RecordKind::Text)).await, "the full text queue pauses texts");
+    assert!(eventually(WAIT, || consumer.is_kind_paused(RecordKind::Image)).await, "the used-up budget pauses images");
+    assert!(!consumer.is_kind_paused(RecordKind::Pair), "pairs are not paused");
+    assert!(tokio::time::timeout(Duration::from_millis(1500), image_rx.recv()).await.is_err(), "no sixth image within the budget");
+    assert_eq!(budget.bytes(RecordKind::Image), 5_000);
+    // Taking records off releases bytes and brings the rest.
+    let mut got = first;
+    for r in &got {
+        budget.release(RecordKind::Image, r.payload.as_ref().map_or(0, |p| p.len() as u64));
+    }
+    while got.len() < 40 {
+        let r = recv_n(&mut image_rx, 1).await?;
+        budget.release(RecordKind::Image, r[0].payload.as_ref().map_or(0, |p| p.len() as u64));
+        got.extend(r);
+        assert!(budget.bytes(RecordKind::Image) <= 5_000, "queued image bytes within the budget");
+    }
+    assert_exactly_once_in_order(&got);
+    let mut text = Vec::new();
+    while text.len() < 200 {
+        let r = recv_n(&mut text_rx, 1).await?;
+        budget.release(RecordKind::Text, r[0].payload.as_ref().map_or(0, |p| p.len() as u64));
+        text.extend(r);
+    }
+    assert_exactly_once_in_order(&text);
+    for r in &text {
+        assert_eq!(r.payload.as_deref(), Some(format!("text/0/{}", r.pos.offset).as_bytes()));
+    }
+    assert!(eventually(WAIT, || !consumer.is_paused()).await, "resumed once drained");
     consumer.shutdown().await;
     Ok(())
 }

@@ -28,8 +28,10 @@ const RESERVED_OPTIONS: &[&str] = &[
 pub struct KafkaConfig {
     /// Comma-separated bootstrap brokers, `host:port[,host:port...]`. Required, no default.
     pub brokers: String,
-    /// Consumer group id. Offsets committed to this group trail the newest durable checkpoint,
-    /// so lag tools show real progress. unimod expects to be the only member of its group.
+    /// Consumer group id. unimod does not join the group (it assigns itself every partition of
+    /// the three topics); it only commits offsets to it, trailing the newest durable
+    /// checkpoint, so lag tools show real progress. unimod expects to be the group's only
+    /// consumer and warns when the group has active members.
     #[serde(default = "default_group_id")]
     pub group_id: String,
     /// The three input topics; the topic a record comes from decides how it is decoded.
@@ -52,11 +54,17 @@ pub struct KafkaConfig {
     /// `"earliest"` (the oldest retained record) or `"latest"` (only new records).
     #[serde(default)]
     pub auto_offset_reset: OffsetReset,
-    /// Capacity of the queue between the consumer and preprocessing, in records. When it is
-    /// full the consumer pauses its partitions (and keeps polling, so it stays in the group)
-    /// until space frees.
+    /// Capacity of each kind's queue between the consumer and preprocessing, in records (the
+    /// three kinds have a queue each). When a kind's queue is full the consumer pauses that
+    /// kind's partitions (and keeps consuming the others) until half of it is free.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Budget, in bytes, of the raw records (key and value) consumed and not yet through
+    /// preprocessing, all kinds together; each kind may use a third of it. A kind whose share
+    /// is used up is paused (like a full queue) until half of it is free again; one record
+    /// larger than the share still passes, alone.
+    #[serde(default = "default_queue_max_bytes")]
+    pub queue_max_bytes: u64,
     /// How often consumer lag (`unimod_kafka_consumer_lag`) and broker reachability are
     /// refreshed, in seconds.
     #[serde(default = "default_lag_interval_seconds")]
@@ -163,6 +171,9 @@ fn default_queue_capacity() -> usize {
 fn default_dead_letter_retry_seconds() -> f64 {
     60.0
 }
+fn default_queue_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
 fn default_lag_interval_seconds() -> f64 {
     10.0
 }
@@ -184,6 +195,7 @@ impl KafkaConfig {
             dead_letter_retry_seconds: default_dead_letter_retry_seconds(),
             auto_offset_reset: OffsetReset::default(),
             queue_capacity: default_queue_capacity(),
+            queue_max_bytes: default_queue_max_bytes(),
             lag_interval_seconds: default_lag_interval_seconds(),
             health_window_seconds: default_health_window_seconds(),
             request_timeout_seconds: default_request_timeout_seconds(),
@@ -236,6 +248,9 @@ impl KafkaConfig {
         }
         if self.queue_capacity == 0 {
             return Err(ConfigError::new("queue_capacity", "must be at least 1"));
+        }
+        if self.queue_max_bytes < 3 {
+            return Err(ConfigError::new("queue_max_bytes", "must be at least 3 (a byte per kind)"));
         }
         positive_seconds("lag_interval_seconds", self.lag_interval_seconds)?;
         positive_seconds("dead_letter_retry_seconds", self.dead_letter_retry_seconds)?;
@@ -374,6 +389,7 @@ mod tests {
         check(&|c| c.dead_letter_topic = Some("unimo.text".into()), "dead_letter_topic");
         check(&|c| c.dead_letter_topic = Some("..".into()), "dead_letter_topic");
         check(&|c| c.queue_capacity = 0, "queue_capacity");
+        check(&|c| c.queue_max_bytes = 0, "queue_max_bytes");
         check(&|c| c.lag_interval_seconds = 0.0, "lag_interval_seconds");
         check(&|c| c.health_window_seconds = f64::NAN, "health_window_seconds");
         check(&|c| c.request_timeout_seconds = -1.0, "request_timeout_seconds");

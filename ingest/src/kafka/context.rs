@@ -1,23 +1,20 @@
-//! The librdkafka callbacks of the unimod consumer: where each assigned partition starts,
-//! what happens on revocation, and how client errors feed broker health.
+//! The state the unimod consumer shares between its poll loop, its monitor and its handle,
+//! and the librdkafka callbacks (logs and client errors feed broker health).
 //!
-//! Start offsets belong to the owner of durable state (the newest checkpoint). On every
-//! assignment each partition is positioned explicitly, never at the group's committed offset:
-//! at the next offset this process has not yet received if it already read from the partition
-//! (a revoke/assign cycle mid-run must neither skip nor repeat records still in the
-//! pipeline), else at the checkpoint's offset, else per `auto_offset_reset`.
+//! The consumer does not join its group: it assigns the partitions of the three topics itself
+//! (see [`super::consumer`]), each at the checkpoint's offset or per `auto_offset_reset`,
+//! never at the group's committed offset. The group only receives commits, for lag tools.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
-use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::broadcast;
 
 use super::config::OffsetReset;
@@ -35,10 +32,33 @@ pub enum RebalanceEvent {
     /// These partitions were assigned, each starting at the given offset
     /// (`None`: per `auto_offset_reset`).
     Assigned(Vec<(TopicPartition, Option<i64>)>),
-    /// These partitions were revoked.
+    /// These partitions were revoked (never sent: the consumer assigns partitions itself and
+    /// keeps them; kept for callers that match on it).
     Revoked(Vec<TopicPartition>),
-    /// The group coordinator reported a rebalance error; the assignment was dropped.
+    /// Assigning partitions failed.
     Failed(String),
+}
+
+/// A partition whose offset was outside the broker's range: consumption restarted at `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReset {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// The offset that was out of range (stored in the checkpoint, or expected next).
+    pub from: i64,
+    /// Where consumption restarted.
+    pub to: i64,
+}
+
+/// Offset resets for the owner of the offsets, oldest first; cloning shares them.
+#[derive(Debug, Clone, Default)]
+pub struct ResetFeed(Arc<Mutex<Vec<PartitionReset>>>);
+
+impl ResetFeed {
+    /// Takes the resets noted since the last call.
+    pub fn take(&self) -> Vec<PartitionReset> {
+        std::mem::take(&mut *self.0.lock())
+    }
 }
 
 /// State shared by the poll loop, the lag monitor, the public handle and the callbacks.
@@ -51,10 +71,24 @@ pub(crate) struct ConsumerShared {
     pub positions: Mutex<HashMap<TopicPartition, i64>>,
     /// Partitions currently assigned.
     pub assignment: Mutex<BTreeSet<TopicPartition>>,
-    /// Whether the poll loop has paused consumption because downstream is full.
-    pub paused: AtomicBool,
-    /// Number of times partitions were revoked.
+    /// Per kind (text, image, pair): whether the poll loop has paused that kind's partitions
+    /// because its queue is full.
+    pub paused: [AtomicBool; 3],
+    /// Number of times partitions were revoked (always 0: nothing revokes them).
     pub revocations: AtomicU64,
+    /// High watermark per partition at the last refresh.
+    pub highs: Mutex<HashMap<TopicPartition, i64>>,
+    /// Whether a refresh has read the watermarks of every assigned partition.
+    pub backlog_known: AtomicBool,
+    /// Forward jumps seen by the poll loop (partition, expected offset, received offset),
+    /// checked against the low watermark by the monitor.
+    pub gaps: Mutex<Vec<(TopicPartition, i64, i64)>>,
+    /// Offset resets not yet taken by [`KafkaConsumer::take_offset_resets`](super::KafkaConsumer::take_offset_resets).
+    pub resets: ResetFeed,
+    /// Resets already logged (partition, out-of-range offset): each is logged once.
+    pub resets_logged: Mutex<HashSet<(TopicPartition, i64)>>,
+    /// Input topics reported missing (logged once each).
+    pub missing_topics: Mutex<HashSet<String>>,
     /// Where partitions without a known position start.
     pub reset: OffsetReset,
     /// Rebalance notifications (bounded; slow receivers miss old events).
@@ -71,28 +105,24 @@ impl ConsumerShared {
         self.topics.get(topic).cloned()
     }
 
-    /// Where a newly assigned partition starts.
-    fn start_offset(&self, partition: &TopicPartition) -> Offset {
-        match self.positions.lock().get(partition) {
-            Some(&offset) if offset >= 0 => Offset::Offset(offset),
-            _ => match self.reset {
-                OffsetReset::Earliest => Offset::Beginning,
-                OffsetReset::Latest => Offset::End,
-            },
+    /// A partition's offset `from` was outside the broker's range (`low..=high`, when known)
+    /// and consumption restarted at `to`: counts it, logs it once, and queues it for
+    /// [`KafkaConsumer::take_offset_resets`](super::KafkaConsumer::take_offset_resets).
+    pub fn note_reset(&self, partition: &TopicPartition, from: i64, to: i64, range: Option<(i64, i64)>) {
+        self.metrics.count_reset(&partition.0, partition.1);
+        if self.resets_logged.lock().insert((partition.clone(), from)) {
+            let (low, high) = range.map_or((None, None), |(l, h)| (Some(l), Some(h)));
+            tracing::warn!(
+                topic = %partition.0,
+                partition = partition.1,
+                offset = from,
+                low_watermark = low,
+                high_watermark = high,
+                restart_at = to,
+                "partition offset outside the broker's range (topic recreated or truncated?); consuming from restart_at per kafka.auto_offset_reset"
+            );
         }
-    }
-
-    fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<TopicPartition> {
-        tpl.elements()
-            .iter()
-            .map(|elem| {
-                let topic = self
-                    .intern(elem.topic())
-                    .map(|(_, name)| name)
-                    .unwrap_or_else(|| Arc::from(elem.topic()));
-                (topic, elem.partition())
-            })
-            .collect()
+        self.resets.0.lock().push(PartitionReset { partition: partition.clone(), from, to });
     }
 }
 
@@ -127,95 +157,6 @@ impl ClientContext for IngestContext {
     }
 }
 
-impl ConsumerContext for IngestContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.assign(consumer, tpl, cooperative)
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.revoke(consumer, tpl, cooperative)
-            }
-            other => {
-                let code: RDKafkaErrorCode = other.into();
-                tracing::error!(error = %code, "Kafka rebalance failed; dropping the assignment");
-                // Same as librdkafka's default handler: forget the whole assignment.
-                if let Err(error) = consumer.unassign() {
-                    tracing::error!(%error, "unassign after a failed rebalance failed");
-                }
-                self.forget(&self.shared.assignment.lock().iter().cloned().collect::<Vec<_>>());
-                self.shared.assignment.lock().clear();
-                let _ = self.shared.events.send(RebalanceEvent::Failed(code.to_string()));
-            }
-        }
-    }
-}
-
-impl IngestContext {
-    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList, cooperative: bool) {
-        let partitions = self.shared.partitions_of(tpl);
-        let mut assigned = Vec::with_capacity(partitions.len());
-        for partition in &partitions {
-            let offset = self.shared.start_offset(partition);
-            if let Err(error) = tpl.set_partition_offset(&partition.0, partition.1, offset) {
-                tracing::error!(%error, topic = %partition.0, partition = partition.1, "cannot set start offset");
-            }
-            assigned.push((partition.clone(), offset.to_raw().filter(|o| *o >= 0)));
-        }
-        let result = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
-        if let Err(error) = result {
-            tracing::error!(%error, "assigning partitions failed");
-            let _ = self.shared.events.send(RebalanceEvent::Failed(error.to_string()));
-            return;
-        }
-        // Partitions assigned while downstream is full start paused, like the others.
-        if self.shared.paused.load(Ordering::SeqCst) {
-            if let Err(error) = consumer.pause(tpl) {
-                tracing::warn!(%error, "pausing newly assigned partitions failed");
-            }
-        }
-        {
-            let mut assignment = self.shared.assignment.lock();
-            if !cooperative {
-                assignment.clear();
-            }
-            assignment.extend(partitions.iter().cloned());
-        }
-        for ((topic, partition), offset) in &assigned {
-            tracing::info!(%topic, partition, start = ?offset, "partition assigned");
-        }
-        let _ = self.shared.events.send(RebalanceEvent::Assigned(assigned));
-    }
-
-    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, cooperative: bool) {
-        let partitions = self.shared.partitions_of(tpl);
-        let result = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
-        if let Err(error) = result {
-            tracing::error!(%error, "unassigning revoked partitions failed");
-        }
-        {
-            let mut assignment = self.shared.assignment.lock();
-            for partition in &partitions {
-                assignment.remove(partition);
-            }
-        }
-        self.forget(&partitions);
-        self.shared.revocations.fetch_add(1, Ordering::SeqCst);
-        for (topic, partition) in &partitions {
-            tracing::info!(%topic, partition, "partition revoked");
-        }
-        let _ = self.shared.events.send(RebalanceEvent::Revoked(partitions));
-    }
-
-    fn forget(&self, partitions: &[TopicPartition]) {
-        for (topic, partition) in partitions {
-            self.shared.metrics.forget_partition(topic, *partition);
-        }
-    }
-}
+/// No group membership: partitions are assigned by the consumer itself, so librdkafka never
+/// calls the rebalance callback.
+impl ConsumerContext for IngestContext {}

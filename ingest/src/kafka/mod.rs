@@ -10,10 +10,13 @@
 //! let consumer = KafkaConsumer::start(&cfg, start_offsets /* HashMap<(String,i32),i64> from the
 //!                                    checkpoint */, tx, metrics, cancel.child_token())?;
 //! // rx yields RawRecord in partition order; when it is full the consumer pauses (and resumes).
+//! // Or one channel per kind plus a byte budget (each kind paused on its own):
+//! // KafkaConsumer::start_lanes(&cfg, start_offsets, Lanes { senders, budget }, metrics, cancel)
 //! consumer.connected()                          // bool for /readyz
 //! consumer.commit(&[(topic, partition, next_offset)]).await?   // only after a durable checkpoint
-//! consumer.rebalance_events() / assignment() / revocations() / is_paused() / position(t, p)
-//! consumer.shutdown().await;                    // leaves the group, closes the client
+//! consumer.rebalance_events() / assignment() / is_paused() / position(t, p) / waiting_in_kafka(kind)
+//! consumer.take_offset_resets()                 // partitions restarted after an out-of-range offset
+//! consumer.shutdown().await;                    // closes the client
 //!
 //! let dlq = DeadLetterProducer::new(&cfg)?;     // Ok(None) when dead_letter_topic is not set
 //! dlq.send(&raw_record, reason, detail).await?; // awaits the broker's ack
@@ -22,9 +25,9 @@
 //! bootstrap_texts(&cfg, max_records, timeout).await?   // Vec<Vec<u8>> of text + pair payloads
 //! ```
 //!
-//! Partitions start where the checkpoint says (or per `auto_offset_reset`), never at the
-//! group's committed offsets; after a revoke/assign cycle mid-run a partition resumes right
-//! after the last record this process received.
+//! The consumer assigns itself every partition of the three topics (no group membership, so
+//! no rebalance wait after a crash); partitions start where the checkpoint says (or per
+//! `auto_offset_reset`), never at the group's committed offsets.
 
 pub mod bootstrap;
 pub mod config;
@@ -35,13 +38,15 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod produce;
+pub mod queue;
 
 pub use bootstrap::{bootstrap_texts, BootstrapError};
 pub use config::{ConfigError, KafkaConfig, OffsetReset, TopicsConfig};
-pub use consumer::{KafkaConsumer, StartOffsets};
-pub use context::{RebalanceEvent, TopicPartition};
+pub use consumer::{KafkaConsumer, Lanes, StartOffsets};
+pub use context::{PartitionReset, RebalanceEvent, ResetFeed, TopicPartition};
 pub use dead_letter::{CopyOutcome, DeadLetterProducer, TopicCheck, HEADER_ERROR, HEADER_VALUE_DROPPED, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
 pub use error::{BadLine, ConsumerError, DeadLetterError, ProduceError};
 pub use health::{BrokerHealth, HealthSnapshot};
-pub use metrics::{KafkaMetrics, CONSUMER_LAG};
+pub use metrics::{KafkaMetrics, CONSUMER_LAG, OFFSET_RESETS, RECORDS_PENDING};
+pub use queue::QueueBudget;
 pub use produce::{produce, ProduceProgress, ProduceRequest, ProduceSummary};

@@ -3,6 +3,7 @@
 
 mod faults;
 mod harness;
+mod restarts;
 
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
