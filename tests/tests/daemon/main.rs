@@ -1,6 +1,7 @@
 //! End-to-end tests of `unimod run` and its inspection commands: the real binary against a
 //! real Kafka-protocol broker (tansu, sqlite storage), with the synthetic multimodal stream.
 
+mod gpu;
 mod harness;
 
 use std::os::unix::net::UnixDatagram;
