@@ -5,7 +5,9 @@
 #   - Debian packages: build-essential, cmake, pkg-config, libcurl4-openssl-dev, libssl-dev
 #     (librdkafka is built from source by rdkafka's cmake-build), curl, git, ca-certificates,
 #     python3, prometheus (promtool, used by ops/check.sh), systemd (systemd-analyze, used by
-#     ops/check.sh; skipped where the package is not available);
+#     ops/check.sh; skipped where the package is not available), mesa-vulkan-drivers and
+#     libvulkan1 (Mesa's software Vulkan driver, llvmpipe: the wgpu backend's tests run on it
+#     without a GPU);
 #   - Rust (rustup, stable toolchain) when `cargo` is missing;
 #   - the tansu Kafka-protocol broker (`cargo install tansu --locked --features libsql`, for
 #     its sqlite storage engine) when no working `tansu` is on the PATH and TANSU_BIN is unset.
@@ -26,7 +28,7 @@ fi
 
 # Debian packages ------------------------------------------------------------------------
 packages=(build-essential cmake pkg-config libcurl4-openssl-dev libssl-dev curl git
-          ca-certificates python3 prometheus systemd)
+          ca-certificates python3 prometheus systemd mesa-vulkan-drivers libvulkan1)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

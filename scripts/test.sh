@@ -5,7 +5,8 @@
 #
 #   scripts/test.sh [extra cargo test arguments]
 #
-# Environment: TANSU_BIN (the broker binary, default: tansu on the PATH), CARGO_TARGET_DIR.
+# Environment: TANSU_BIN (the broker binary, default: tansu on the PATH), CARGO_TARGET_DIR,
+# UNIMOD_TEST_WGPU=0 (skip the wgpu tests; CI runs them).
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -48,5 +49,35 @@ if command -v prometheus >/dev/null 2>&1; then
     ops/test-live-prometheus.sh --daemon
 else
     echo "test.sh: prometheus not installed; skipping the live-Prometheus test" >&2
+fi
+# The GPU code path on any machine (issue 8): the wgpu backend (CubeCL, fusion, autotune) on
+# Mesa's software Vulkan driver (llvmpipe) when there is no GPU. Builds only what it needs:
+# the model's wgpu test and the daemon binary with the `wgpu` feature (copied aside, so the
+# plain binary stays what the other tests use).
+if [[ ${UNIMOD_TEST_WGPU:-1} != 0 ]]; then
+    wgpu_start=$SECONDS
+    if ! ls /usr/lib/libvulkan.so.1 /usr/lib/*/libvulkan.so.1 /usr/lib64/libvulkan.so.1 2>/dev/null | grep -q .; then
+        printf 'test.sh: libvulkan.so.1 missing: run scripts/install-deps.sh (mesa-vulkan-drivers libvulkan1), or UNIMOD_TEST_WGPU=0\n' >&2
+        exit 2
+    fi
+    # The Vulkan loader and Mesa want a runtime directory.
+    if [[ -z ${XDG_RUNTIME_DIR:-} || ! -d ${XDG_RUNTIME_DIR:-} ]]; then
+        XDG_RUNTIME_DIR=$(mktemp -d)
+        export XDG_RUNTIME_DIR
+    fi
+    echo "test.sh: cargo test -p unimod-model --features wgpu --test wgpu"
+    cargo test --locked -p unimod-model --features wgpu --test wgpu
+    echo "test.sh: cargo build -p unimod --features wgpu --bin unimod"
+    cargo build --locked -p unimod --features wgpu --bin unimod
+    target_dir=${CARGO_TARGET_DIR:-target}
+    cp "$target_dir/debug/unimod" "$target_dir/debug/unimod-wgpu"
+    echo "test.sh: e2e: unimod run on wgpu, 30 steps"
+    UNIMOD_BIN="$PWD/$target_dir/debug/unimod-wgpu"
+    [[ $target_dir == /* ]] && UNIMOD_BIN="$target_dir/debug/unimod-wgpu"
+    UNIMOD_BIN=$UNIMOD_BIN cargo test --locked -p unimod-e2e --test daemon -- --ignored --exact \
+        gpu::wgpu_daemon_trains_30_steps_with_a_falling_loss --nocapture
+    # Put the plain binary back for whoever runs target/debug/unimod next.
+    cargo build --locked -p unimod --bin unimod
+    echo "test.sh: wgpu tests passed in $((SECONDS - wgpu_start)) s"
 fi
 echo "test.sh: all tests passed in $((SECONDS - start)) s"

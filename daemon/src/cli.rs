@@ -97,6 +97,19 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 /// `unimod check-config`.
 pub fn check_config(path: &Path) -> Result<(), CliError> {
     let config = load_config(path)?;
+    // A GPU device: is its adapter here? (The build was checked by `load_config`.)
+    let device = crate::config::parse_device(&config.train.device).map_err(CliError::usage)?;
+    if device != crate::config::DeviceChoice::Cpu {
+        match unimod_model::backend::probe(device) {
+            Ok(adapter) => eprintln!("unimod: train.device = {:?}: adapter present: {}", config.train.device, adapter.name),
+            Err(e) => {
+                return Err(CliError::usage(format!(
+                    "config error: train.device = {:?}: no usable adapter: {e}",
+                    config.train.device
+                )))
+            }
+        }
+    }
     print!("{}", config.to_toml());
     Ok(())
 }

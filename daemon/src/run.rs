@@ -93,19 +93,14 @@ enum SessionEnd {
 /// Runs the daemon until `shutdown` is cancelled (then drains) or a bound is reached.
 pub async fn run(config: Config, opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let device = parse_device(&config.train.device).map_err(|e| StartupError(format!("train.device: {e}")))?;
-    let backend = match device {
-        DeviceChoice::Cpu => "ndarray",
-        DeviceChoice::Cuda(_) => "cuda",
-    };
-    #[cfg(not(feature = "cuda"))]
-    if matches!(device, DeviceChoice::Cuda(_)) {
-        return Err(StartupError(
-            "train.device: CUDA requested but this binary was built without the `cuda` feature".into(),
-        )
-        .into());
-    }
+    let backend = device.backend();
+    // The adapter, before anything else touches the device: a build without the backend, or
+    // a machine without the adapter, stops here with one line naming the key.
+    let adapter = unimod_model::backend::probe(device)
+        .map_err(|e| StartupError(format!("train.device = {:?}: {e}", config.train.device)))?;
+    tracing::info!(device = %device, backend, fusion = device.fusion(), adapter = %adapter.name, "training device");
     let registry = Registry::new();
-    let metrics = Metrics::register(&registry, backend).context("registering metrics")?;
+    let metrics = Metrics::register(&registry, backend, device.fusion()).context("registering metrics")?;
     let ingest_metrics = IngestMetrics::new(&registry).context("registering ingest metrics")?;
     let kafka_metrics = KafkaMetrics::register(&registry).context("registering Kafka metrics")?;
     let health = Arc::new(Health::default());
@@ -150,20 +145,19 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: CancellationToken) 
     let mut last_rollback: Option<Option<u64>> = None;
     let result = loop {
         let end = match device {
-            DeviceChoice::Cpu => {
-                session::<burn::backend::Autodiff<burn::backend::NdArray>>(&shared, Default::default(), &shutdown).await
-            }
+            DeviceChoice::Cpu => session::<unimod_model::CpuBackend>(&shared, Default::default(), &shutdown).await,
             #[cfg(feature = "cuda")]
-            DeviceChoice::Cuda(n) => {
-                session::<burn::backend::Autodiff<burn::backend::Cuda>>(
-                    &shared,
-                    burn::backend::cuda::CudaDevice::new(n),
-                    &shutdown,
-                )
-                .await
+            DeviceChoice::Cuda(_) => {
+                let dev = device.cuda().expect("a CUDA device");
+                session::<unimod_model::backend::CudaBackend>(&shared, dev, &shutdown).await
             }
-            #[cfg(not(feature = "cuda"))]
-            DeviceChoice::Cuda(_) => unreachable!("rejected above"),
+            #[cfg(feature = "wgpu")]
+            DeviceChoice::Wgpu(_) => {
+                let dev = device.wgpu().expect("a wgpu device");
+                session::<unimod_model::backend::WgpuBackend>(&shared, dev, &shutdown).await
+            }
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("probe rejects a device this build lacks"),
         };
         match end {
             Ok(SessionEnd::Rollback { from, offsets }) if !shutdown.is_cancelled() => {
@@ -264,6 +258,11 @@ fn train_settings(config: &Config) -> TrainSettings {
         weight_decay: t.weight_decay,
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,
+        // The JIT backends compile per shape: pad row and target counts to a few sizes.
+        shape_policy: match parse_device(&t.device) {
+            Ok(DeviceChoice::Cpu) | Err(_) => unimod_model::ShapePolicy::Tight,
+            Ok(_) => unimod_model::ShapePolicy::Static,
+        },
         ..TrainSettings::default()
     }
 }

@@ -41,7 +41,9 @@ pub const REPLAY_BUFFER_ITEMS: &str = "unimod_replay_buffer_items";
 pub const NONFINITE_STEPS_TOTAL: &str = "unimod_nonfinite_steps_total";
 /// `unimod_rollbacks_total`.
 pub const ROLLBACKS_TOTAL: &str = "unimod_rollbacks_total";
-/// `unimod_build_info{version, backend}`.
+/// `unimod_train_shape_signatures`.
+pub const TRAIN_SHAPE_SIGNATURES: &str = "unimod_train_shape_signatures";
+/// `unimod_build_info{version, backend, fusion}`.
 pub const BUILD_INFO: &str = "unimod_build_info";
 /// `unimod_ready`.
 pub const READY: &str = "unimod_ready";
@@ -104,11 +106,13 @@ pub struct Metrics {
     pub dead_letter_value_dropped: IntCounterVec,
     /// Consecutive failed checkpoint writes (0 after a success).
     pub checkpoint_failures_in_row: IntGauge,
+    /// Distinct shape signatures of training steps so far (this process).
+    pub shape_signatures: IntGauge,
 }
 
 impl Metrics {
     /// Registers every daemon metric on `registry`.
-    pub fn register(registry: &Registry, backend: &str) -> prometheus::Result<Self> {
+    pub fn register(registry: &Registry, backend: &str, fusion: bool) -> prometheus::Result<Self> {
         let records = IntCounterVec::new(
             Opts::new(RECORDS_TOTAL, "Fresh records by kind and outcome (trained, rejected)"),
             &["kind", "outcome"],
@@ -148,7 +152,11 @@ impl Metrics {
         let trainer_queue = IntGauge::new(TRAINER_QUEUE_ITEMS, "Records waiting for the trainer")?;
         let build_info = IntGaugeVec::new(
             Opts::new(BUILD_INFO, "Build information; always 1"),
-            &["version", "backend"],
+            &["version", "backend", "fusion"],
+        )?;
+        let shape_signatures = IntGauge::new(
+            TRAIN_SHAPE_SIGNATURES,
+            "Distinct tensor-shape signatures of training steps seen by this process (each new one is a kernel compile on a GPU backend)",
         )?;
         let dead_letter_failures = IntCounterVec::new(
             Opts::new(DEAD_LETTER_FAILURES_TOTAL, "Rejected records finished without any dead-letter copy, by reason"),
@@ -184,10 +192,13 @@ impl Metrics {
             Box::new(ready.clone()),
             Box::new(trainer_queue.clone()),
             Box::new(build_info.clone()),
+            Box::new(shape_signatures.clone()),
         ] {
             registry.register(c)?;
         }
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), backend]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), backend, if fusion { "true" } else { "false" }])
+            .set(1);
         // Series that exist from the start, so dashboards and alerts see zeros, not gaps.
         for kind in ["text", "image", "pair"] {
             for outcome in ["trained", "rejected"] {
@@ -222,6 +233,7 @@ impl Metrics {
             dead_letter_failures,
             dead_letter_value_dropped,
             checkpoint_failures_in_row,
+            shape_signatures,
         })
     }
 }

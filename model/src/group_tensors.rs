@@ -7,7 +7,8 @@ use burn::tensor::TensorData;
 use crate::attention_mask::{full_bias, padding_bias, MaskKind, MaskRow};
 use crate::config::ModelConfig;
 use crate::plan::Group;
-use crate::settings::{bucket_len, TrainSettings};
+use crate::layout::GroupShape;
+use crate::settings::TrainSettings;
 
 /// Padded tensors of one encoder call.
 #[derive(Debug, Clone)]
@@ -25,25 +26,22 @@ pub struct GroupTensors<B: Backend> {
     /// Visual locations, `[rows, n, 5]`.
     pub locations: Option<Tensor<B, 3>>,
     mask_rows: Vec<MaskRow>,
+    full_mask: bool,
     device: B::Device,
 }
 
 impl<B: Backend> GroupTensors<B> {
     /// Pads `group` to bucketed lengths and uploads it to `device`.
     pub fn new(group: &Group, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Self {
-        let rows = group.rows();
-        let max_t = group.texts.iter().map(Vec::len).max().unwrap_or(0);
-        let max_n = group.images.iter().map(|i| i.rows()).max().unwrap_or(0);
-        let t = if group.texts.is_empty() {
-            0
-        } else {
-            bucket_len(&settings.text_buckets, max_t, config.max_text_len)
-        };
-        let n = if group.images.is_empty() {
-            0
-        } else {
-            bucket_len(&settings.object_buckets, max_n, config.max_objects)
-        };
+        Self::with_shape(group, GroupShape::of(group, config, settings), config, device)
+    }
+
+    /// Pads `group` to `shape` (which must hold it: at least its rows and lengths) and
+    /// uploads it. Padding rows hold one visible pad token and/or one zero visual row, so
+    /// that every row attends to something; nothing reads their outputs.
+    pub fn with_shape(group: &Group, shape: GroupShape, config: &ModelConfig, device: &B::Device) -> Self {
+        let GroupShape { rows, n, t, full_mask } = shape;
+        debug_assert!(rows >= group.rows(), "{rows} < {}", group.rows());
         let ids = (t > 0).then(|| {
             let mut data = vec![config.special.pad as i64; rows * t];
             for (r, text) in group.texts.iter().enumerate() {
@@ -71,6 +69,15 @@ impl<B: Backend> GroupTensors<B> {
         } else {
             (None, None)
         };
+        let mut mask_rows = group.mask_rows();
+        mask_rows.resize(
+            rows,
+            MaskRow {
+                visual: usize::from(n > 0),
+                text: usize::from(t > 0),
+                kind: MaskKind::Bidirectional,
+            },
+        );
         Self {
             rows,
             n,
@@ -78,7 +85,8 @@ impl<B: Backend> GroupTensors<B> {
             ids,
             features,
             locations,
-            mask_rows: group.mask_rows(),
+            mask_rows,
+            full_mask,
             device: device.clone(),
         }
     }
@@ -86,13 +94,13 @@ impl<B: Backend> GroupTensors<B> {
     /// Attention bias over the joint sequence `[visual; text]`: `[rows, 1, 1, n + t]` when
     /// every row is bidirectional, `[rows, 1, n + t, n + t]` otherwise.
     pub fn joint_bias(&self) -> Tensor<B, 4> {
-        self.bias_of(&self.mask_rows, self.n, self.t)
+        self.bias_of(&self.mask_rows, self.n, self.t, self.full_mask)
     }
 
     /// Self-attention bias of the text part alone (ViLBERT's text stream).
     pub fn text_bias(&self) -> Tensor<B, 4> {
         let rows: Vec<MaskRow> = self.mask_rows.iter().map(|r| MaskRow { visual: 0, ..*r }).collect();
-        self.bias_of(&rows, 0, self.t)
+        self.bias_of(&rows, 0, self.t, self.full_mask)
     }
 
     /// Key-padding bias of the visual part alone, `[rows, 1, 1, n]`.
@@ -106,7 +114,7 @@ impl<B: Backend> GroupTensors<B> {
                 ..*r
             })
             .collect();
-        self.bias_of(&rows, self.n, 0)
+        self.bias_of(&rows, self.n, 0, false)
     }
 
     /// Key-padding bias of the text part alone, `[rows, 1, 1, t]`.
@@ -120,13 +128,16 @@ impl<B: Backend> GroupTensors<B> {
                 ..*r
             })
             .collect();
-        self.bias_of(&rows, 0, self.t)
+        self.bias_of(&rows, 0, self.t, false)
     }
 
-    fn bias_of(&self, rows: &[MaskRow], n: usize, t: usize) -> Tensor<B, 4> {
+    /// `[rows, 1, 1, l]` key-padding bias, or `[rows, 1, l, l]` when `full` (one shape per
+    /// group shape, whatever the rows' rules).
+    fn bias_of(&self, rows: &[MaskRow], n: usize, t: usize, full: bool) -> Tensor<B, 4> {
         let l = n + t;
         let b = rows.len();
-        if rows.iter().all(|r| r.kind == MaskKind::Bidirectional) {
+        if !full {
+            debug_assert!(rows.iter().all(|r| r.kind == MaskKind::Bidirectional));
             let data = padding_bias(rows, n, t);
             Tensor::<B, 2>::from_data(TensorData::new(data, [b, l]), &self.device).reshape([b, 1, 1, l])
         } else {

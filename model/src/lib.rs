@@ -8,6 +8,7 @@
 //! alignment prediction) for retrieval. Nothing here knows about Kafka or storage.
 
 pub mod attention_mask;
+pub mod backend;
 pub mod config;
 pub mod error;
 pub mod generate;
@@ -15,6 +16,7 @@ pub mod example;
 pub mod export;
 pub mod group_tensors;
 pub mod heads;
+pub mod layout;
 pub mod masking;
 pub mod model;
 pub mod nn;
@@ -22,6 +24,7 @@ pub mod objectives;
 pub mod optimizer;
 pub mod plan;
 pub mod positives;
+pub mod readback;
 pub mod retrieval;
 pub mod settings;
 pub mod trainer;
@@ -33,8 +36,8 @@ pub use error::ModelError;
 pub use generate::{DecodeOptions, Generated, Inference};
 pub use example::{Example, ExampleKind, VisualInput};
 pub use retrieval::cosine_top_k;
+pub use layout::ShapePolicy;
 pub use settings::TrainSettings;
 pub use trainer::{StepReport, Trainer, TrainerState};
 
-/// The CPU training backend the daemon uses by default.
-pub type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray>;
+pub use backend::CpuBackend;

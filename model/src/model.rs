@@ -7,6 +7,7 @@ use burn::tensor::TensorData;
 
 use crate::config::{Arch, ModelConfig, Objective};
 use crate::group_tensors::{Encoded, GroupTensors};
+use crate::layout::Layout;
 use crate::heads::Heads;
 use crate::objectives::{contrastive, matching, region, token};
 use crate::plan::{Plan, Slot, JOINT};
@@ -90,9 +91,20 @@ impl<B: Backend> PretrainModel<B> {
         settings: &TrainSettings,
         device: &B::Device,
     ) -> [Option<Encoded<B>>; 3] {
+        self.encode_layout(plan, &Layout::tight(plan, config, settings), config, device)
+    }
+
+    /// Encodes the groups of `plan` padded to `layout` (a group of 0 rows is skipped).
+    pub fn encode_layout(
+        &self,
+        plan: &Plan,
+        layout: &Layout,
+        config: &ModelConfig,
+        device: &B::Device,
+    ) -> [Option<Encoded<B>>; 3] {
         let enc = |g: usize| {
-            let group = &plan.groups[g];
-            (group.rows() > 0).then(|| self.encode(&GroupTensors::new(group, config, settings, device)))
+            let shape = layout.groups[g];
+            (shape.rows > 0).then(|| self.encode(&GroupTensors::with_shape(&plan.groups[g], shape, config, device)))
         };
         [enc(0), enc(1), enc(2)]
     }
@@ -105,108 +117,151 @@ impl<B: Backend> PretrainModel<B> {
         settings: &TrainSettings,
         device: &B::Device,
     ) -> Vec<ObjectiveLoss<B>> {
-        let encoded = self.encode_plan(plan, config, settings, device);
+        self.losses_in(plan, &Layout::tight(plan, config, settings), config, device)
+    }
+
+    /// The losses of `plan` computed at the sizes of `layout` (which holds the plan): one
+    /// entry per objective the layout computes, in reporting order, each the mean over the
+    /// plan's real targets (padding is masked out; 0 when the plan has none).
+    pub fn losses_in(&self, plan: &Plan, layout: &Layout, config: &ModelConfig, device: &B::Device) -> Vec<ObjectiveLoss<B>> {
+        let encoded = self.encode_layout(plan, layout, config, device);
+        let flat = Flat::new(&encoded);
         let mut out = Vec::new();
         let int = |v: Vec<i64>| {
             let n = v.len();
             Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), device)
         };
-        for (objective, targets) in [
-            (Objective::Mlm, &plan.mlm),
-            (Objective::Seq2seq, &plan.seq2seq),
-            (Objective::Caption, &plan.caption),
+        let float = |v: Vec<f32>| {
+            let n = v.len();
+            Tensor::<B, 1>::from_data(TensorData::new(v, [n]), device)
+        };
+        let ones_then_zeros = |real: usize, padded: usize| {
+            let mut w = vec![0.0f32; padded];
+            w[..real].fill(1.0);
+            w
+        };
+        for (objective, targets, padded) in [
+            (Objective::Mlm, &plan.mlm, layout.mlm),
+            (Objective::Seq2seq, &plan.seq2seq, layout.seq2seq),
+            (Objective::Caption, &plan.caption, layout.caption),
         ] {
-            if targets.is_empty() {
+            if padded == 0 {
                 continue;
             }
             let slots: Vec<Slot> = targets.iter().map(|t| t.slot).collect();
-            let (hidden, order) = gather(&encoded, &slots, Part::Text);
-            let labels: Vec<i64> = order.iter().map(|&i| targets[i].label as i64).collect();
+            let hidden = flat.gather(&slots, padded, Part::Text, device);
+            let mut labels = vec![0i64; padded];
+            for (l, t) in labels.iter_mut().zip(targets.iter()) {
+                *l = t.label as i64;
+            }
             let logits = self.heads.token_logits(hidden, self.word_weight());
             out.push(ObjectiveLoss {
                 objective,
-                loss: token::cross_entropy(logits, int(labels)),
+                loss: token::masked_cross_entropy(logits, int(labels), float(ones_then_zeros(targets.len(), padded)), targets.len()),
                 count: targets.len(),
             });
         }
-        if !plan.mrm.is_empty() {
+        if layout.mrm > 0 {
+            let r = layout.mrm;
+            let real = plan.mrm.len();
             let slots: Vec<Slot> = plan.mrm.iter().map(|t| t.slot).collect();
-            let (hidden, order) = gather(&encoded, &slots, Part::Visual);
+            let hidden = flat.gather(&slots, r, Part::Visual, device);
             let f = config.feature_dim;
-            let r = order.len();
-            let target: Vec<f32> = order.iter().flat_map(|&i| plan.mrm[i].feature.iter().copied()).collect();
+            let mut target = vec![0.0f32; r * f];
+            for (k, t) in plan.mrm.iter().enumerate() {
+                target[k * f..(k + 1) * f].copy_from_slice(&t.feature);
+            }
             let target = Tensor::<B, 2>::from_data(TensorData::new(target, [r, f]), device);
-            let mut loss = region::regression(self.heads.region_features(hidden.clone()), target);
-            let with_classes: Vec<usize> = (0..r).filter(|&k| plan.mrm[order[k]].classes.is_some()).collect();
-            if !with_classes.is_empty() {
+            let weights = float(ones_then_zeros(real, r));
+            let mut loss = region::masked_regression(self.heads.region_features(hidden.clone()), target, weights, real);
+            if layout.mrm_classes {
                 if let Some(logits) = self.heads.region_class_logits(hidden) {
+                    // Rows without a class distribution (and padding) get a zero target: they
+                    // add nothing to `sum p log q`.
                     let c = config.region_classes;
-                    let mut probs = Vec::with_capacity(with_classes.len() * c);
-                    for &k in &with_classes {
-                        probs.extend(plan.mrm[order[k]].classes.iter().flatten().copied());
+                    let mut probs = vec![0.0f32; r * c];
+                    let mut with_classes = 0;
+                    for (k, t) in plan.mrm.iter().enumerate() {
+                        if let Some(p) = &t.classes {
+                            probs[k * c..(k + 1) * c].copy_from_slice(p);
+                            with_classes += 1;
+                        }
                     }
                     let plnp: f32 = probs.iter().filter(|&&p| p > 0.0).map(|&p| p * p.ln()).sum();
-                    let idx = int(with_classes.iter().map(|&k| k as i64).collect());
-                    let target = Tensor::<B, 2>::from_data(TensorData::new(probs, [with_classes.len(), c]), device);
-                    loss = loss + region::kl_to_classes(logits.select(0, idx), target, plnp);
+                    let target = Tensor::<B, 2>::from_data(TensorData::new(probs, [r, c]), device);
+                    loss = loss + region::kl_to_classes_over(logits, target, plnp, with_classes);
                 }
             }
             out.push(ObjectiveLoss {
                 objective: Objective::Mrm,
                 loss,
-                count: r,
+                count: real,
             });
         }
-        if !plan.cmcl.pairs.is_empty() {
-            let (texts, text_order) = gather(&encoded, &plan.cmcl.texts, Part::Text);
-            let (images, image_order) = gather(&encoded, &plan.cmcl.images, Part::Visual);
-            let texts = self.heads.text_embedding(texts);
-            let images = self.heads.image_embedding(images);
-            // Position of each original candidate in the gathered order.
-            let text_at = inverse(&text_order);
-            let image_at = inverse(&image_order);
+        if layout.cmcl_pairs > 0 {
             let pairs = &plan.cmcl.pairs;
-            let image_anchors = int(pairs.iter().map(|p| image_at[p.image] as i64).collect());
-            let text_anchors = int(pairs.iter().map(|p| text_at[p.caption] as i64).collect());
-            let i2t: Vec<Vec<usize>> = pairs
-                .iter()
-                .map(|p| p.positive_texts.iter().map(|&j| text_at[j]).collect())
-                .collect();
-            let t2i: Vec<Vec<usize>> = pairs
-                .iter()
-                .map(|p| p.positive_images.iter().map(|&j| image_at[j]).collect())
-                .collect();
+            let (real_texts, real_images) = if pairs.is_empty() {
+                (0, 0)
+            } else {
+                (plan.cmcl.texts.len(), plan.cmcl.images.len())
+            };
+            let p = layout.cmcl_pairs;
+            let texts = self.heads.text_embedding(flat.gather(&plan.cmcl.texts[..real_texts], layout.cmcl_texts, Part::Text, device));
+            let images =
+                self.heads.image_embedding(flat.gather(&plan.cmcl.images[..real_images], layout.cmcl_images, Part::Visual, device));
+            let padded = |v: Vec<i64>| {
+                let mut v = v;
+                v.resize(p, 0);
+                int(v)
+            };
+            let image_anchors = padded(pairs.iter().map(|q| q.image as i64).collect());
+            let text_anchors = padded(pairs.iter().map(|q| q.caption as i64).collect());
+            let mut i2t: Vec<Vec<usize>> = pairs.iter().map(|q| q.positive_texts.clone()).collect();
+            let mut t2i: Vec<Vec<usize>> = pairs.iter().map(|q| q.positive_images.clone()).collect();
+            i2t.resize(p, vec![0]);
+            t2i.resize(p, vec![0]);
             let scale = self.heads.logit_scale();
-            let a = contrastive::group_info_nce(images.clone().select(0, image_anchors), texts.clone(), scale.clone(), &i2t);
-            let b = contrastive::group_info_nce(texts.select(0, text_anchors), images, scale, &t2i);
+            let a = contrastive::masked_group_info_nce(
+                images.clone().select(0, image_anchors),
+                texts.clone(),
+                scale.clone(),
+                &i2t,
+                real_texts,
+                pairs.len(),
+            );
+            let b = contrastive::masked_group_info_nce(texts.select(0, text_anchors), images, scale, &t2i, real_images, pairs.len());
             out.push(ObjectiveLoss {
                 objective: Objective::Cmcl,
                 loss: (a + b).div_scalar(2.0),
                 count: pairs.len(),
             });
         }
-        if !plan.itm.is_empty() {
-            let (logits, order) = self.itm_logits(&encoded, plan);
-            let labels: Vec<bool> = order.iter().map(|&i| plan.itm[i].matched).collect();
+        if layout.itm > 0 {
+            let m = layout.itm;
+            let logits = self.itm_logits(&flat, plan, m, device);
+            let mut labels = vec![false; m];
+            for (l, t) in labels.iter_mut().zip(&plan.itm) {
+                *l = t.matched;
+            }
             out.push(ObjectiveLoss {
                 objective: Objective::Itm,
-                loss: matching::binary_cross_entropy(logits, &labels),
-                count: labels.len(),
+                loss: matching::masked_binary_cross_entropy(logits, &labels, float(ones_then_zeros(plan.itm.len(), m)), plan.itm.len()),
+                count: plan.itm.len(),
             });
         }
         out
     }
 
     /// The ITM head over the pooled `[CLS]` and `[IMG]` states of the plan's matching rows,
-    /// with, for each logit, the index of its target in `plan.itm`.
+    /// in target order, padded to `padded` logits.
     ///
     /// # Shapes
-    /// - output: `[itm targets]`
-    fn itm_logits(&self, encoded: &[Option<Encoded<B>>; 3], plan: &Plan) -> (Tensor<B, 1>, Vec<usize>) {
+    /// - output: `[padded]`
+    fn itm_logits(&self, flat: &Flat<B>, plan: &Plan, padded: usize, device: &B::Device) -> Tensor<B, 1> {
         let slots: Vec<Slot> = plan.itm.iter().map(|m| Slot { group: JOINT, row: m.row, pos: 0 }).collect();
-        let (cls, order) = gather(encoded, &slots, Part::Text);
-        let (img, _) = gather(encoded, &slots, Part::Visual);
-        (self.heads.match_logits(cls, img), order)
+        let cls = flat.gather(&slots, padded, Part::Text, device);
+        let img = flat.gather(&slots, padded, Part::Visual, device);
+        self.heads.match_logits(cls, img)
     }
 
     /// Image-text matching logits of the plan's ITM targets, in target order (higher =
@@ -216,10 +271,7 @@ impl<B: Backend> PretrainModel<B> {
     /// - output: `[itm targets]`
     pub fn match_logits(&self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 1> {
         let encoded = self.encode_plan(plan, config, settings, device);
-        let (logits, order) = self.itm_logits(&encoded, plan);
-        let idx: Vec<i64> = inverse(&order).iter().map(|&i| i as i64).collect();
-        let n = idx.len();
-        logits.select(0, Tensor::from_data(TensorData::new(idx, [n]), device))
+        self.itm_logits(&Flat::new(&encoded), plan, plan.itm.len(), device)
     }
 
     /// Pooled, projected, L2-normalised text vectors of the plan's text candidates, in
@@ -229,12 +281,8 @@ impl<B: Backend> PretrainModel<B> {
     /// - output: `[candidates, pooled]`
     pub fn pooled_texts(&self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 2> {
         let encoded = self.encode_plan(plan, config, settings, device);
-        let (texts, order) = gather(&encoded, &plan.cmcl.texts, Part::Text);
-        let emb = self.heads.text_embedding(texts);
-        let at = inverse(&order);
-        let idx: Vec<i64> = at.iter().map(|&i| i as i64).collect();
-        let n = idx.len();
-        emb.select(0, Tensor::from_data(TensorData::new(idx, [n]), device))
+        let texts = &plan.cmcl.texts;
+        self.heads.text_embedding(Flat::new(&encoded).gather(texts, texts.len(), Part::Text, device))
     }
 
     /// Pooled, projected, L2-normalised image vectors of the plan's image candidates.
@@ -243,12 +291,8 @@ impl<B: Backend> PretrainModel<B> {
     /// - output: `[candidates, pooled]`
     pub fn pooled_images(&self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 2> {
         let encoded = self.encode_plan(plan, config, settings, device);
-        let (images, order) = gather(&encoded, &plan.cmcl.images, Part::Visual);
-        let emb = self.heads.image_embedding(images);
-        let at = inverse(&order);
-        let idx: Vec<i64> = at.iter().map(|&i| i as i64).collect();
-        let n = idx.len();
-        emb.select(0, Tensor::from_data(TensorData::new(idx, [n]), device))
+        let images = &plan.cmcl.images;
+        self.heads.image_embedding(Flat::new(&encoded).gather(images, images.len(), Part::Visual, device))
     }
 }
 
@@ -261,49 +305,68 @@ impl<B: Backend> ModuleVisitor<B> for Materialize {
     }
 }
 
-/// `at[original] = gathered position` for a permutation `order[gathered] = original`.
-fn inverse(order: &[usize]) -> Vec<usize> {
-    let mut at = vec![0; order.len()];
-    for (pos, &orig) in order.iter().enumerate() {
-        at[orig] = pos;
-    }
-    at
+/// The hidden states of all encoder calls of a step, each part (text, visual) concatenated
+/// over the groups, so that one `select` gathers any slots in any order, at a size that
+/// depends only on the layout.
+struct Flat<B: Backend> {
+    text: Option<Tensor<B, 2>>,
+    visual: Option<Tensor<B, 2>>,
+    /// Per group: (first flat row, row stride) of its text / visual states.
+    text_at: [(usize, usize); 3],
+    visual_at: [(usize, usize); 3],
 }
 
-/// Gathers the hidden states at `slots` (grouped by encoder call, one `select` per group).
-/// Returns the states and, for each gathered row, the index of its slot in `slots`.
-///
-/// # Shapes
-/// - output: `[slots, hidden]`
-fn gather<B: Backend>(encoded: &[Option<Encoded<B>>; 3], slots: &[Slot], part: Part) -> (Tensor<B, 2>, Vec<usize>) {
-    let mut pieces = Vec::new();
-    let mut order = Vec::with_capacity(slots.len());
-    for (g, enc) in encoded.iter().enumerate() {
-        let Some(enc) = enc else { continue };
-        let (states, stride) = match part {
-            Part::Text => (&enc.text, enc.t),
-            Part::Visual => (&enc.visual, enc.n),
+impl<B: Backend> Flat<B> {
+    fn new(encoded: &[Option<Encoded<B>>; 3]) -> Self {
+        let mut text_at = [(0, 0); 3];
+        let mut visual_at = [(0, 0); 3];
+        let (mut texts, mut visuals) = (Vec::new(), Vec::new());
+        let (mut t0, mut v0) = (0, 0);
+        for (g, enc) in encoded.iter().enumerate() {
+            let Some(enc) = enc else { continue };
+            if let Some(t) = &enc.text {
+                text_at[g] = (t0, enc.t);
+                t0 += t.dims()[0];
+                texts.push(t.clone());
+            }
+            if let Some(v) = &enc.visual {
+                visual_at[g] = (v0, enc.n);
+                v0 += v.dims()[0];
+                visuals.push(v.clone());
+            }
+        }
+        let join = |mut parts: Vec<Tensor<B, 2>>| match parts.len() {
+            0 => None,
+            1 => parts.pop(),
+            _ => Some(Tensor::cat(parts, 0)),
         };
-        let Some(states) = states else { continue };
-        let mut idx = Vec::new();
-        for (i, s) in slots.iter().enumerate().filter(|(_, s)| s.group == g) {
-            idx.push((s.row * stride + s.pos) as i64);
-            order.push(i);
+        Self {
+            text: join(texts),
+            visual: join(visuals),
+            text_at,
+            visual_at,
         }
-        if idx.is_empty() {
-            continue;
-        }
-        let n = idx.len();
-        let device = states.device();
-        pieces.push(states.clone().select(0, Tensor::from_data(TensorData::new(idx, [n]), &device)));
     }
-    assert_eq!(order.len(), slots.len(), "every planned slot points into an encoded group");
-    let out = if pieces.len() == 1 {
-        pieces.remove(0)
-    } else {
-        Tensor::cat(pieces, 0)
-    };
-    (out, order)
+
+    /// The states at `slots`, in slot order, followed by copies of flat row 0 up to
+    /// `padded` rows (padding; callers mask it out).
+    ///
+    /// # Shapes
+    /// - output: `[padded, hidden]`
+    fn gather(&self, slots: &[Slot], padded: usize, part: Part, device: &B::Device) -> Tensor<B, 2> {
+        assert!(padded >= slots.len(), "a layout holds its plan");
+        let (states, at) = match part {
+            Part::Text => (&self.text, &self.text_at),
+            Part::Visual => (&self.visual, &self.visual_at),
+        };
+        let states = states.as_ref().expect("every planned slot points into an encoded group");
+        let mut idx = vec![0i64; padded];
+        for (i, s) in idx.iter_mut().zip(slots) {
+            let (base, stride) = at[s.group];
+            *i = (base + s.row * stride + s.pos) as i64;
+        }
+        states.clone().select(0, Tensor::from_data(TensorData::new(idx, [padded]), device))
+    }
 }
 
 impl<B: Backend> PretrainModel<B> {

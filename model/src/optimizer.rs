@@ -111,13 +111,51 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
 }
 
 /// The global L2 norm of all gradients of `module` (NaN or infinite when any gradient is).
+/// Reads one value from the device.
 pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f32 {
-    let mut visitor = SquaredNorm::<B> { grads, sum: None };
-    module.visit(&mut visitor);
-    match visitor.sum {
-        Some(s) => s.into_scalar().elem::<f32>().sqrt(),
+    match grad_norm_squared::<B, M>(module, grads) {
+        Some(s) => crate::readback::to_host(s).first().copied().unwrap_or(f32::NAN).sqrt(),
         None => 0.0,
     }
+}
+
+/// The sum of squares of all gradients of `module`, on the device (`None` without
+/// gradients).
+///
+/// # Shapes
+/// - output: `[1]`
+pub fn grad_norm_squared<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> Option<Tensor<B::InnerBackend, 1>> {
+    let mut visitor = SquaredNorm::<B> { grads, sum: None };
+    module.visit(&mut visitor);
+    visitor.sum
+}
+
+/// Multiplies every gradient of a module by a device scalar.
+struct ScaleGradsBy<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    factor: Tensor<B::InnerBackend, 1>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGradsBy<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let factor: Tensor<B::InnerBackend, D> = self.factor.clone().reshape([1; D]);
+            self.grads.register::<B::InnerBackend, D>(param.id, g.mul(factor));
+        }
+    }
+}
+
+/// Scales all gradients of `module` by `factor` (`[1]`, on the device) without reading it.
+pub fn scale_grads_by<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    factor: Tensor<B::InnerBackend, 1>,
+) {
+    let mut visitor = ScaleGradsBy::<B> { grads, factor };
+    module.visit(&mut visitor);
 }
 
 /// Scales all gradients of `module` by `factor` in place.

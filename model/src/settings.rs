@@ -1,5 +1,7 @@
 //! Training settings that are not part of the model: optimizer, clipping, shape buckets, seed.
 
+pub use crate::layout::ShapePolicy;
+
 /// Settings of the training step (not saved in the model config; the daemon owns them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSettings {
@@ -18,6 +20,9 @@ pub struct TrainSettings {
     pub max_grad_norm: f32,
     /// Seed of the masking random generator and of the backend (dropout).
     pub seed: u64,
+    /// How row and target counts are padded ([`ShapePolicy::Static`] for the JIT backends:
+    /// few distinct shapes; [`ShapePolicy::Tight`] for the CPU: least work).
+    pub shape_policy: ShapePolicy,
 }
 
 impl Default for TrainSettings {
@@ -30,6 +35,7 @@ impl Default for TrainSettings {
             weight_decay: 0.01,
             max_grad_norm: 1.0,
             seed: 0,
+            shape_policy: ShapePolicy::Tight,
         }
     }
 }

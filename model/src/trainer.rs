@@ -17,8 +17,10 @@ use crate::config::{ModelConfig, Objective};
 use crate::error::ModelError;
 use crate::example::{Example, VisualInput};
 use crate::model::PretrainModel;
-use crate::optimizer::{global_grad_norm, scale_grads, MatrixDecayAdamW};
+use crate::layout::Shapes;
+use crate::optimizer::{grad_norm_squared, scale_grads_by, MatrixDecayAdamW};
 use crate::plan::Plan;
+use crate::readback;
 use crate::settings::TrainSettings;
 
 /// Texts or images embedded per forward pass in [`Trainer::embed_texts`] and
@@ -72,6 +74,7 @@ pub struct Trainer<B: AutodiffBackend> {
     optimizer: Adam<B>,
     device: B::Device,
     steps_applied: u64,
+    shapes: Shapes,
 }
 
 fn optimizer<B: AutodiffBackend>(settings: &TrainSettings) -> Adam<B> {
@@ -104,8 +107,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(Self {
             optimizer: optimizer::<B>(&settings),
             config,
-            settings,
             model: Some(model),
+            shapes: Shapes::new(settings.shape_policy),
+            settings,
             device,
             steps_applied: 0,
         })
@@ -140,9 +144,22 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.model()
     }
 
+    /// Distinct tensor-shape signatures ([`crate::layout::Layout`]s) of the steps so far
+    /// (this process; not saved).
+    pub fn shape_signatures(&self) -> usize {
+        self.shapes.signatures()
+    }
+
     /// One optimizer step over `micro_batches`: gradients are summed over the micro-batches,
     /// then one AdamW update with learning rate `lr` is applied, unless a loss or gradient
     /// was not finite.
+    ///
+    /// Made for a GPU: nothing is read from the device until the update is queued, and then
+    /// exactly once ([`crate::readback`]): every micro-batch's losses and the squared
+    /// gradient norm in one tensor. Clipping is computed on the device. When that read shows
+    /// a non-finite value, the model and the optimizer state from before the update are put
+    /// back (they are kept until the read; on a GPU that is a second copy of the weights and
+    /// moments for the length of a step).
     pub fn step(&mut self, micro_batches: &[Vec<Example>], lr: f64) -> StepReport {
         // Masking randomness depends only on the seed and the step position, so a resumed
         // run draws the same masks as an uninterrupted one.
@@ -152,8 +169,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add(self.steps_applied.wrapping_mul(0xBF58_476D_1CE4_E5B9)),
         );
-        let in_use: Vec<Objective> = Objective::ALL.into_iter().filter(|&o| self.config.uses(o)).collect();
-        let mut sums = vec![(0.0f64, 0usize); Objective::ALL.len()];
+        const K: usize = Objective::ALL.len();
         let mut report = StepReport {
             losses: Vec::new(),
             counts: Vec::new(),
@@ -165,16 +181,25 @@ impl<B: AutodiffBackend> Trainer<B> {
             dropped: 0,
         };
         let mut accumulator = GradientsAccumulator::<PretrainModel<B>>::new();
-        let mut any_grad = false;
+        // Per micro-batch with targets: the loss of each objective (0 when absent) and the
+        // weighted total, detached, on the device; and the target counts (host-side).
+        let mut packed: Vec<Tensor<B::InnerBackend, 1>> = Vec::new();
+        let mut counts: Vec<[usize; K]> = Vec::new();
         for examples in micro_batches {
             let plan = Plan::build(examples, &self.config, &mut rng);
             report.samples += plan.samples;
             report.tokens += plan.tokens;
             report.dropped += plan.dropped;
-            let model = self.model();
-            let losses = model.losses(&plan, &self.config, &self.settings, &self.device);
+            let layout = self.shapes.layout(&plan, &self.config, &self.settings);
+            let model = self.model.as_ref().expect("the model is present between steps");
+            let losses = model.losses_in(&plan, &layout, &self.config, &self.device);
             let mut total: Option<Tensor<B, 1>> = None;
+            let mut these = [0usize; K];
+            let mut values: [Option<Tensor<B::InnerBackend, 1>>; K] = Default::default();
             for l in &losses {
+                let k = Objective::ALL.iter().position(|&o| o == l.objective).unwrap_or(0);
+                these[k] = l.count;
+                values[k] = Some(l.loss.clone().detach().inner());
                 let w = weight(&self.config, l.objective);
                 if w > 0.0 {
                     let term = l.loss.clone().mul_scalar(w);
@@ -185,31 +210,64 @@ impl<B: AutodiffBackend> Trainer<B> {
                 }
             }
             let Some(total) = total else { continue };
-            // One read-back per micro-batch for all loss values.
-            let mut parts: Vec<Tensor<B, 1>> = losses.iter().map(|l| l.loss.clone().detach()).collect();
-            parts.push(total.clone().detach());
-            let values: Vec<f32> = Tensor::cat(parts, 0)
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .unwrap_or_default();
-            if values.len() != losses.len() + 1 || values.iter().any(|v| !v.is_finite()) {
-                report.nonfinite = true;
+            if these.iter().all(|&c| c == 0) {
                 continue;
             }
-            for (l, v) in losses.iter().zip(&values) {
-                let k = Objective::ALL.iter().position(|&o| o == l.objective).unwrap_or(0);
-                sums[k].0 += *v as f64 * l.count as f64;
-                sums[k].1 += l.count;
-            }
+            let inner_device = total.clone().inner().device();
+            let mut parts: Vec<Tensor<B::InnerBackend, 1>> = values
+                .into_iter()
+                .map(|v| v.unwrap_or_else(|| Tensor::zeros([1], &inner_device)))
+                .collect();
+            parts.push(total.clone().detach().inner());
+            packed.push(Tensor::cat(parts, 0));
+            counts.push(these);
             let grads = GradientsParams::from_grads(total.backward(), model);
             accumulator.accumulate(model, grads);
-            any_grad = true;
+        }
+        let mut sums = [(0.0f64, 0usize); K];
+        if !packed.is_empty() {
+            let mut grads = accumulator.grads();
+            let model = self.model.take().expect("the model is present between steps");
+            let inner_device = packed[0].device();
+            let norm_sq = grad_norm_squared::<B, _>(&model, &grads).unwrap_or_else(|| Tensor::zeros([1], &inner_device));
+            let max = self.settings.max_grad_norm;
+            if max > 0.0 {
+                // min(1, max / (norm + 1e-6)), on the device.
+                let factor = norm_sq.clone().sqrt().add_scalar(1e-6).recip().mul_scalar(max).clamp_max(1.0);
+                scale_grads_by::<B, _>(&model, &mut grads, factor);
+            }
+            let before = (model.clone(), self.optimizer.to_record());
+            self.model = Some(self.optimizer.step(lr, model, grads));
+            // The step's one device-to-host read, after the update is queued.
+            packed.push(norm_sq.reshape([1]));
+            let values = readback::to_host(Tensor::cat(packed, 0));
+            let norm = values.last().copied().unwrap_or(f32::NAN).sqrt();
+            report.grad_norm = norm;
+            report.nonfinite = values.len() != counts.len() * (K + 1) + 1 || !norm.is_finite();
+            for (m, these) in counts.iter().enumerate() {
+                let Some(v) = values.get(m * (K + 1)..(m + 1) * (K + 1)) else { continue };
+                if v.iter().any(|x| !x.is_finite()) {
+                    report.nonfinite = true;
+                    continue;
+                }
+                for k in 0..K {
+                    sums[k].0 += v[k] as f64 * these[k] as f64;
+                    sums[k].1 += these[k];
+                }
+            }
+            if report.nonfinite {
+                let (model, moments) = before;
+                self.model = Some(model);
+                self.optimizer = optimizer::<B>(&self.settings).load_record(moments);
+            } else {
+                self.steps_applied += 1;
+                report.applied = true;
+            }
         }
         let mut total = 0.0f64;
         let mut per_objective = Vec::new();
         for (k, &o) in Objective::ALL.iter().enumerate() {
-            if !in_use.contains(&o) {
+            if !self.config.uses(o) {
                 continue;
             }
             report.counts.push((o.name(), sums[k].1));
@@ -223,25 +281,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             report.losses.push(("total", total as f32));
             report.losses.extend(per_objective);
         }
-        if report.nonfinite || !any_grad {
-            return report;
-        }
-        let mut grads = accumulator.grads();
-        let model = self.model.take().expect("the model is present between steps");
-        let norm = global_grad_norm(&model, &grads);
-        report.grad_norm = norm;
-        if !norm.is_finite() {
-            report.nonfinite = true;
-            self.model = Some(model);
-            return report;
-        }
-        let max = self.settings.max_grad_norm;
-        if max > 0.0 && norm > max {
-            scale_grads(&model, &mut grads, (max / (norm + 1e-6)) as f64);
-        }
-        self.model = Some(self.optimizer.step(lr, model, grads));
-        self.steps_applied += 1;
-        report.applied = true;
         report
     }
 
@@ -279,6 +318,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         B::seed(&device, settings.seed ^ state.steps_applied);
         Ok(Self {
             config,
+            shapes: Shapes::new(settings.shape_policy),
             settings,
             model: Some(model),
             optimizer,
@@ -357,12 +397,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .filter_map(|&(i, j)| Some((clean_images[i].as_ref()?, clean_texts[j].as_deref()?)))
                 .collect();
             let plan = Plan::for_matching(&pairs);
-            let logits: Vec<f32> = model
-                .match_logits(&plan, &self.config, &self.settings, &self.device)
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .unwrap_or_default();
+            let logits: Vec<f32> = readback::to_host(model.match_logits(&plan, &self.config, &self.settings, &self.device));
             for (&(i, j), &v) in part.iter().zip(&logits) {
                 scores[i][j] = v;
             }
@@ -380,6 +415,6 @@ impl<B: AutodiffBackend> Trainer<B> {
 /// A `[k, d]` tensor as `k` vectors.
 fn to_rows<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
     let [_, d] = t.dims();
-    let data: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
+    let data: Vec<f32> = readback::to_host(t);
     data.chunks(d.max(1)).map(<[f32]>::to_vec).collect()
 }

@@ -217,7 +217,8 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     /// Global gradient-norm clip.
     pub max_grad_norm: f32,
-    /// `"cpu"`, `"cuda"` or `"cuda:N"` (CUDA needs a build with the `cuda` feature).
+    /// `"cpu"`, `"cuda"`, `"cuda:N"`, `"wgpu"` or `"wgpu:N"` (the GPU backends need a build
+    /// with the `cuda` / `wgpu` feature).
     pub device: String,
     /// CPU threads for the ndarray backend (0 = all cores).
     pub threads: usize,
@@ -466,7 +467,15 @@ impl Config {
         if t.replay_ratio > 0.0 && t.replay_capacity == 0 {
             return Err("train.replay_capacity must be > 0 when train.replay_ratio > 0".into());
         }
-        parse_device(&t.device).map_err(|e| format!("train.device: {e}"))?;
+        let device = parse_device(&t.device).map_err(|e| format!("train.device: {e}"))?;
+        if !device.compiled() {
+            return Err(format!(
+                "train.device = {:?} needs a unimod built with `--features {}` (this build has: {})",
+                t.device,
+                device.feature().unwrap_or("?"),
+                unimod_model::backend::compiled_backends().join(", ")
+            ));
+        }
         for (k, v) in [("text", t.mix.text), ("image", t.mix.image), ("pair", t.mix.pair)] {
             if !v.is_finite() || v < 0.0 {
                 return Err(format!("train.mix.{k} must be >= 0 (got {v})"));
@@ -501,25 +510,12 @@ impl Config {
     }
 }
 
-/// Which device `train.device` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    /// The ndarray CPU backend.
-    Cpu,
-    /// CUDA device N.
-    Cuda(usize),
-}
+/// Which device `train.device` names (`cpu`, `cuda[:N]`, `wgpu[:N]`).
+pub type DeviceChoice = unimod_model::backend::Device;
 
-/// Parses `cpu`, `cuda` or `cuda:N`.
+/// Parses `cpu`, `cuda`, `cuda:N`, `wgpu` or `wgpu:N`.
 pub fn parse_device(s: &str) -> Result<DeviceChoice, String> {
-    match s {
-        "cpu" => Ok(DeviceChoice::Cpu),
-        "cuda" => Ok(DeviceChoice::Cuda(0)),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
-            _ => Err(format!("expected \"cpu\", \"cuda\" or \"cuda:N\", got {s:?}")),
-        },
-    }
+    DeviceChoice::parse(s)
 }
 
 fn one_line(s: &str) -> String {

@@ -109,4 +109,20 @@ fn devices_parse() {
     assert_eq!(parse_device("cuda"), Ok(DeviceChoice::Cuda(0)));
     assert_eq!(parse_device("cuda:3"), Ok(DeviceChoice::Cuda(3)));
     assert!(parse_device("cuda:x").is_err());
+    assert_eq!(parse_device("wgpu"), Ok(DeviceChoice::Wgpu(None)));
+    assert_eq!(parse_device("wgpu:1"), Ok(DeviceChoice::Wgpu(Some(1))));
+}
+
+#[test]
+fn a_device_this_build_lacks_is_rejected_naming_the_key() {
+    for device in ["cuda", "cuda:1", "wgpu", "wgpu:0"] {
+        let result = parse(&format!("{MINIMAL}\n[train]\ndevice = \"{device}\"\n"), &[]);
+        if parse_device(device).expect("valid").compiled() {
+            assert!(result.is_ok(), "{device}: {result:?}");
+        } else {
+            let err = result.expect_err("not compiled in");
+            assert!(err.to_string().contains("train.device"), "{err}");
+            assert!(err.to_string().contains("--features"), "{err}");
+        }
+    }
 }

@@ -298,6 +298,7 @@ impl<B: AutodiffBackend> Worker<B> {
             m.samples.with_label_values(&["replay"]).inc_by(replayed.len() as u64);
             m.tokens.inc_by(report.tokens as u64);
             m.grad_norm.set(f64::from(report.grad_norm));
+            m.shape_signatures.set(self.trainer.shape_signatures() as i64);
             for (name, loss) in &report.losses {
                 if loss.is_finite() {
                     m.loss.with_label_values(&[name]).set(f64::from(*loss));

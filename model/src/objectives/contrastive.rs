@@ -31,18 +31,46 @@ pub fn group_info_nce<B: Backend>(
     scale: Tensor<B, 1>,
     positives: &[Vec<usize>],
 ) -> Tensor<B, 1> {
+    let (a, c) = (anchors.dims()[0], candidates.dims()[0]);
+    masked_group_info_nce(anchors, candidates, scale, positives, c, a)
+}
+
+/// [`group_info_nce`] over padded inputs: only the first `valid_candidates` candidates (and
+/// each anchor's positives) enter an anchor's denominator, and only the first
+/// `valid_anchors` anchors count (the mean is over them). A padding anchor needs one
+/// positive (any column): its loss is then exactly 0.
+///
+/// # Shapes
+/// - `anchors`: `[a, d]`, `candidates`: `[c, d]`, `scale`: `[1]` -> `[1]`
+pub fn masked_group_info_nce<B: Backend>(
+    anchors: Tensor<B, 2>,
+    candidates: Tensor<B, 2>,
+    scale: Tensor<B, 1>,
+    positives: &[Vec<usize>],
+    valid_candidates: usize,
+    valid_anchors: usize,
+) -> Tensor<B, 1> {
     let [a, _] = anchors.dims();
     let c = candidates.dims()[0];
     let device = anchors.device();
     let logits = anchors.matmul(candidates.transpose()) * scale.unsqueeze_dim(0);
-    let mut mask = vec![BLOCKED; a * c];
+    let mut positive = vec![BLOCKED; a * c];
+    let mut all = vec![BLOCKED; a * c];
+    for i in 0..a {
+        all[i * c..i * c + valid_candidates.min(c)].fill(0.0);
+    }
     for (i, cols) in positives.iter().enumerate() {
         for &j in cols {
-            mask[i * c + j] = 0.0;
+            positive[i * c + j] = 0.0;
+            all[i * c + j] = 0.0;
         }
     }
-    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [a, c]), &device);
-    (logsumexp(logits.clone()) - logsumexp(logits + mask)).mean()
+    let mask = |m: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(m, [a, c]), &device);
+    let per_anchor = logsumexp(logits.clone() + mask(all)) - logsumexp(logits + mask(positive));
+    let mut w = vec![0.0f32; a];
+    w[..valid_anchors.min(a)].fill(1.0);
+    let w = Tensor::<B, 1>::from_data(TensorData::new(w, [a]), &device);
+    (per_anchor * w).sum().div_scalar(valid_anchors.max(1) as f64)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 mod common;
 mod contrastive_toy;
 mod export;
+mod gpu_step;
 mod matching;
 mod masks;
 mod save_load;

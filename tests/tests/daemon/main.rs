@@ -2,6 +2,7 @@
 //! real Kafka-protocol broker (tansu, sqlite storage), with the synthetic multimodal stream.
 
 mod faults;
+mod gpu;
 mod harness;
 mod restarts;
 
