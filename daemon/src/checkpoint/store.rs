@@ -620,10 +620,19 @@ fn open_database(path: &Path, options: &StoreOptions) -> Result<sled::Db, Checkp
     let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
     let mut pause = std::time::Duration::from_millis(5);
     loop {
-        let opened = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity)
-            .open();
+        // sled 0.34 panics in its recovery when a blob file is missing ("tried to serialize
+        // Uninitialized"): report that as a damaged database, not a crash.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(options.cache_capacity)
+                .open()
+        }))
+        .unwrap_or_else(|_| {
+            Err(sled::Error::Io(std::io::Error::other(
+                "sled failed while recovering the database (a file under blobs/ missing or damaged?)",
+            )))
+        });
         match opened {
             Ok(db) => return Ok(db),
             // We hold our lock file, so the holder is a store of this process being torn down,

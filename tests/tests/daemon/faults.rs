@@ -162,21 +162,23 @@ async fn sigterm_drains_within_budget_with_a_backlog_and_a_slow_model() -> anyho
     let broker = Broker::start()?;
     let topics = Topics::create(&broker, 2).await?;
     let setup = Setup::new(&broker.brokers(), &topics, "unimo", "")?;
-    let budget = 15u64;
+    let budget = 20u64;
     edit_config(&setup, "drain_seconds = 30", &format!("drain_seconds = {budget}"))?;
-    // A slower model and big batches: each step takes a good fraction of a second or more.
-    edit_config(&setup, "layers = 2\nhidden = 64\nheads = 2", "layers = 4\nhidden = 256\nheads = 4")?;
+    // A slower model and big batches: a step takes about a second or more here, so training
+    // the ~2,000 records queued inside the daemon would take far longer than the budget.
+    edit_config(&setup, "layers = 2\nhidden = 64\nheads = 2", "layers = 2\nhidden = 128\nheads = 2")?;
     edit_config(&setup, "batch_size = 16", "batch_size = 64\ngrad_accumulation = 4")?;
-    edit_config(&setup, "queue_capacity = 64", "queue_capacity = 512")?;
     let cfg = SynthConfig { seed: 14, size: 32, pairs: 0, texts: 3000, images: 0, eval: 0, image_files: false, bad: false };
     setup.publish_synthetic(&broker.brokers(), &topics, &cfg).await?;
 
     let mut daemon = setup.start(&[], &[])?;
-    // Training has started and a backlog is queued.
+    // Training has started and a backlog is queued: the consumer's queue (kafka.queue_capacity
+    // = 1024 records) is far larger than the trainer's side (train.queue_capacity = 64), so
+    // training the queue before stopping would take dozens of multi-second steps.
     let started = wait_for(Duration::from_secs(180), async || {
         let trained = latest_over_http(&setup).await.map(|m| counts(&m).0).unwrap_or(0);
         let queued = metric(&setup, "unimod_trainer_queue_items").await.unwrap_or(0.0);
-        (trained > 0 && queued >= 256.0).then_some((trained, queued))
+        (trained > 0 && queued >= 32.0).then_some((trained, queued))
     })
     .await;
     assert!(started.is_some(), "never trained with a backlog; log:\n{}", daemon.log_tail(3000));
@@ -259,7 +261,8 @@ async fn disk_full_makes_the_daemon_unready_then_exit_1_keeping_the_last_checkpo
         eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
         return Ok(());
     };
-    edit_config(&setup, "keep_checkpoints = 3", "keep_checkpoints = 2\nmax_failed_checkpoints = 2")?;
+    // Default storage.max_failed_checkpoints = 3: 503 after 3 failures in a row, exit 1 after 6.
+    edit_config(&setup, "keep_checkpoints = 3", "keep_checkpoints = 2")?;
     let cfg = SynthConfig { seed: 15, size: 32, pairs: 400, texts: 2000, images: 100, eval: 0, image_files: false, bad: false };
     setup.publish_synthetic(&broker.brokers(), &topics, &cfg).await?;
     let mut daemon = setup.start(&[], &[])?;
