@@ -1,6 +1,7 @@
 //! Hard-negative captions for cross-modal contrastive learning (UNIMO's text rewriting, done
 //! by rules instead of a scene-graph parser): replace one object, attribute, number or
-//! relation word of a caption by another word of the same kind.
+//! relation word of a caption by another word of the same kind that cannot mean the same
+//! (synonyms and hypernyms such as grey/gray, big/large, man/person are never exchanged).
 //!
 //! Seed word lists give each kind a start; [`TextRewriter::observe`] learns more words from
 //! the stream with simple context rules (a word after a determiner, number or attribute and
@@ -60,6 +61,46 @@ const SEED_RELATIONS: &[&str] = &[
     "wearing", "carrying", "eating", "watching", "playing", "sitting", "standing", "walking", "lying", "across",
     "along", "against", "through", "toward", "below", "between",
 ];
+/// Words of one kind that can describe the same thing (synonyms, and a hypernym with its
+/// hyponyms). A replacement never shares a class with the word it replaces: "a big dog" ->
+/// "a large dog" or "a man" -> "a person" would be a hard negative that is true of the image.
+/// Two words are exchangeable only when no class holds both (man and woman share none).
+/// The classes cover the seed lists; a word learned from the stream and listed nowhere here is
+/// exchangeable with every other word of its kind.
+const SAME_MEANING: &[&[&str]] = &[
+    // Objects.
+    &["person", "man", "people"],
+    &["person", "woman", "people"],
+    &["person", "child", "boy", "people"],
+    &["person", "child", "girl", "people"],
+    &["street", "road"],
+    &["building", "house"],
+    &["room", "kitchen"],
+    &["field", "grass"],
+    // Attributes.
+    &["gray", "grey"],
+    &["big", "large", "tall", "long"],
+    &["small", "little", "short"],
+    &["young", "new"],
+    &["dark", "black"],
+    &["bright", "sunny"],
+    // Numbers.
+    &["several", "many", "few"],
+    // Relations.
+    &["near", "beside", "next", "by"],
+    &["in", "inside"],
+    &["under", "below", "beneath"],
+    &["on", "above"],
+    &["holding", "carrying"],
+    &["across", "through", "along"],
+];
+
+/// Whether `a` and `b` (lowercase) can mean the same thing: equal, or in one class of
+/// [`SAME_MEANING`].
+pub fn same_meaning(a: &str, b: &str) -> bool {
+    a == b || SAME_MEANING.iter().any(|class| class.contains(&a) && class.contains(&b))
+}
+
 const DETERMINERS: &[&str] = &["a", "an", "the", "some", "this", "that", "these", "those", "his", "her", "their"];
 
 /// Limits of the learned vocabulary.
@@ -219,7 +260,7 @@ impl TextRewriter {
     }
 
     /// One hard negative of `text`, chosen by `seed`: a replaceable word swapped for another
-    /// word of the same kind. `None` when the text has no replaceable word.
+    /// word of the same kind and a different meaning ([`same_meaning`]). `None` when the text has no replaceable word.
     pub fn rewrite(&self, text: &str, seed: u64) -> Option<Rewrite> {
         self.rewrites(text, 1, seed).into_iter().next()
     }
@@ -268,14 +309,16 @@ impl TextRewriter {
         if words.len() < 2 {
             return None;
         }
-        // Any other word of the kind: draw among the rest.
-        let pick = rng.below(words.len() - 1);
-        let position = words.iter().position(|w| w == word);
-        let index = match position {
-            Some(p) if pick >= p => pick + 1,
-            _ => pick,
-        };
-        words.get(index).cloned()
+        // Any word of the kind that cannot mean the same: rejection sampling among the others
+        // (the classes are small, so a few draws suffice), then a scan as a fallback.
+        for _ in 0..16 {
+            let candidate = &words[rng.below(words.len())];
+            if !same_meaning(word, candidate) {
+                return Some(candidate.clone());
+            }
+        }
+        let others: Vec<&String> = words.iter().filter(|w| !same_meaning(word, w)).collect();
+        (!others.is_empty()).then(|| others[rng.below(others.len())].clone())
     }
 
     /// Every kind with its known-word count (for logs).
@@ -373,5 +416,39 @@ mod tests {
             counting.observe(&format!("the {}", "q".repeat(2 + i % 20)));
         }
         assert_eq!(counting.candidates.len(), 5);
+    }
+    #[test]
+    fn never_substitutes_a_word_of_the_same_meaning() {
+        let rewriter = TextRewriter::default();
+        let text = "a big grey man near a small house on the street with several people";
+        let mut replaced = std::collections::HashSet::new();
+        for seed in 0..2000 {
+            for r in rewriter.rewrites(text, 3, seed) {
+                assert!(
+                    !same_meaning(&r.original, &r.replacement),
+                    "{} -> {} means the same: {}",
+                    r.original,
+                    r.replacement,
+                    r.text
+                );
+                replaced.insert(r.original.clone());
+            }
+        }
+        // Every replaceable word was rewritten, to something else than its synonyms.
+        for w in ["big", "grey", "man", "near", "small", "house", "on", "street", "several", "people"] {
+            assert!(replaced.contains(w), "{w} never rewritten");
+        }
+        for (a, b) in [("grey", "gray"), ("big", "large"), ("man", "person"), ("small", "little"), ("under", "below")] {
+            assert!(same_meaning(a, b) && same_meaning(b, a));
+            for seed in 0..300 {
+                for r in rewriter.rewrites(&format!("the {a} one"), 2, seed) {
+                    assert_ne!(r.replacement, b, "{a} rewritten to its synonym");
+                }
+            }
+        }
+        // Words of different meaning are still exchanged (man -> woman is a real negative).
+        assert!(!same_meaning("man", "woman") && !same_meaning("boy", "girl"));
+        let woman = (0..500).filter_map(|s| rewriter.rewrite("a man", s)).any(|r| r.replacement == "woman");
+        assert!(woman);
     }
 }
