@@ -104,6 +104,8 @@ pub struct Worker<B: AutodiffBackend> {
     pub generation: u64,
     /// `generation` at the last checkpoint handed to the writer.
     pub checkpointed_generation: u64,
+    /// Serving snapshots: called at start and every N steps, between steps.
+    pub snapshot: Option<(u64, crate::serve::StepHook<B>)>,
 }
 
 impl<B: AutodiffBackend> Worker<B> {
@@ -120,6 +122,9 @@ impl<B: AutodiffBackend> Worker<B> {
         let mut steps_this_run = 0u64;
         let mut nonfinite_in_row = 0u32;
         let mut input_closed = false;
+        if let Some((_, hook)) = self.snapshot.as_mut() {
+            hook(self.step, &self.trainer);
+        }
         let fresh_target = {
             let replay = (self.params.batch_size as f64 * self.params.replay_ratio).round() as usize;
             self.params.batch_size.saturating_sub(replay).max(1)
@@ -264,6 +269,12 @@ impl<B: AutodiffBackend> Worker<B> {
             if self.step.is_multiple_of(50) {
                 let total = report.losses.first().map_or(f32::NAN, |(_, l)| *l);
                 tracing::info!(step = self.step, loss = total, lr, step_ms = elapsed.as_millis() as u64, "training");
+            }
+
+            if let Some((every, hook)) = self.snapshot.as_mut() {
+                if self.step.is_multiple_of(*every) {
+                    hook(self.step, &self.trainer);
+                }
             }
 
             // 5. Checkpoint when due.

@@ -4,6 +4,7 @@
 
 mod common;
 mod contrastive_toy;
+mod generation;
 mod matching;
 mod masks;
 mod save_load;

@@ -2,6 +2,7 @@
 //! real Kafka-protocol broker (tansu, sqlite storage), with the synthetic multimodal stream.
 
 mod harness;
+mod serving;
 
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
