@@ -10,7 +10,10 @@
 #      pairs) and publishes it with `unimod produce`;
 #   5. writes .quickstart/unimod.toml and runs `unimod run --max-steps N`, printing progress
 #      from its metrics (http://127.0.0.1:9464/metrics while it runs);
-#   6. lists the checkpoints and ends with `unimod eval` on the held-out pairs.
+#   6. lists the checkpoints, runs `unimod eval` on the held-out pairs, and ends with
+#      `unimod caption` on them: a few captions beside their references, corpus BLEU-4 and
+#      CIDEr-D, and how often the captions name the right colours and shapes against chance
+#      (ops/caption_words.py, when python3 is there).
 #
 # Ctrl-C at any point stops what the script started (the daemon drains and checkpoints
 # first). Everything lives in .quickstart/ (wiped at the next start): logs, data, broker
@@ -283,12 +286,24 @@ say "checkpoints"
 "$unimod" checkpoint list --config "$config"
 say "retrieval recall on $eval_pairs held-out pairs (unimod eval)"
 "$unimod" eval --config "$config" --pairs "$qs/data/eval_pairs.jsonl"
+if [[ $arch == unimo ]]; then
+    say "captions of the $eval_pairs held-out images (unimod caption --pairs, greedy)"
+    "$unimod" caption --config "$config" --pairs "$qs/data/eval_pairs.jsonl" --json >"$qs/captions.jsonl"
+    # A few captions beside their references, then the corpus scores of the whole set.
+    head -n 8 "$qs/captions.jsonl" | sed -E 's/^\{"id":"([^"]*)","caption":"([^"]*)","reference":"([^"]*)"\}$/  \1\n    model:     \2\n    reference: \3/'
+    tail -n 1 "$qs/captions.jsonl" | sed -E 's/^\{"images":([0-9]+),"bleu4":([^,]*),"cider":([^}]*)\}$/  \1 held-out images: BLEU-4 \2  CIDEr-D \3/'
+    if command -v python3 >/dev/null; then
+        python3 "$root/ops/caption_words.py" "$qs/captions.jsonl"
+    fi
+fi
 
 cat <<EOF
 
 ${bold}Done.${plain} What to try next:
   $unimod checkpoint show latest --config $config --json
   $unimod checkpoint export latest --config $config --out $qs/export
+  $unimod caption --config $config --beam 4 --pairs $qs/data/eval_pairs.jsonl
+  $unimod generate --config $config --prompt "a large red"
   $unimod run --config $config          # resumes from the latest checkpoint; Ctrl-C drains
   QS_ARCH=vilbert $0                    # the same with ViLBERT
 Files: $qs (data, logs, broker database, sled store).

@@ -190,3 +190,35 @@ pub fn checkpoint_export(config: &Path, id: &str, out: &Path) -> Result<(), CliE
     init_logging(LogFormat::Human, "warn");
     crate::inspect::export(&config, id, out)
 }
+
+/// `unimod caption`.
+pub fn caption(
+    config: &Path,
+    input: crate::commands::caption::CaptionInput,
+    checkpoint: Option<&str>,
+    args: crate::commands::caption::DecodeArgs,
+    json: bool,
+) -> Result<(), CliError> {
+    let config = load_config(config)?;
+    init_logging(LogFormat::Human, "warn");
+    let rt = runtime()?;
+    let result = rt.block_on(crate::commands::caption::caption_command(&config, input, checkpoint, args, json));
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
+}
+
+/// `unimod generate`.
+pub fn generate(
+    config: &Path,
+    prompt: &str,
+    checkpoint: Option<&str>,
+    args: crate::commands::caption::DecodeArgs,
+    json: bool,
+) -> Result<(), CliError> {
+    let config = load_config(config)?;
+    init_logging(LogFormat::Human, "warn");
+    let rt = runtime()?;
+    let result = rt.block_on(crate::commands::caption::generate_command(&config, prompt, checkpoint, args, json));
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
+}

@@ -67,11 +67,68 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Caption images with the UNIMO generation head (BLEU-4 / CIDEr-D with --pairs).
+    Caption {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Checkpoint id (default: the latest valid one).
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// JSONL file of pairs; their captions are the references.
+        #[arg(long)]
+        pairs: Option<PathBuf>,
+        #[command(flatten)]
+        decode: DecodeFlags,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Image files or folders of images.
+        images: Vec<PathBuf>,
+    },
+    /// Continue a text with the UNIMO generation head.
+    Generate {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Checkpoint id (default: the latest valid one).
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// The text to continue.
+        #[arg(long)]
+        prompt: String,
+        #[command(flatten)]
+        decode: DecodeFlags,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and export checkpoints.
     Checkpoint {
         #[command(subcommand)]
         command: CheckpointCommand,
     },
+}
+
+/// Decoding flags of `caption` and `generate`.
+#[derive(Debug, clap::Args)]
+struct DecodeFlags {
+    /// Beam width (1 = greedy).
+    #[arg(long, default_value_t = 1)]
+    beam: usize,
+    /// Most generated tokens.
+    #[arg(long, default_value_t = 20)]
+    max_len: usize,
+    /// Re-encode the whole sequence for every token instead of caching keys and values
+    /// (for benchmarks).
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl From<DecodeFlags> for unimod::commands::caption::DecodeArgs {
+    fn from(f: DecodeFlags) -> Self {
+        Self { beam: f.beam, max_len: f.max_len, no_cache: f.no_cache }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +182,13 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => cli::check_config(&config),
         Command::Produce { brokers, kind, topic, inputs } => cli::produce(&brokers, kind, topic, &inputs),
         Command::Eval { config, pairs, checkpoint, json } => cli::eval(&config, &pairs, checkpoint.as_deref(), json),
+        Command::Caption { config, checkpoint, pairs, decode, json, images } => {
+            unimod::commands::caption::caption_input(images, pairs)
+                .and_then(|input| cli::caption(&config, input, checkpoint.as_deref(), decode.into(), json))
+        }
+        Command::Generate { config, checkpoint, prompt, decode, json } => {
+            cli::generate(&config, &prompt, checkpoint.as_deref(), decode.into(), json)
+        }
         Command::Checkpoint { command } => match command {
             CheckpointCommand::List { config, json } => cli::checkpoint_list(&config, json),
             CheckpointCommand::Show { id, config, json: _ } => cli::checkpoint_show(&config, &id),

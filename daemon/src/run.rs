@@ -80,6 +80,7 @@ struct Shared {
     store: Arc<CheckpointStore>,
     progress: Arc<AtomicU64>,
     deadline: Option<Instant>,
+    serve: Option<(crate::serve::SnapshotSlot, crate::serve::ServeMetrics)>,
 }
 
 enum SessionEnd {
@@ -128,6 +129,17 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: CancellationToken) 
     .await?;
     tracing::info!(%addr, backend, "serving /metrics, /healthz, /readyz");
 
+    let serve = match config.serve.listen {
+        Some(listen) => {
+            let slot = crate::serve::SnapshotSlot::default();
+            let serve_metrics = crate::serve::ServeMetrics::register(&registry).context("registering serving metrics")?;
+            let (addr, _task) =
+                crate::serve::serve(listen, slot.clone(), serve_metrics.clone(), config.serve.clone(), http_stop.clone()).await?;
+            tracing::info!(%addr, "serving /v1/embed, /v1/caption, /v1/generate");
+            Some((slot, serve_metrics))
+        }
+        None => None,
+    };
     let progress = Arc::new(AtomicU64::new(0));
     let watchdog = spawn_watchdog(notifier.clone(), Arc::clone(&progress), http_stop.clone());
     let shared = Shared {
@@ -141,6 +153,7 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: CancellationToken) 
         notifier: notifier.clone(),
         store,
         progress,
+        serve,
     };
     let mut last_rollback: Option<Option<u64>> = None;
     let result = loop {
@@ -302,6 +315,8 @@ fn new_model_config(config: &Config, tokenizer: &TextTokenizer) -> anyhow::Resul
     mc.weights.mrm = m.weights.mrm;
     mc.weights.cmcl = m.weights.cmcl;
     mc.weights.itm = m.weights.itm;
+    mc.weights.caption = m.weights.caption;
+    mc.continuation = m.continuation;
     mc.validate().map_err(|e| StartupError(format!("model: {e}")))?;
     Ok(mc)
 }
@@ -535,6 +550,18 @@ async fn session<B: AutodiffBackend>(
         dead_letters,
         ingest_metrics: shared.ingest_metrics.clone(),
         checkpoint_failures_in_row: Arc::clone(&checkpoint_failures),
+        snapshot: match &shared.serve {
+            Some((slot, serve_metrics)) => {
+                let mut prep = config.preprocess.clone();
+                prep.threads = 1;
+                let fetcher = ImageFetcher::new(&config.fetch, None).context("building the serving image fetcher")?;
+                let preprocessor = Preprocessor::new(&prep, &config.image, Arc::clone(&tokenizer), fetcher, None)
+                    .context("starting serving preprocessing")?;
+                let hook = crate::serve::snapshot_hook::<B>(slot.clone(), Arc::clone(&tokenizer), preprocessor, serve_metrics.clone());
+                Some((config.serve.refresh_steps, hook))
+            }
+            None => None,
+        },
     };
     let worker_stop = CancellationToken::new();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();

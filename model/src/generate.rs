@@ -304,7 +304,15 @@ fn decode<B: Backend>(model: &PretrainModel<B>, config: &ModelConfig, prefix: &P
             }
         }
         alive = next;
-        if finished.len() >= beam || alive.is_empty() || s + 1 == max_new {
+        // Keep the `beam` best finished hypotheses; stop once none of the alive ones can
+        // beat the worst of them (exact without a length penalty, since log-probabilities
+        // only fall; with one, the heuristic of common beam search implementations).
+        finished.sort_by(|a, b| b.0.total_cmp(&a.0));
+        finished.truncate(beam);
+        let settled = (beam == 1 && !finished.is_empty())
+            || finished.len() >= beam
+            && alive.iter().all(|h| normalized(h.log_prob, h.tokens.len() + 1, opts.length_penalty) <= finished[beam - 1].0);
+        if settled || alive.is_empty() || s + 1 == max_new {
             break;
         }
         let rows = alive.len();

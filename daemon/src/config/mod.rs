@@ -91,6 +91,49 @@ pub struct Config {
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Inference routes served from the running daemon (off unless `listen` is set).
+    #[serde(default)]
+    pub serve: ServeConfig,
+}
+
+/// `[serve]`: `POST /v1/embed`, `/v1/caption`, `/v1/generate` from a snapshot of the weights
+/// the running daemon trains.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Listen address of the inference routes (its own port, not `metrics.listen`); unset =
+    /// no serving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Take a new snapshot of the weights every this many optimizer steps.
+    pub refresh_steps: u64,
+    /// Requests computed at the same time (each on its own thread).
+    pub threads: usize,
+    /// Requests allowed to wait for a thread; more are answered 503 at once.
+    pub queue: usize,
+    /// Largest request body in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// A request not answered within this many seconds (waiting included) gets 503.
+    pub timeout_seconds: u64,
+    /// Beam width of `/v1/caption` and `/v1/generate` when the request gives none.
+    pub beam: usize,
+    /// Most generated tokens when the request gives no `max_len`.
+    pub max_len: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            refresh_steps: 100,
+            threads: 2,
+            queue: 16,
+            max_body_bytes: 16 << 20,
+            timeout_seconds: 30,
+            beam: 1,
+            max_len: 20,
+        }
+    }
 }
 
 /// `[storage]`: where and how often checkpoints are written.
@@ -159,6 +202,9 @@ pub struct ModelSection {
     pub pre_ln: bool,
     /// Per-objective loss weights; 0 disables an objective.
     pub weights: ObjectiveWeightsConfig,
+    /// Share of text seq2seq examples whose target is a suffix of the text (prefix ->
+    /// continuation, what `unimod generate` asks for); the rest use fragment sampling.
+    pub continuation: f32,
 }
 
 impl Default for ModelSection {
@@ -173,6 +219,7 @@ impl Default for ModelSection {
             dropout: 0.1,
             pre_ln: true,
             weights: ObjectiveWeightsConfig::default(),
+            continuation: 0.5,
         }
     }
 }
@@ -191,11 +238,13 @@ pub struct ObjectiveWeightsConfig {
     pub cmcl: f32,
     /// Image-text matching / alignment prediction.
     pub itm: f32,
+    /// Image-to-text seq2seq (captioning) on pairs (UNIMO only).
+    pub caption: f32,
 }
 
 impl Default for ObjectiveWeightsConfig {
     fn default() -> Self {
-        Self { mlm: 1.0, seq2seq: 1.0, mrm: 1.0, cmcl: 1.0, itm: 1.0 }
+        Self { mlm: 1.0, seq2seq: 1.0, mrm: 1.0, cmcl: 1.0, itm: 1.0, caption: 1.0 }
     }
 }
 
@@ -440,10 +489,37 @@ impl Config {
             return Err(format!("model.dropout must be in [0, 1) (got {})", m.dropout));
         }
         let w = &m.weights;
-        for (k, v) in [("mlm", w.mlm), ("seq2seq", w.seq2seq), ("mrm", w.mrm), ("cmcl", w.cmcl), ("itm", w.itm)] {
+        for (k, v) in
+            [("mlm", w.mlm), ("seq2seq", w.seq2seq), ("mrm", w.mrm), ("cmcl", w.cmcl), ("itm", w.itm), ("caption", w.caption)]
+        {
             if !v.is_finite() || v < 0.0 {
                 return Err(format!("model.weights.{k} must be a finite number >= 0 (got {v})"));
             }
+        }
+        if !(0.0..=1.0).contains(&m.continuation) {
+            return Err(format!("model.continuation must be in [0, 1] (got {})", m.continuation));
+        }
+        let sv = &self.serve;
+        if sv.refresh_steps == 0 {
+            return Err("serve.refresh_steps must be at least 1".into());
+        }
+        if sv.threads == 0 || sv.threads > 256 {
+            return Err("serve.threads must be between 1 and 256".into());
+        }
+        if sv.max_body_bytes < 1024 {
+            return Err("serve.max_body_bytes must be at least 1024".into());
+        }
+        if sv.timeout_seconds == 0 {
+            return Err("serve.timeout_seconds must be at least 1".into());
+        }
+        if sv.beam == 0 || sv.beam > 16 {
+            return Err("serve.beam must be between 1 and 16".into());
+        }
+        if sv.max_len == 0 || sv.max_len > 512 {
+            return Err("serve.max_len must be between 1 and 512".into());
+        }
+        if sv.listen.is_some() && sv.listen == Some(self.metrics.listen) {
+            return Err("serve.listen must differ from metrics.listen".into());
         }
         let t = &self.train;
         if t.batch_size == 0 {

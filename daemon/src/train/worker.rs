@@ -121,6 +121,8 @@ pub struct Worker<B: AutodiffBackend> {
     pub ingest_metrics: IngestMetrics,
     /// Consecutive failed checkpoint writes, kept by the writer thread.
     pub checkpoint_failures_in_row: Arc<AtomicU64>,
+    /// Serving snapshots: called at start and every N steps, between steps.
+    pub snapshot: Option<(u64, crate::serve::StepHook<B>)>,
 }
 
 impl<B: AutodiffBackend> Worker<B> {
@@ -139,6 +141,9 @@ impl<B: AutodiffBackend> Worker<B> {
         let mut input_closed = false;
         // Rejected records whose dead-letter copy is still under way (their offsets wait).
         let mut pending: Vec<(SourcePos, Copied)> = Vec::new();
+        if let Some((_, hook)) = self.snapshot.as_mut() {
+            hook(self.step, &self.trainer);
+        }
         let fresh_target = {
             let replay = (self.params.batch_size as f64 * self.params.replay_ratio).round() as usize;
             self.params.batch_size.saturating_sub(replay).max(1)
@@ -352,6 +357,12 @@ impl<B: AutodiffBackend> Worker<B> {
             if self.step.is_multiple_of(50) {
                 let total = report.losses.first().map_or(f32::NAN, |(_, l)| *l);
                 tracing::info!(step = self.step, loss = total, lr, step_ms = elapsed.as_millis() as u64, "training");
+            }
+
+            if let Some((every, hook)) = self.snapshot.as_mut() {
+                if self.step.is_multiple_of(*every) {
+                    hook(self.step, &self.trainer);
+                }
             }
 
             // 5. Checkpoint when due.

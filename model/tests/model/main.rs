@@ -6,6 +6,7 @@ mod common;
 mod contrastive_toy;
 mod export;
 mod gpu_step;
+mod generation;
 mod matching;
 mod masks;
 mod save_load;

@@ -5,6 +5,7 @@ mod faults;
 mod gpu;
 mod harness;
 mod restarts;
+mod serving;
 
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
