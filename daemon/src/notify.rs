@@ -42,7 +42,10 @@ impl Notifier {
     /// Sends `state` (newline-separated `KEY=VALUE` lines). Errors are logged, never fatal.
     pub fn notify(&self, state: &str) {
         let Some(path) = &self.socket else { return };
+        // Never block: a service manager (or test) that stops reading its socket must not
+        // stall the caller (the drain calls this on the main task).
         let result = UnixDatagram::unbound().and_then(|sock| {
+            sock.set_nonblocking(true)?;
             let bytes = path.as_os_str().as_encoded_bytes();
             if let Some(abstract_name) = bytes.strip_prefix(b"@") {
                 send_abstract(&sock, abstract_name, state)
@@ -51,6 +54,10 @@ impl Notifier {
             }
         });
         if let Err(e) = result {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                tracing::debug!(socket = %path.display(), "service manager socket full; notification dropped");
+                return;
+            }
             tracing::warn!(socket = %path.display(), error = %e, "cannot notify the service manager");
         }
     }
