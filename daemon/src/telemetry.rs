@@ -3,7 +3,7 @@
 //! INTERFACE.md section 5 is the contract for the names.
 
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 
@@ -47,6 +47,41 @@ pub const BUILD_INFO: &str = "unimod_build_info";
 pub const READY: &str = "unimod_ready";
 /// `unimod_trainer_queue_items`.
 pub const TRAINER_QUEUE_ITEMS: &str = "unimod_trainer_queue_items";
+
+/// `unimod_cmcl_items_total{role}`.
+pub const CMCL_ITEMS_TOTAL: &str = "unimod_cmcl_items_total";
+/// `unimod_cmcl_positive_similarity{modality}`.
+pub const CMCL_POSITIVE_SIMILARITY: &str = "unimod_cmcl_positive_similarity";
+
+/// What CMCL's stream state adds to the pairs of a step (see `train::cmcl`).
+#[derive(Clone)]
+pub struct CmclMetrics {
+    /// Items added to pairs by role: `rewrite_negative`, `tfidf_negative`, `text_positive`,
+    /// `image_positive`.
+    pub items: IntCounterVec,
+    /// Similarity of each retrieved positive to its pair (`modality` = `text`: TF-IDF cosine
+    /// to the caption; `image`: cosine of the pooled embeddings).
+    pub positive_similarity: HistogramVec,
+}
+
+impl CmclMetrics {
+    /// The metrics, not yet registered anywhere, with every series at zero.
+    pub fn new() -> prometheus::Result<Self> {
+        let items = IntCounterVec::new(
+            Opts::new(CMCL_ITEMS_TOTAL, "CMCL hard negatives and retrieved positives added to pairs, by role"),
+            &["role"],
+        )?;
+        let positive_similarity = HistogramVec::new(
+            HistogramOpts::new(CMCL_POSITIVE_SIMILARITY, "Similarity of each retrieved CMCL positive to its pair")
+                .buckets(prometheus::linear_buckets(0.0, 0.05, 21)?),
+            &["modality"],
+        )?;
+        for role in ["rewrite_negative", "tfidf_negative", "text_positive", "image_positive"] {
+            items.with_label_values(&[role]);
+        }
+        Ok(Self { items, positive_similarity })
+    }
+}
 
 /// The daemon's metrics.
 #[derive(Clone)]
@@ -92,6 +127,8 @@ pub struct Metrics {
     pub trainer_queue: IntGauge,
     /// Build information (constant 1).
     pub build_info: IntGaugeVec,
+    /// CMCL negatives and positives.
+    pub cmcl: CmclMetrics,
 }
 
 impl Metrics {
@@ -138,8 +175,11 @@ impl Metrics {
             Opts::new(BUILD_INFO, "Build information; always 1"),
             &["version", "backend"],
         )?;
+        let cmcl = CmclMetrics::new()?;
         for c in [
-            Box::new(records.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cmcl.items.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cmcl.positive_similarity.clone()),
+            Box::new(records.clone()),
             Box::new(steps.clone()),
             Box::new(loss.clone()),
             Box::new(learning_rate.clone()),
@@ -194,6 +234,7 @@ impl Metrics {
             ready,
             trainer_queue,
             build_info,
+            cmcl,
         })
     }
 }
