@@ -1078,6 +1078,7 @@ mod tests {
             texts: 4,
             images: 3,
             eval: 6,
+            holdout: 0,
             image_files: true,
             bad: true,
         };
