@@ -185,10 +185,10 @@ pub fn checkpoint_show(config: &Path, id: &str) -> Result<(), CliError> {
 }
 
 /// `unimod checkpoint export`.
-pub fn checkpoint_export(config: &Path, id: &str, out: &Path) -> Result<(), CliError> {
+pub fn checkpoint_export(config: &Path, id: &str, out: &Path, cooldown: bool) -> Result<(), CliError> {
     let config = load_config(config)?;
     init_logging(LogFormat::Human, "warn");
-    crate::inspect::export(&config, id, out)
+    crate::inspect::export(&config, id, out, cooldown)
 }
 
 /// `unimod caption`.

@@ -165,6 +165,10 @@ enum CheckpointCommand {
         /// Output folder (created if missing).
         #[arg(long)]
         out: PathBuf,
+        /// Export a cooled-down copy: `train.cooldown_steps` steps on the checkpoint's replay
+        /// buffers with the learning rate annealed to 0 (the lineage is not changed).
+        #[arg(long)]
+        cooldown: bool,
     },
 }
 
@@ -192,7 +196,7 @@ fn main() -> ExitCode {
         Command::Checkpoint { command } => match command {
             CheckpointCommand::List { config, json } => cli::checkpoint_list(&config, json),
             CheckpointCommand::Show { id, config, json: _ } => cli::checkpoint_show(&config, &id),
-            CheckpointCommand::Export { id, config, out } => cli::checkpoint_export(&config, &id, &out),
+            CheckpointCommand::Export { id, config, out, cooldown } => cli::checkpoint_export(&config, &id, &out, cooldown),
         },
     };
     match result {

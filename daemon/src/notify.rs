@@ -42,8 +42,9 @@ impl Notifier {
     /// Sends `state` (newline-separated `KEY=VALUE` lines). Errors are logged, never fatal.
     pub fn notify(&self, state: &str) {
         let Some(path) = &self.socket else { return };
-        // Never block: a service manager (or test) that stops reading its socket must not
-        // stall the caller (the drain calls this on the main task).
+        // Never block: a service manager (or a test) that stops reading must not stall the
+        // daemon once the socket's queue (net.unix.max_dgram_qlen, often 10) is full; a
+        // notification that does not fit is dropped with a warning.
         let result = UnixDatagram::unbound().and_then(|sock| {
             sock.set_nonblocking(true)?;
             let bytes = path.as_os_str().as_encoded_bytes();

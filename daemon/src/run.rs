@@ -263,7 +263,7 @@ fn spawn_watchdog(notifier: Notifier, progress: Arc<AtomicU64>, stop: Cancellati
     })
 }
 
-fn train_settings(config: &Config) -> TrainSettings {
+pub(crate) fn train_settings(config: &Config) -> TrainSettings {
     let t = &config.train;
     TrainSettings {
         text_buckets: t.text_buckets.clone(),
@@ -535,7 +535,7 @@ async fn session<B: AutodiffBackend>(
     });
     let worker = Worker {
         schedule: Schedule::new(t.learning_rate, t.warmup_steps, t.rewarm_steps, restored.as_ref().map(|_| step)),
-        cmcl: use_cmcl.then(|| CmclData::new(config.cmcl.clone(), Arc::clone(&tokenizer), t.seed ^ step)),
+        cmcl: use_cmcl.then(|| CmclData::new(config.cmcl.clone(), Arc::clone(&tokenizer), t.seed ^ step, shared.metrics.cmcl.clone())),
         trainer,
         lineage,
         replay,

@@ -3,7 +3,7 @@
 //! INTERFACE.md section 5 is the contract for the names.
 
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 
@@ -55,6 +55,41 @@ pub const DEAD_LETTER_VALUE_DROPPED_TOTAL: &str = "unimod_dead_letter_value_drop
 pub const CHECKPOINT_FAILURES_IN_ROW: &str = "unimod_checkpoint_failures_in_row";
 /// `unimod_trainer_queue_items`.
 pub const TRAINER_QUEUE_ITEMS: &str = "unimod_trainer_queue_items";
+
+/// `unimod_cmcl_items_total{role}`.
+pub const CMCL_ITEMS_TOTAL: &str = "unimod_cmcl_items_total";
+/// `unimod_cmcl_positive_similarity{modality}`.
+pub const CMCL_POSITIVE_SIMILARITY: &str = "unimod_cmcl_positive_similarity";
+
+/// What CMCL's stream state adds to the pairs of a step (see `train::cmcl`).
+#[derive(Clone)]
+pub struct CmclMetrics {
+    /// Items added to pairs by role: `rewrite_negative`, `tfidf_negative`, `text_positive`,
+    /// `image_positive`.
+    pub items: IntCounterVec,
+    /// Similarity of each retrieved positive to its pair (`modality` = `text`: TF-IDF cosine
+    /// to the caption; `image`: cosine of the pooled embeddings).
+    pub positive_similarity: HistogramVec,
+}
+
+impl CmclMetrics {
+    /// The metrics, not yet registered anywhere, with every series at zero.
+    pub fn new() -> prometheus::Result<Self> {
+        let items = IntCounterVec::new(
+            Opts::new(CMCL_ITEMS_TOTAL, "CMCL hard negatives and retrieved positives added to pairs, by role"),
+            &["role"],
+        )?;
+        let positive_similarity = HistogramVec::new(
+            HistogramOpts::new(CMCL_POSITIVE_SIMILARITY, "Similarity of each retrieved CMCL positive to its pair")
+                .buckets(prometheus::linear_buckets(0.0, 0.05, 21)?),
+            &["modality"],
+        )?;
+        for role in ["rewrite_negative", "tfidf_negative", "text_positive", "image_positive"] {
+            items.with_label_values(&[role]);
+        }
+        Ok(Self { items, positive_similarity })
+    }
+}
 
 /// The daemon's metrics.
 #[derive(Clone)]
@@ -108,6 +143,8 @@ pub struct Metrics {
     pub checkpoint_failures_in_row: IntGauge,
     /// Distinct shape signatures of training steps so far (this process).
     pub shape_signatures: IntGauge,
+    /// CMCL negatives and positives.
+    pub cmcl: CmclMetrics,
 }
 
 impl Metrics {
@@ -168,11 +205,14 @@ impl Metrics {
         )?;
         let checkpoint_failures_in_row =
             IntGauge::new(CHECKPOINT_FAILURES_IN_ROW, "Consecutive failed checkpoint writes (0 after a success)")?;
+        let cmcl = CmclMetrics::new()?;
         for c in [
             Box::new(dead_letter_failures.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(dead_letter_value_dropped.clone()),
             Box::new(checkpoint_failures_in_row.clone()),
-            Box::new(records.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cmcl.items.clone()),
+            Box::new(cmcl.positive_similarity.clone()),
+            Box::new(records.clone()),
             Box::new(steps.clone()),
             Box::new(loss.clone()),
             Box::new(learning_rate.clone()),
@@ -234,6 +274,7 @@ impl Metrics {
             dead_letter_value_dropped,
             checkpoint_failures_in_row,
             shape_signatures,
+            cmcl,
         })
     }
 }

@@ -36,6 +36,11 @@ struct Args {
     /// eval_pairs.jsonl.
     #[arg(long, default_value_t = 64)]
     eval: usize,
+    /// Colour/shape combinations (at most 8) held out of pairs, texts, images and
+    /// eval_pairs.jsonl; eval_unseen.jsonl then holds --eval pairs showing them (a
+    /// compositional split).
+    #[arg(long, default_value_t = 0)]
+    holdout: usize,
     /// Seed: the same seed and sizes give byte-identical files.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         texts: args.texts,
         images: args.images,
         eval: args.eval,
+        holdout: args.holdout,
         image_files: args.image_files,
         bad: args.bad,
     };

@@ -443,12 +443,46 @@ fn mix(mut z: u64) -> u64 {
 pub struct Generator {
     seed: u64,
     size: u32,
+    /// Colour/shape combinations held out of the training streams ([`Generator::held_out`]).
+    holdout: usize,
 }
 
 impl Generator {
     /// A generator of `size` x `size` images; the same seed always yields the same records.
     pub fn new(seed: u64, size: u32) -> Generator {
-        Generator { seed, size }
+        Generator { seed, size, holdout: 0 }
+    }
+
+    /// The same generator with a compositional split: `n` (at most 8) colour/shape
+    /// combinations never appear in the training streams (pairs, texts, images) nor in
+    /// [`Generator::eval_pairs`], and every scene of [`Generator::eval_unseen_pairs`] shows at
+    /// least one of them. Every colour and every shape kind still appears in training.
+    pub fn with_holdout(self, n: usize) -> Generator {
+        Generator { holdout: n.min(Colour::ALL.len()), ..self }
+    }
+
+    /// The held-out colour/shape combinations: colour `i` with kind `(i + seed) mod 3`, for
+    /// the first `holdout` colours.
+    pub fn held_out(&self) -> Vec<(Colour, ShapeKind)> {
+        (0..self.holdout)
+            .map(|i| (Colour::ALL[i], ShapeKind::ALL[(i + (self.seed % 3) as usize) % ShapeKind::ALL.len()]))
+            .collect()
+    }
+
+    /// A random scene on the seen (`unseen = false`) or unseen side of the split; without a
+    /// hold-out, exactly one [`Scene::random`] draw.
+    fn scene(&self, rng: &mut StdRng, unseen: bool) -> Scene {
+        let held = self.held_out();
+        loop {
+            let scene = Scene::random(rng);
+            if held.is_empty() {
+                return scene;
+            }
+            let shows = scene.shapes.iter().any(|s| held.contains(&(s.colour, s.kind)));
+            if shows == unseen {
+                return scene;
+            }
+        }
     }
 
     /// Image side in pixels.
@@ -461,7 +495,11 @@ impl Generator {
     }
 
     fn pair_from(&self, rng: &mut StdRng, id: String) -> Result<(Scene, PairRecord)> {
-        let scene = Scene::random(rng);
+        self.pair_on_side(rng, id, false)
+    }
+
+    fn pair_on_side(&self, rng: &mut StdRng, id: String, unseen: bool) -> Result<(Scene, PairRecord)> {
+        let scene = self.scene(rng, unseen);
         let caption = scene.caption(rng);
         let png = encode_png(&scene.render(self.size))?;
         Ok((
@@ -483,9 +521,16 @@ impl Generator {
     /// Text-only record `index`: a description of a random scene in one of a few sentence
     /// frames, or now and then a plain statement about a shape or colour.
     pub fn text(&self, index: u64) -> TextRecord {
+        self.text_with_scene(index).1
+    }
+
+    /// Text-only record `index` with the scene it describes and its sentence frame (0-3 describe
+    /// the whole scene, 4 and 5 only its first shape).
+    pub fn text_with_scene(&self, index: u64) -> (Scene, TextRecord, u32) {
         let mut rng = self.rng(Stream::Text, index);
-        let scene = Scene::random(&mut rng);
-        let text = match rng.random_range(0..6u32) {
+        let scene = self.scene(&mut rng, false);
+        let frame = rng.random_range(0..6u32);
+        let text = match frame {
             0 => format!("{}.", scene.caption(&mut rng)),
             1 => format!("here is {}.", scene.description()),
             2 => format!("the picture shows {}.", scene.description()),
@@ -509,16 +554,17 @@ impl Generator {
                 )
             }
         };
-        TextRecord {
+        let record = TextRecord {
             id: format!("text-{index}"),
             text,
-        }
+        };
+        (scene, record, frame)
     }
 
     /// Image-only record `index`, with the scene it shows.
     pub fn image(&self, index: u64) -> Result<(Scene, ImageRecord)> {
         let mut rng = self.rng(Stream::Image, index);
-        let scene = Scene::random(&mut rng);
+        let scene = self.scene(&mut rng, false);
         let png = encode_png(&scene.render(self.size))?;
         Ok((
             scene,
@@ -534,12 +580,27 @@ impl Generator {
     /// times, so the result has fewer than `n` pairs only if `n` approaches the number of
     /// distinct captions).
     pub fn eval_pairs(&self, n: usize) -> Result<Vec<(Scene, PairRecord)>> {
+        self.eval_side(n, false)
+    }
+
+    /// With a hold-out ([`Generator::with_holdout`]): `n` held-out pairs (ids `unseen-N`) whose
+    /// scenes each show at least one held-out colour/shape combination, with pairwise distinct
+    /// captions. Empty without a hold-out.
+    pub fn eval_unseen_pairs(&self, n: usize) -> Result<Vec<(Scene, PairRecord)>> {
+        if self.holdout == 0 {
+            return Ok(Vec::new());
+        }
+        self.eval_side(n, true)
+    }
+
+    fn eval_side(&self, n: usize, unseen: bool) -> Result<Vec<(Scene, PairRecord)>> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(n);
+        let (prefix, offset) = if unseen { ("unseen", 1u64 << 40) } else { ("eval", 0) };
         for index in 0..n as u64 {
-            let mut rng = self.rng(Stream::Eval, index);
+            let mut rng = self.rng(Stream::Eval, offset + index);
             for _ in 0..EVAL_REDRAWS {
-                let (scene, rec) = self.pair_from(&mut rng, format!("eval-{index}"))?;
+                let (scene, rec) = self.pair_on_side(&mut rng, format!("{prefix}-{index}"), unseen)?;
                 if seen.insert(rec.caption.clone()) {
                     out.push((scene, rec));
                     break;
@@ -563,8 +624,11 @@ pub struct SynthConfig {
     pub texts: usize,
     /// Image-only records in `image.jsonl`.
     pub images: usize,
-    /// Held-out pairs in `eval_pairs.jsonl`.
+    /// Held-out pairs in `eval_pairs.jsonl` (and, with `holdout`, in `eval_unseen.jsonl`).
     pub eval: usize,
+    /// Colour/shape combinations held out of training (0 = none, at most 8): the compositional
+    /// split of [`Generator::with_holdout`]; `eval_unseen.jsonl` then holds pairs showing them.
+    pub holdout: usize,
     /// Also write the image-only records as PNG files under `images/` (for `unimod produce
     /// --kind image DIR`).
     pub image_files: bool,
@@ -584,6 +648,7 @@ impl Default for SynthConfig {
             texts: 256,
             images: 128,
             eval: 64,
+            holdout: 0,
             image_files: false,
             bad: false,
         }
@@ -605,6 +670,9 @@ pub struct Manifest {
     pub images: usize,
     /// Records in `eval_pairs.jsonl`.
     pub eval: usize,
+    /// Records in `eval_unseen.jsonl` (0 without a hold-out).
+    #[serde(default)]
+    pub eval_unseen: usize,
     /// Records in `bad_text.jsonl` (0 when not written).
     pub bad_text: usize,
     /// Records in `bad_image.jsonl`.
@@ -762,7 +830,7 @@ fn write_lines(path: &Path, records: &[BadRecord]) -> Result<usize> {
 /// the `bad_*` files. Returns what was written.
 pub fn write_dataset(dir: &Path, cfg: &SynthConfig) -> Result<Manifest> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let gen = Generator::new(cfg.seed, cfg.size);
+    let gen = Generator::new(cfg.seed, cfg.size).with_holdout(cfg.holdout);
     let mut m = Manifest {
         seed: cfg.seed,
         size: cfg.size,
@@ -798,6 +866,12 @@ pub fn write_dataset(dir: &Path, cfg: &SynthConfig) -> Result<Manifest> {
         &dir.join("eval_pairs.jsonl"),
         gen.eval_pairs(cfg.eval)?.into_iter().map(|(_, r)| Ok(r)),
     )?;
+    if cfg.holdout > 0 {
+        m.eval_unseen = write_jsonl(
+            &dir.join("eval_unseen.jsonl"),
+            gen.eval_unseen_pairs(cfg.eval)?.into_iter().map(|(_, r)| Ok(r)),
+        )?;
+    }
 
     if cfg.bad {
         let (_, valid) = gen.pair(0)?;
@@ -1004,6 +1078,7 @@ mod tests {
             texts: 4,
             images: 3,
             eval: 6,
+            holdout: 0,
             image_files: true,
             bad: true,
         };
@@ -1115,5 +1190,79 @@ mod tests {
         assert!(image::load_from_memory(BAD_RAW_IMAGE).is_err());
         // The valid image used inside bad pairs does decode (the pair fails for its caption).
         assert!(decodes(&valid));
+    }
+    #[test]
+    fn holdout_keeps_combinations_out_of_training_and_in_unseen_eval() {
+        let plain = Generator::new(5, 16);
+        let gen = plain.with_holdout(4);
+        let held = gen.held_out();
+        assert_eq!(held.len(), 4);
+        let shows = |scene: &Scene| scene.shapes.iter().any(|s| held.contains(&(s.colour, s.kind)));
+        for i in 0..200 {
+            assert!(!shows(&gen.pair(i).expect("pair").0), "training pair {i} shows a held-out combination");
+            assert!(!shows(&gen.image(i).expect("image").0));
+            assert!(!shows(&gen.text_with_scene(i).0));
+        }
+        let seen = gen.eval_pairs(30).expect("eval");
+        assert!(seen.iter().all(|(s, _)| !shows(s)));
+        let unseen = gen.eval_unseen_pairs(30).expect("unseen");
+        assert_eq!(unseen.len(), 30);
+        assert!(unseen.iter().all(|(s, r)| shows(s) && r.id.starts_with("unseen-")));
+        // Every colour and kind still occurs in training.
+        let mut colours = std::collections::HashSet::new();
+        let mut kinds = std::collections::HashSet::new();
+        for i in 0..300 {
+            for s in gen.pair(i).expect("pair").0.shapes {
+                colours.insert(s.colour);
+                kinds.insert(s.kind);
+            }
+        }
+        assert_eq!((colours.len(), kinds.len()), (Colour::ALL.len(), ShapeKind::ALL.len()));
+        // Without a hold-out the streams are unchanged.
+        assert_eq!(plain.with_holdout(0).pair(3).expect("pair").1, plain.pair(3).expect("pair").1);
+        assert!(plain.eval_unseen_pairs(5).expect("none").is_empty());
+    }
+
+    /// How the TF-IDF cosine between a pair's caption and its nearest text-only record (in a
+    /// window of 512) relates to the record being true of the pair's scene: the measurement
+    /// behind `cmcl.text_min_similarity` (docs/configuration.md). Prints a table; run with
+    /// `cargo test -p unimod-e2e --lib tfidf_positive_precision -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn tfidf_positive_precision() {
+        use unimod_ingest::text::TfIdfWindow;
+        for seed in [7u64, 8] {
+            let gen = Generator::new(seed, 32);
+            let mut window = TfIdfWindow::new(512);
+            let mut scenes = Vec::new();
+            for i in 0..512u64 {
+                let (scene, rec, frame) = gen.text_with_scene(i);
+                window.add(i, &rec.text);
+                scenes.push((scene, frame));
+            }
+            let mut rows = Vec::new();
+            for i in 0..2000u64 {
+                let mut rng = gen.rng(Stream::Pair, i);
+                let scene = Scene::random(&mut rng);
+                let caption = scene.caption(&mut rng);
+                if let Some(&(id, score)) = window.query(&caption, 1).first() {
+                    let (ts, frame) = &scenes[id as usize];
+                    let first = ts.shapes[0];
+                    let true_of = match frame {
+                        0..=3 => ts.description() == scene.description(),
+                        4 => scene.shapes.iter().any(|s| s.kind == first.kind),
+                        _ => scene.shapes.iter().any(|s| s.kind == first.kind && s.colour == first.colour && s.size == first.size),
+                    };
+                    rows.push((score, true_of));
+                }
+            }
+            println!("seed {seed}: {} captions with a hit", rows.len());
+            println!("threshold  accepted  true-of-image");
+            for t in [0.0f32, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95] {
+                let acc: Vec<bool> = rows.iter().filter(|r| r.0 >= t).map(|r| r.1).collect();
+                let precision = acc.iter().filter(|&&b| b).count() as f32 / acc.len().max(1) as f32;
+                println!("{t:9.2}  {:8.3}  {precision:13.3}", acc.len() as f32 / 2000.0);
+            }
+        }
     }
 }

@@ -290,6 +290,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Capacity (records) of the queue between preprocessing and the trainer thread.
     pub queue_capacity: usize,
+    /// Steps of the cooldown that `unimod checkpoint export --cooldown` runs on a copy of the
+    /// weights (learning rate annealed linearly to 0, batches from the checkpoint's replay
+    /// buffers); the lineage itself never cools down.
+    pub cooldown_steps: u64,
 }
 
 impl Default for TrainConfig {
@@ -313,6 +317,7 @@ impl Default for TrainConfig {
             max_nonfinite_in_row: 5,
             seed: 42,
             queue_capacity: 1024,
+            cooldown_steps: 200,
         }
     }
 }
@@ -339,21 +344,41 @@ impl Default for MixConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CmclConfig {
-    /// Hard-negative captions made by rewriting each pair's caption.
+    /// Hard-negative captions made by rewriting each pair's caption (one object, attribute,
+    /// number or relation word replaced by one of a different meaning).
     pub hard_negatives: usize,
-    /// Recent text-only and image-only items kept for retrieval of extra positives.
+    /// Hard-negative captions per pair taken from other images' captions close by TF-IDF
+    /// (from the window of recent pair captions; never a caption of the same image).
+    pub tfidf_negatives: usize,
+    /// Recent text-only records, image-only records and pair captions kept for retrieval.
     pub window: usize,
-    /// Extra text positives retrieved per pair (TF-IDF over the window).
+    /// Extra text positives retrieved per pair (TF-IDF over the text window).
     pub text_positives: usize,
     /// Extra image positives retrieved per pair (pooled-embedding similarity over the window).
     pub image_positives: usize,
-    /// Minimum similarity for a retrieved item to count as a positive.
-    pub min_similarity: f32,
+    /// Minimum TF-IDF cosine between a caption and a text-only record for the record to be a
+    /// positive (docs/configuration.md says how it was chosen).
+    pub text_min_similarity: f32,
+    /// Minimum cosine between the pooled embeddings of a pair's image and an image-only record
+    /// for the record to be a positive (docs/configuration.md says how it was chosen).
+    pub image_min_similarity: f32,
+    /// Recompute the image window's embeddings with the current weights every this many
+    /// steps (0 = keep the embeddings computed when each image arrived).
+    pub image_refresh_steps: u64,
 }
 
 impl Default for CmclConfig {
     fn default() -> Self {
-        Self { hard_negatives: 1, window: 512, text_positives: 1, image_positives: 1, min_similarity: 0.5 }
+        Self {
+            hard_negatives: 1,
+            tfidf_negatives: 1,
+            window: 512,
+            text_positives: 1,
+            image_positives: 1,
+            text_min_similarity: 0.95,
+            image_min_similarity: 0.9,
+            image_refresh_steps: 100,
+        }
     }
 }
 
@@ -571,8 +596,11 @@ impl Config {
         if t.max_nonfinite_in_row == 0 {
             return Err("train.max_nonfinite_in_row must be at least 1".into());
         }
-        if !(-1.0..=1.0).contains(&self.cmcl.min_similarity) {
-            return Err("cmcl.min_similarity must be in [-1, 1]".into());
+        if !(0.0..=1.0).contains(&self.cmcl.text_min_similarity) {
+            return Err("cmcl.text_min_similarity must be in [0, 1] (a TF-IDF cosine)".into());
+        }
+        if !(-1.0..=1.0).contains(&self.cmcl.image_min_similarity) {
+            return Err("cmcl.image_min_similarity must be in [-1, 1] (a cosine)".into());
         }
         if self.shutdown.drain_seconds == 0 {
             return Err("shutdown.drain_seconds must be at least 1".into());

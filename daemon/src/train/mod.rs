@@ -2,6 +2,7 @@
 
 pub mod batcher;
 pub mod cmcl;
+pub mod cooldown;
 pub mod examples;
 pub mod lineage;
 pub mod mix;

@@ -1,6 +1,10 @@
 //! Learning-rate schedule for an endless run: linear warmup from 0 to the peak over
 //! `warmup_steps` at the start of the lineage, then constant; after a resume, an optional
 //! rewarm over `rewarm_steps` (the minimum of both factors applies).
+//!
+//! A cooldown ([`cooldown_lr`]) is never part of this schedule: it runs on a copy of the
+//! weights (`unimod checkpoint export --cooldown`, see `train::cooldown`), so the lineage's
+//! steps and learning rates are the same whether or not snapshots were cooled down.
 
 /// Learning rate as a function of the optimizer step.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +29,16 @@ impl Schedule {
             _ => 1.0,
         };
         self.peak * warm.min(rewarm)
+    }
+}
+
+/// The learning rate of cooldown step `i` (0-based) of `steps`, starting from `start`: a
+/// linear anneal `start * (steps - i) / steps`, which reaches 0 just after the last step.
+pub fn cooldown_lr(start: f64, i: u64, steps: u64) -> f64 {
+    if steps == 0 || i >= steps {
+        0.0
+    } else {
+        start * (steps - i) as f64 / steps as f64
     }
 }
 
@@ -58,6 +72,17 @@ mod tests {
         assert_eq!(s.lr(103), 1.0);
         // Without rewarm, a resume continues at the peak.
         assert_eq!(Schedule::new(1.0, 10, 0, Some(100)).lr(100), 1.0);
+    }
+
+    #[test]
+    fn cooldown_anneals_linearly_to_zero() {
+        assert_eq!(cooldown_lr(1.0, 0, 4), 1.0);
+        assert_eq!(cooldown_lr(1.0, 1, 4), 0.75);
+        assert_eq!(cooldown_lr(1.0, 3, 4), 0.25);
+        assert_eq!(cooldown_lr(1.0, 4, 4), 0.0);
+        assert_eq!(cooldown_lr(1.0, 0, 0), 0.0);
+        let lrs: Vec<f64> = (0..10).map(|i| cooldown_lr(2e-4, i, 10)).collect();
+        assert!(lrs.windows(2).all(|w| w[1] < w[0]));
     }
 
     #[test]

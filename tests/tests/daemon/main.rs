@@ -16,7 +16,7 @@ use unimod_e2e::synth::SynthConfig;
 use unimod_e2e::Broker;
 
 fn small_stream(seed: u64, bad: bool) -> SynthConfig {
-    SynthConfig { seed, size: 32, pairs: 96, texts: 48, images: 32, eval: 0, image_files: false, bad }
+    SynthConfig { seed, size: 32, pairs: 96, texts: 48, images: 32, eval: 0, holdout: 0, image_files: false, bad }
 }
 
 /// What the lineage must hold once everything was consumed: (text, image, pair, rejected).
@@ -33,7 +33,10 @@ async fn wait_for_counts(setup: &Setup, want: (u64, u64, u64, u64), timeout: Dur
 async fn trains_the_stream_reports_ready_and_drains_on_sigterm() -> anyhow::Result<()> {
     let broker = Broker::start()?;
     let topics = Topics::create(&broker, 2).await?;
-    let setup = Setup::new(&broker.brokers(), &topics, "unimo", "")?;
+    // Retrieval thresholds low enough that this short stream (48 texts, 32 images) retrieves
+    // positives at all: the test checks that each CMCL source is wired and counted.
+    let cmcl = "[cmcl]\ntext_min_similarity = 0.5\nimage_min_similarity = 0.0\nimage_refresh_steps = 2\n";
+    let setup = Setup::new(&broker.brokers(), &topics, "unimo", cmcl)?;
     let manifest = setup.publish_synthetic(&broker.brokers(), &topics, &small_stream(1, true)).await?;
     let want = expected(&manifest);
 
@@ -94,6 +97,44 @@ async fn trains_the_stream_reports_ready_and_drains_on_sigterm() -> anyhow::Resu
         assert!(metrics.contains(name), "metric {name} missing");
     }
     assert!(metrics.contains(r#"unimod_train_loss{objective="cmcl"}"#), "per-objective loss exported");
+    // CMCL found negatives and positives in the stream (issue 11: retrieval is visible).
+    for role in ["rewrite_negative", "tfidf_negative", "text_positive", "image_positive"] {
+        let series = format!("unimod_cmcl_items_total{{role=\"{role}\"}} ");
+        let value: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no series {series}"));
+        assert!(value > 0.0, "CMCL added no {role} on the synthetic stream");
+    }
+
+    // A cooldown export trains a copy: the checkpoint it starts from, and the lineage, keep
+    // their step.
+    let id = shown["id"].as_u64().expect("checkpoint id").to_string();
+    let step = shown["step"].as_u64().expect("checkpoint step");
+    let cooled_config = setup.dir.path().join("cooldown.toml");
+    std::fs::write(
+        &cooled_config,
+        std::fs::read_to_string(&setup.config)?.replacen("[train]\n", "[train]\ncooldown_steps = 3\n", 1),
+    )?;
+    let cooled = setup.dir.path().join("cooled");
+    let (status, _, err) = setup.command(&[
+        "checkpoint", "export", &id, "--config", &cooled_config.display().to_string(),
+        "--out", &cooled.display().to_string(), "--cooldown",
+    ])?;
+    assert!(status.success(), "export --cooldown: {err}");
+    let described: serde_json::Value = serde_json::from_slice(&std::fs::read(cooled.join("checkpoint.json"))?)?;
+    assert_eq!(described["cooldown"]["tag"], "cooldown");
+    assert_eq!(described["cooldown"]["steps"], 3);
+    assert_eq!(described["cooldown"]["from_step"].as_u64(), Some(step));
+    let (status, _, err) = setup.command(&[
+        "checkpoint", "export", &id, "--config", &setup.config.display().to_string(),
+        "--out", &out.display().to_string(),
+    ])?;
+    assert!(status.success(), "export after the cooldown: {err}");
+    assert_ne!(std::fs::read(cooled.join("model.bin"))?, std::fs::read(out.join("model.bin"))?, "the cooldown changed the copy");
+    let after = setup.latest_checkpoint()?.expect("checkpoint show after the cooldown");
+    assert_eq!(after["step"].as_u64(), Some(step), "the lineage's step is unchanged by the cooldown");
 
     // SIGTERM: /readyz turns 503 before the process is gone, then exit 0 with a final checkpoint.
     let started = Instant::now();
@@ -266,7 +307,7 @@ async fn training_beats_untrained(arch: &str) -> anyhow::Result<()> {
     let extra = "";
     let setup = Setup::new(&broker.brokers(), &topics, arch, extra)?;
     // 150 steps of 16 pairs: every training pair is seen once.
-    let cfg = SynthConfig { seed: 3, size: 32, pairs: 2400, texts: 0, images: 0, eval: 40, image_files: false, bad: false };
+    let cfg = SynthConfig { seed: 3, size: 32, pairs: 2400, texts: 0, images: 0, eval: 40, holdout: 0, image_files: false, bad: false };
     setup.publish_synthetic(&broker.brokers(), &topics, &cfg).await?;
     let eval_pairs = setup.dir.path().join("data/eval_pairs.jsonl");
 
