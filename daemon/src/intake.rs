@@ -190,12 +190,17 @@ pub async fn mix(
                 let received = tokio::time::timeout(wait, async {
                     match target {
                         Some(i) => (i, inputs[i].recv().await),
-                        None => recv_any(&mut inputs, &open).await,
+                        None => {
+                            // Only inputs without a head: a received record never replaces one.
+                            let empty = [open[0] && heads[0].is_none(), open[1] && heads[1].is_none(), open[2] && heads[2].is_none()];
+                            recv_any(&mut inputs, &empty).await
+                        }
                     }
                 })
                 .await;
                 match received {
                     Ok((i, Some(p))) => {
+                        debug_assert!(heads[i].is_none(), "a head is never replaced");
                         if matches!(p.outcome, Outcome::Rejected(_)) {
                             if !forward(p, &output, &budget).await {
                                 return;
@@ -216,7 +221,7 @@ pub async fn mix(
     }
 }
 
-/// The next record from any open input (pending forever when none is open).
+/// The next record from any input marked in `from` (pending forever when none is).
 async fn recv_any(inputs: &mut [mpsc::Receiver<Processed>; 3], open: &[bool; 3]) -> (usize, Option<Processed>) {
     let [a, b, c] = inputs;
     tokio::select! {

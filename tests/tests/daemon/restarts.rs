@@ -202,12 +202,12 @@ async fn twenty_kill_9_rounds_keep_every_record_exactly_once_by_identity() -> an
 
     // A first backlog, then more records (hostile ones mixed in) before every round: the
     // stream never runs dry, and rejected records keep landing above records still waiting.
-    let mut planned = publish_chunk(&brokers, &topics, &gen, (0, 0, 0), (160, 60, 120), (0, 9), &mut rng).await?;
-    let mut next = (160u64, 60u64, 120u64);
+    let mut planned = publish_chunk(&brokers, &topics, &gen, (0, 0, 0), (80, 30, 60), (0, 9), &mut rng).await?;
+    let mut next = (80u64, 30u64, 60u64);
     let mut gaps = Vec::new();
     let mut early_kills = 0;
     for round in 0..ROUNDS {
-        let chunk = (24, 9, 18);
+        let chunk = (12, 5, 10);
         planned.extend(publish_chunk(&brokers, &topics, &gen, next, chunk, (9 + round * 3, 3), &mut rng).await?);
         next = (next.0 + chunk.0, next.1 + chunk.1, next.2 + chunk.2);
         let started = Instant::now();
