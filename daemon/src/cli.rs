@@ -172,8 +172,18 @@ pub fn checkpoint_show(config: &Path, id: &str) -> Result<(), CliError> {
 }
 
 /// `unimod checkpoint export`.
-pub fn checkpoint_export(config: &Path, id: &str, out: &Path) -> Result<(), CliError> {
+pub fn checkpoint_export(config: &Path, id: &str, out: &Path, format: crate::inspect::ExportFormat) -> Result<(), CliError> {
     let config = load_config(config)?;
     init_logging(LogFormat::Human, "warn");
-    crate::inspect::export(&config, id, out)
+    crate::inspect::export(&config, id, out, format)
+}
+
+/// `unimod embed`.
+pub fn embed(config: &Path, pairs: &Path, checkpoint: Option<&str>) -> Result<(), CliError> {
+    let config = load_config(config)?;
+    init_logging(LogFormat::Human, "warn");
+    let rt = runtime()?;
+    let result = rt.block_on(crate::embed::embed_command(&config, pairs, checkpoint));
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
 }

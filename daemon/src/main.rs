@@ -67,6 +67,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The normalised contrastive-space vectors of every pair's caption and image, one JSON
+    /// line per pair: `{"id", "text": [f], "image": [f]}`.
+    Embed {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// JSONL file of pairs (as for `eval`).
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Checkpoint id (default: the latest valid one).
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// JSON lines (the only output format).
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and export checkpoints.
     Checkpoint {
         #[command(subcommand)]
@@ -108,6 +124,10 @@ enum CheckpointCommand {
         /// Output folder (created if missing).
         #[arg(long)]
         out: PathBuf,
+        /// `safetensors` (model.safetensors + config.json, for PyTorch and model.init_from)
+        /// or `burn` (burn's model.bin + model_config.json).
+        #[arg(long, value_enum, default_value = "safetensors")]
+        format: unimod::inspect::ExportFormat,
     },
 }
 
@@ -125,10 +145,11 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => cli::check_config(&config),
         Command::Produce { brokers, kind, topic, inputs } => cli::produce(&brokers, kind, topic, &inputs),
         Command::Eval { config, pairs, checkpoint, json } => cli::eval(&config, &pairs, checkpoint.as_deref(), json),
+        Command::Embed { config, pairs, checkpoint, json: _ } => cli::embed(&config, &pairs, checkpoint.as_deref()),
         Command::Checkpoint { command } => match command {
             CheckpointCommand::List { config, json } => cli::checkpoint_list(&config, json),
             CheckpointCommand::Show { id, config, json: _ } => cli::checkpoint_show(&config, &id),
-            CheckpointCommand::Export { id, config, out } => cli::checkpoint_export(&config, &id, &out),
+            CheckpointCommand::Export { id, config, out, format } => cli::checkpoint_export(&config, &id, &out, format),
         },
     };
     match result {

@@ -1,6 +1,7 @@
 //! End-to-end tests of `unimod run` and its inspection commands: the real binary against a
 //! real Kafka-protocol broker (tansu, sqlite storage), with the synthetic multimodal stream.
 
+mod export_twin;
 mod harness;
 
 use std::os::unix::net::UnixDatagram;
@@ -70,10 +71,19 @@ async fn trains_the_stream_reports_ready_and_drains_on_sigterm() -> anyhow::Resu
     let out = setup.dir.path().join("export");
     let (status, _, err) = setup.command(&[
         "checkpoint", "export", "latest", "--config", &setup.config.display().to_string(),
-        "--out", &out.display().to_string(),
+        "--out", &out.display().to_string(), "--format", "burn",
     ])?;
     assert!(status.success(), "export while running: {err}");
     for f in ["model.bin", "model_config.json", "tokenizer.json"] {
+        assert!(out.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "export wrote no {f}");
+    }
+    let out = setup.dir.path().join("export-safetensors");
+    let (status, _, err) = setup.command(&[
+        "checkpoint", "export", "latest", "--config", &setup.config.display().to_string(),
+        "--out", &out.display().to_string(),
+    ])?;
+    assert!(status.success(), "safetensors export while running: {err}");
+    for f in ["model.safetensors", "config.json", "tokenizer.json", "checkpoint.json"] {
         assert!(out.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "export wrote no {f}");
     }
 
