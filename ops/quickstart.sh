@@ -304,6 +304,8 @@ ${bold}Done.${plain} What to try next:
   $unimod checkpoint export latest --config $config --out $qs/export
   $unimod caption --config $config --beam 4 --pairs $qs/data/eval_pairs.jsonl
   $unimod generate --config $config --prompt "a large red"
+  pip install -e python/ && python -m unimod_torch.embed $qs/export --pairs $qs/data/eval_pairs.jsonl --json
+                                        # the same vectors as \`unimod embed\`, in PyTorch (docs/export.md)
   $unimod run --config $config          # resumes from the latest checkpoint; Ctrl-C drains
   QS_ARCH=vilbert $0                    # the same with ViLBERT
 Files: $qs (data, logs, broker database, sled store).

@@ -9,6 +9,10 @@
 #     libvulkan1 (Mesa's software Vulkan driver, llvmpipe: the wgpu backend's tests run on it
 #     without a GPU);
 #   - Rust (rustup, stable toolchain) when `cargo` is missing;
+#   - the PyTorch twin's Python dependencies (torch, safetensors, tokenizers: `pip install -e
+#     python/`) in a virtual environment, UNIMOD_VENV (default ~/.cache/unimod/venv), used by
+#     scripts/test-twin.sh. PyPI's default torch wheel brings its CUDA libraries (about 3 GB,
+#     a few minutes); the CPU is all the tests use;
 #   - the tansu Kafka-protocol broker (`cargo install tansu --locked --features libsql`, for
 #     its sqlite storage engine) when no working `tansu` is on the PATH and TANSU_BIN is unset.
 #
@@ -28,7 +32,7 @@ fi
 
 # Debian packages ------------------------------------------------------------------------
 packages=(build-essential cmake pkg-config libcurl4-openssl-dev libssl-dev curl git
-          ca-certificates python3 prometheus systemd mesa-vulkan-drivers libvulkan1)
+          ca-certificates python3 python3-venv prometheus systemd mesa-vulkan-drivers libvulkan1)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
@@ -86,5 +90,18 @@ else
     say "installing tansu (cargo install tansu --locked --features libsql; takes a while)"
     cargo install tansu --locked --features libsql
     tansu_works "$(command -v tansu)" || { say "tansu installed but does not run" >&2; exit 1; }
+fi
+# Python (the PyTorch twin) -------------------------------------------------------------------
+venv=${UNIMOD_VENV:-$HOME/.cache/unimod/venv}
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ -x $venv/bin/python ]] && "$venv/bin/python" -c 'import torch, safetensors, tokenizers, unimod_torch' >/dev/null 2>&1; then
+    say "python twin: $venv"
+else
+    say "python twin: pip install -e python/ into $venv (torch, safetensors, tokenizers; torch is large)"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet -e "$repo/python"
+    "$venv/bin/python" -c 'import torch, safetensors, tokenizers, unimod_torch' \
+        || { say "the python twin's dependencies do not import" >&2; exit 1; }
 fi
 say "done"

@@ -35,6 +35,11 @@ start=$SECONDS
 echo "test.sh: cargo test --workspace --locked --no-fail-fast $*"
 cargo test --workspace --locked --no-fail-fast "$@"
 
+# The PyTorch twin (python/unimod_torch) against the daemon: exports, embeddings, recall,
+# warm starts. Fails (exit 2) when Python lacks torch: scripts/install-deps.sh installs it.
+echo "test.sh: scripts/test-twin.sh"
+scripts/test-twin.sh
+
 if [[ -x ops/check.sh ]]; then
     echo "test.sh: ops/check.sh"
     ops/check.sh

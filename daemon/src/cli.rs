@@ -185,10 +185,16 @@ pub fn checkpoint_show(config: &Path, id: &str) -> Result<(), CliError> {
 }
 
 /// `unimod checkpoint export`.
-pub fn checkpoint_export(config: &Path, id: &str, out: &Path, cooldown: bool) -> Result<(), CliError> {
+pub fn checkpoint_export(
+    config: &Path,
+    id: &str,
+    out: &Path,
+    format: crate::inspect::ExportFormat,
+    cooldown: bool,
+) -> Result<(), CliError> {
     let config = load_config(config)?;
     init_logging(LogFormat::Human, "warn");
-    crate::inspect::export(&config, id, out, cooldown)
+    crate::inspect::export(&config, id, out, format, cooldown)
 }
 
 /// `unimod caption`.
@@ -219,6 +225,16 @@ pub fn generate(
     init_logging(LogFormat::Human, "warn");
     let rt = runtime()?;
     let result = rt.block_on(crate::commands::caption::generate_command(&config, prompt, checkpoint, args, json));
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
+}
+
+/// `unimod embed`.
+pub fn embed(config: &Path, pairs: &Path, checkpoint: Option<&str>) -> Result<(), CliError> {
+    let config = load_config(config)?;
+    init_logging(LogFormat::Human, "warn");
+    let rt = runtime()?;
+    let result = rt.block_on(crate::embed::embed_command(&config, pairs, checkpoint));
     rt.shutdown_timeout(RUNTIME_SHUTDOWN);
     result
 }

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
+use unimod_model::{ModelConfig, TrainerState};
+
 use crate::access::CheckpointAccess;
 use crate::checkpoint_io::{blob, Restored};
 use crate::train::cooldown::{cool_down, CooldownReport};
@@ -40,40 +42,72 @@ pub fn show(config: &Config, id: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `checkpoint export`: `model.bin` (burn record bytes), `model_config.json`,
-/// `tokenizer.json` and `checkpoint.json` (the metadata). With `cooldown`, `model.bin` holds
-/// the weights after a cooldown on a copy ([`crate::train::cooldown`]), and `checkpoint.json`
-/// says so under `cooldown`.
-pub fn export(config: &Config, id: &str, out: &Path, cooldown: bool) -> Result<(), CliError> {
+/// `--format` of `checkpoint export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// `model.safetensors` (Hugging Face style names), `config.json`, `tokenizer.json`,
+    /// `checkpoint.json`: for PyTorch and for `model.init_from`.
+    Safetensors,
+    /// burn's own record: `model.bin`, `model_config.json`, `tokenizer.json`, `checkpoint.json`.
+    Burn,
+}
+
+/// `checkpoint export`: see [`ExportFormat`] for the files. With `cooldown`, the weights are
+/// those after a cooldown on a copy ([`crate::train::cooldown`]), and `checkpoint.json` says
+/// so under `cooldown`.
+pub fn export(config: &Config, id: &str, out: &Path, format: ExportFormat, cooldown: bool) -> Result<(), CliError> {
     let access = CheckpointAccess::open(config).map_err(CliError::runtime)?;
     let meta = access.meta(id).map_err(CliError::runtime)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("creating {}", out.display()))
         .map_err(CliError::runtime)?;
-    let cooled = if cooldown { Some(cooled_model(config, &access, &meta).map_err(CliError::runtime)?) } else { None };
-    let files = [
-        (blob::MODEL, "model.bin"),
-        (blob::MODEL_CONFIG, "model_config.json"),
-        (blob::TOKENIZER, "tokenizer.json"),
-    ];
-    for (name, file) in files {
-        let bytes = match &cooled {
-            Some((model, _)) if name == blob::MODEL => model.clone(),
-            _ => access.blob(meta.id, name).map_err(CliError::runtime)?,
-        };
+    let write = |file: &str, bytes: &[u8]| -> Result<(), CliError> {
         let path = out.join(file);
         std::fs::write(&path, bytes)
             .with_context(|| format!("writing {}", path.display()))
-            .map_err(CliError::runtime)?;
+            .map_err(CliError::runtime)
+    };
+    let cooled = if cooldown { Some(cooled_model(config, &access, &meta).map_err(CliError::runtime)?) } else { None };
+    let blob = |name: &str| match &cooled {
+        Some((model, _)) if name == blob::MODEL => Ok(model.clone()),
+        _ => access.blob(meta.id, name).map_err(CliError::runtime),
+    };
+    match format {
+        ExportFormat::Burn => {
+            for (name, file) in [
+                (blob::MODEL, "model.bin"),
+                (blob::MODEL_CONFIG, "model_config.json"),
+                (blob::TOKENIZER, "tokenizer.json"),
+            ] {
+                write(file, &blob(name)?)?;
+            }
+        }
+        ExportFormat::Safetensors => {
+            let config_json = String::from_utf8(blob(blob::MODEL_CONFIG)?)
+                .context("model config is not UTF-8")
+                .map_err(CliError::runtime)?;
+            let state = TrainerState { config_json, model: blob(blob::MODEL)?, optimizer: Vec::new(), steps_applied: 0 };
+            let (model_config, model) = unimod_model::export::model_from_state::<burn::backend::NdArray>(&state, &Default::default())
+                .map_err(|e| CliError::runtime(anyhow::anyhow!("checkpoint {}: {e}", meta.id)))?;
+            let metadata = [
+                ("model_type", model_config.arch.as_str().to_string()),
+                ("unimod_version", env!("CARGO_PKG_VERSION").to_string()),
+                ("checkpoint", meta.id.to_string()),
+                ("step", meta.step.to_string()),
+            ];
+            let bytes = unimod_model::export::to_safetensors(&model, &metadata)
+                .map_err(|e| CliError::runtime(anyhow::anyhow!("checkpoint {}: {e}", meta.id)))?;
+            write("model.safetensors", &bytes)?;
+            let json = export_config_json(config, &model_config);
+            write("config.json", &serde_json::to_vec_pretty(&json).map_err(CliError::runtime)?)?;
+            write("tokenizer.json", &blob(blob::TOKENIZER)?)?;
+        }
     }
     let mut described = serde_json::to_value(&meta).map_err(CliError::runtime)?;
     if let (Some((_, report)), Some(obj)) = (&cooled, described.as_object_mut()) {
         obj.insert("cooldown".into(), serde_json::to_value(report).map_err(CliError::runtime)?);
     }
-    let path = out.join("checkpoint.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&described).map_err(CliError::runtime)?)
-        .with_context(|| format!("writing {}", path.display()))
-        .map_err(CliError::runtime)?;
+    write("checkpoint.json", &serde_json::to_vec_pretty(&described).map_err(CliError::runtime)?)?;
     match &cooled {
         Some((_, r)) => println!(
             "exported checkpoint {} (step {}) after a cooldown of {} steps (learning rate {:.3e} -> 0) to {}",
@@ -110,3 +144,32 @@ fn cooled_model(
     let state = trainer.save().map_err(|e| anyhow::anyhow!("saving the cooled weights: {e}"))?;
     Ok((state.model, report))
 }
+
+/// `config.json` of a safetensors export: every field of the model configuration, plus
+/// `model_type`, `unimod_version`, and what a reader needs to prepare inputs like the daemon:
+/// `text.max_length` and (for the built-in region extractor) `image.box_scales` and
+/// `image.crop_size`.
+pub fn export_config_json(config: &Config, model: &ModelConfig) -> serde_json::Value {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&model.to_json()).unwrap_or_else(|_| serde_json::json!({}));
+    let obj = json.as_object_mut().expect("a model config is a JSON object");
+    obj.insert("model_type".into(), model.arch.as_str().into());
+    obj.insert("unimod_version".into(), env!("CARGO_PKG_VERSION").into());
+    obj.insert("text".into(), serde_json::json!({ "max_length": config.text.max_length }));
+    if config.image.feature_dim() == model.feature_dim {
+        obj.insert(
+            "image".into(),
+            serde_json::json!({ "box_scales": config.image.box_scales, "crop_size": config.image.crop_size }),
+        );
+    } else {
+        eprintln!(
+            "unimod: note: the model's feature_dim {} is not this config's built-in crop width {} (detector regions?): config.json has no \"image\" section",
+            model.feature_dim,
+            config.image.feature_dim()
+        );
+    }
+    json
+}
+
+/// Keys of `config.json` that are not fields of the model configuration.
+pub const EXPORT_EXTRA_KEYS: &[&str] = &["model_type", "unimod_version", "text", "image"];

@@ -67,6 +67,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The normalised contrastive-space vectors of every pair's caption and image, one JSON
+    /// line per pair: `{"id", "text": [f], "image": [f]}`.
+    Embed {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// JSONL file of pairs (as for `eval`).
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Checkpoint id (default: the latest valid one).
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// JSON lines (the only output format).
+        #[arg(long)]
+        json: bool,
+    },
     /// Caption images with the UNIMO generation head (BLEU-4 / CIDEr-D with --pairs).
     Caption {
         /// Configuration file (TOML).
@@ -169,6 +185,10 @@ enum CheckpointCommand {
         /// buffers with the learning rate annealed to 0 (the lineage is not changed).
         #[arg(long)]
         cooldown: bool,
+        /// `safetensors` (model.safetensors + config.json, for PyTorch and model.init_from)
+        /// or `burn` (burn's model.bin + model_config.json).
+        #[arg(long, value_enum, default_value = "safetensors")]
+        format: unimod::inspect::ExportFormat,
     },
 }
 
@@ -186,6 +206,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => cli::check_config(&config),
         Command::Produce { brokers, kind, topic, inputs } => cli::produce(&brokers, kind, topic, &inputs),
         Command::Eval { config, pairs, checkpoint, json } => cli::eval(&config, &pairs, checkpoint.as_deref(), json),
+        Command::Embed { config, pairs, checkpoint, json: _ } => cli::embed(&config, &pairs, checkpoint.as_deref()),
         Command::Caption { config, checkpoint, pairs, decode, json, images } => {
             unimod::commands::caption::caption_input(images, pairs)
                 .and_then(|input| cli::caption(&config, input, checkpoint.as_deref(), decode.into(), json))
@@ -196,7 +217,9 @@ fn main() -> ExitCode {
         Command::Checkpoint { command } => match command {
             CheckpointCommand::List { config, json } => cli::checkpoint_list(&config, json),
             CheckpointCommand::Show { id, config, json: _ } => cli::checkpoint_show(&config, &id),
-            CheckpointCommand::Export { id, config, out, cooldown } => cli::checkpoint_export(&config, &id, &out, cooldown),
+            CheckpointCommand::Export { id, config, out, format, cooldown } => {
+                cli::checkpoint_export(&config, &id, &out, format, cooldown)
+            }
         },
     };
     match result {

@@ -375,7 +375,10 @@ async fn session<B: AutodiffBackend>(
     let tokenizer = match &restored {
         Some(r) => TextTokenizer::from_json(&r.tokenizer_json, config.text.max_length)
             .context("loading the checkpoint's tokenizer")?,
-        None => new_tokenizer(config).await?,
+        None => match crate::warm_start::tokenizer(config)? {
+            Some(t) => t,
+            None => new_tokenizer(config).await?,
+        },
     };
     let tokenizer = Arc::new(tokenizer);
     let settings = train_settings(config);
@@ -404,6 +407,11 @@ async fn session<B: AutodiffBackend>(
                 "resuming from checkpoint"
             );
             t
+        }
+        None if config.model.init_from.is_some() => {
+            let fresh = || new_model_config(config, &tokenizer);
+            crate::warm_start::trainer::<B>(config, &tokenizer, fresh, settings, device)?
+                .expect("init_from is set")
         }
         None => {
             let mc = new_model_config(config, &tokenizer)?;

@@ -205,6 +205,17 @@ pub struct ModelSection {
     /// Share of text seq2seq examples whose target is a suffix of the text (prefix ->
     /// continuation, what `unimod generate` asks for); the rest use fragment sampling.
     pub continuation: f32,
+    /// Start a new lineage from the weights of an exported directory (`checkpoint export`:
+    /// `model.safetensors`, `config.json`, `tokenizer.json`). The architecture, dimensions and
+    /// tokenizer come from it; `arch` must agree. Used only while the store has no checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
+    /// Partial initialisation from `init_from`'s `model.safetensors` (for example a
+    /// BERT/RoBERTa-style text encoder): source name prefix -> unimod tensor name prefix.
+    /// Only the file's tensors under a listed prefix are loaded; the architecture comes from
+    /// this section, the tokenizer from `init_from/tokenizer.json` when present.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub init_map: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ModelSection {
@@ -220,6 +231,8 @@ impl Default for ModelSection {
             pre_ln: true,
             weights: ObjectiveWeightsConfig::default(),
             continuation: 0.5,
+            init_from: None,
+            init_map: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -512,6 +525,12 @@ impl Config {
         }
         if !(0.0..1.0).contains(&m.dropout) {
             return Err(format!("model.dropout must be in [0, 1) (got {})", m.dropout));
+        }
+        if !m.init_map.is_empty() && m.init_from.is_none() {
+            return Err("model.init_map needs model.init_from (the directory holding model.safetensors)".into());
+        }
+        if m.init_from.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err("model.init_from must not be empty".into());
         }
         let w = &m.weights;
         for (k, v) in

@@ -3,6 +3,7 @@
 
 mod faults;
 mod gpu;
+mod export_twin;
 mod harness;
 mod restarts;
 mod serving;
@@ -77,10 +78,19 @@ async fn trains_the_stream_reports_ready_and_drains_on_sigterm() -> anyhow::Resu
     let out = setup.dir.path().join("export");
     let (status, _, err) = setup.command(&[
         "checkpoint", "export", "latest", "--config", &setup.config.display().to_string(),
-        "--out", &out.display().to_string(),
+        "--out", &out.display().to_string(), "--format", "burn",
     ])?;
     assert!(status.success(), "export while running: {err}");
     for f in ["model.bin", "model_config.json", "tokenizer.json"] {
+        assert!(out.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "export wrote no {f}");
+    }
+    let out = setup.dir.path().join("export-safetensors");
+    let (status, _, err) = setup.command(&[
+        "checkpoint", "export", "latest", "--config", &setup.config.display().to_string(),
+        "--out", &out.display().to_string(),
+    ])?;
+    assert!(status.success(), "safetensors export while running: {err}");
+    for f in ["model.safetensors", "config.json", "tokenizer.json", "checkpoint.json"] {
         assert!(out.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false), "export wrote no {f}");
     }
 
@@ -132,7 +142,7 @@ async fn trains_the_stream_reports_ready_and_drains_on_sigterm() -> anyhow::Resu
         "--out", &out.display().to_string(),
     ])?;
     assert!(status.success(), "export after the cooldown: {err}");
-    assert_ne!(std::fs::read(cooled.join("model.bin"))?, std::fs::read(out.join("model.bin"))?, "the cooldown changed the copy");
+    assert_ne!(std::fs::read(cooled.join("model.safetensors"))?, std::fs::read(out.join("model.safetensors"))?, "the cooldown changed the copy");
     let after = setup.latest_checkpoint()?.expect("checkpoint show after the cooldown");
     assert_eq!(after["step"].as_u64(), Some(step), "the lineage's step is unchanged by the cooldown");
 

@@ -1,0 +1,132 @@
+//! `unimod embed`: the normalised contrastive-space vectors of every pair's caption and
+//! image, one JSON line per pair (`{"id", "text": [f], "image": [f]}`). The pairs go through
+//! the same preprocessing as the stream and `eval`; the checkpoint is read the way `eval`
+//! reads it (read-only, or through the running daemon's HTTP port).
+//!
+//! These are the vectors `unimod eval` ranks for UNIMO. ViLBERT's contrastive projection is
+//! not trained (its retrieval scores pairs with the matching head), so its vectors are
+//! printed for comparison with an exported copy, not for retrieval.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use unimod_ingest::fetch::ImageFetcher;
+use unimod_ingest::preprocess::{Outcome, Preprocessor};
+use unimod_ingest::record::{RawRecord, RecordKind, SourcePos};
+use unimod_ingest::text::TextTokenizer;
+use unimod_model::{Trainer, VisualInput};
+
+use crate::access::CheckpointAccess;
+use crate::checkpoint_io::{blob, Restored};
+use crate::cli::CliError;
+use crate::config::Config;
+use crate::train::examples::visual_input;
+
+type EmbedBackend = burn::backend::Autodiff<burn::backend::NdArray>;
+
+/// One output line.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbeddedPair {
+    /// The pair's `id` (null when it has none).
+    pub id: Option<String>,
+    /// Caption vector.
+    pub text: Vec<f32>,
+    /// Image vector.
+    pub image: Vec<f32>,
+}
+
+/// Runs `unimod embed`.
+pub async fn embed_command(config: &Config, pairs: &Path, checkpoint: Option<&str>) -> Result<(), CliError> {
+    let lines = embed_pairs(config, pairs, checkpoint).await.map_err(CliError::runtime)?;
+    let mut out = std::io::stdout().lock();
+    for line in &lines {
+        let json = serde_json::to_string(line).map_err(CliError::runtime)?;
+        writeln!(out, "{json}").map_err(CliError::runtime)?;
+    }
+    out.flush().map_err(CliError::runtime)
+}
+
+/// Loads the checkpoint and embeds every usable pair of the file, in file order.
+pub async fn embed_pairs(config: &Config, pairs: &Path, checkpoint: Option<&str>) -> anyhow::Result<Vec<EmbeddedPair>> {
+    let lines = tokio::fs::read_to_string(pairs)
+        .await
+        .with_context(|| format!("reading --pairs {}", pairs.display()))?;
+    let restored = {
+        let config = config.clone();
+        let id = checkpoint.unwrap_or("latest").to_owned();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let access = CheckpointAccess::open(&config)?;
+            let meta = access.meta(&id)?;
+            let id = meta.id;
+            Restored::from_blobs(meta, |name| {
+                if name == blob::REPLAY {
+                    None
+                } else {
+                    access.blob(id, name).map_err(|e| tracing::error!(error = %format!("{e:#}"), "reading blob")).ok()
+                }
+            })
+        })
+        .await
+        .context("loading the checkpoint")??
+    };
+    let tokenizer = Arc::new(
+        TextTokenizer::from_json(&restored.tokenizer_json, config.text.max_length)
+            .context("loading the checkpoint's tokenizer")?,
+    );
+    let fetcher = ImageFetcher::new(&config.fetch, None).context("building the image fetcher")?;
+    let preprocessor = Preprocessor::new(&config.preprocess, &config.image, Arc::clone(&tokenizer), fetcher, None)
+        .context("starting preprocessing")?;
+    let topic: Arc<str> = Arc::from(pairs.display().to_string());
+    let mut ids: Vec<Option<String>> = Vec::new();
+    let mut images: Vec<VisualInput> = Vec::new();
+    let mut texts: Vec<Vec<u32>> = Vec::new();
+    let mut skipped = 0usize;
+    for (n, line) in lines.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let raw = RawRecord {
+            kind: RecordKind::Pair,
+            pos: SourcePos { topic: Arc::clone(&topic), partition: 0, offset: n as i64 },
+            key: None,
+            payload: Some(line.as_bytes().to_vec()),
+            received_at: std::time::Instant::now(),
+        };
+        match preprocessor.process(raw).await.outcome {
+            Outcome::Ready(s) => match (s.image, s.text) {
+                (Some(i), Some(t)) => {
+                    ids.push(s.id);
+                    images.push(visual_input(&i));
+                    texts.push(t.ids);
+                }
+                _ => skipped += 1,
+            },
+            Outcome::Rejected(r) => {
+                tracing::warn!(line = n + 1, reason = %r, "pair skipped");
+                skipped += 1;
+            }
+        }
+    }
+    if images.is_empty() {
+        anyhow::bail!("{}: no usable pairs ({} skipped)", pairs.display(), skipped);
+    }
+    if skipped > 0 {
+        eprintln!("unimod: warning: {skipped} pairs of {} could not be used", pairs.display());
+    }
+    let state = restored.trainer;
+    let (text_vecs, image_vecs) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let trainer: Trainer<EmbedBackend> = Trainer::load(&state, Default::default(), Default::default())
+            .map_err(|e| anyhow::anyhow!("loading the model: {e}"))?;
+        Ok((trainer.embed_texts(&texts), trainer.embed_images(&images)))
+    })
+    .await
+    .context("embedding panicked")??;
+    Ok(ids
+        .into_iter()
+        .zip(text_vecs.into_iter().zip(image_vecs))
+        .map(|(id, (text, image))| EmbeddedPair { id, text, image })
+        .collect())
+}
