@@ -20,6 +20,8 @@ if ! "$py" -c 'import torch, safetensors, tokenizers' >/dev/null 2>&1; then
     exit 2
 fi
 export UNIMOD_PYTHON=$py
+# This checkout's twin, whatever an editable install in the venv points at.
+export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 start=$SECONDS
 echo "test-twin.sh: python unit tests ($("$py" -c 'import torch; print("torch", torch.__version__)' 2>/dev/null))"
 PYTHONPATH=python "$py" -m unittest discover -s python/tests -t python

@@ -6,7 +6,8 @@
 #   scripts/test.sh [extra cargo test arguments]
 #
 # Environment: TANSU_BIN (the broker binary, default: tansu on the PATH), CARGO_TARGET_DIR,
-# UNIMOD_TEST_WGPU=0 (skip the wgpu tests; CI runs them).
+# UNIMOD_TEST_WGPU=1 (also build and run the wgpu tests on Mesa's llvmpipe; off by default:
+# they have not been built on this project's 2-core machines yet, see issue 8's note).
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -59,7 +60,7 @@ fi
 # Mesa's software Vulkan driver (llvmpipe) when there is no GPU. Builds only what it needs:
 # the model's wgpu test and the daemon binary with the `wgpu` feature (copied aside, so the
 # plain binary stays what the other tests use).
-if [[ ${UNIMOD_TEST_WGPU:-1} != 0 ]]; then
+if [[ ${UNIMOD_TEST_WGPU:-0} != 0 ]]; then
     wgpu_start=$SECONDS
     if ! ls /usr/lib/libvulkan.so.1 /usr/lib/*/libvulkan.so.1 /usr/lib64/libvulkan.so.1 2>/dev/null | grep -q .; then
         printf 'test.sh: libvulkan.so.1 missing: run scripts/install-deps.sh (mesa-vulkan-drivers libvulkan1), or UNIMOD_TEST_WGPU=0\n' >&2
