@@ -73,7 +73,7 @@ fn max_abs_diff(a: &[(Value, Vec<f64>, Vec<f64>)], b: &[(Value, Vec<f64>, Vec<f6
 async fn trained_setup(broker: &Broker, arch: &str) -> anyhow::Result<(Setup, PathBuf)> {
     let topics = Topics::create(broker, 1).await?;
     let setup = Setup::new(&broker.brokers(), &topics, arch, "")?;
-    let cfg = SynthConfig { seed: 13, size: 32, pairs: 320, texts: 32, images: 32, eval: 24, image_files: false, bad: false };
+    let cfg = SynthConfig { seed: 13, size: 32, pairs: 320, texts: 32, images: 32, eval: 24, image_files: false, bad: false, holdout: 0 };
     setup.publish_synthetic(&broker.brokers(), &topics, &cfg).await?;
     let mut d = setup.start(&["--max-steps", "20"], &[])?;
     ensure!(d.wait(Duration::from_secs(300))?.success(), "training run failed: {}", d.log_tail(3000));

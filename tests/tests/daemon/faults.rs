@@ -11,7 +11,7 @@ use unimod_e2e::Broker;
 use crate::harness::{counts, http_get, latest_over_http, wait_for, Setup, Topics};
 
 fn stream(seed: u64) -> SynthConfig {
-    SynthConfig { seed, size: 32, pairs: 48, texts: 32, images: 16, eval: 0, image_files: false, bad: false }
+    SynthConfig { seed, size: 32, pairs: 48, texts: 32, images: 16, eval: 0, image_files: false, bad: false, holdout: 0 }
 }
 
 /// Replaces `from` by `to` in the setup's config file (the harness writes every section once).
@@ -168,7 +168,7 @@ async fn sigterm_drains_within_budget_with_a_backlog_and_a_slow_model() -> anyho
     // the ~2,000 records queued inside the daemon would take far longer than the budget.
     edit_config(&setup, "layers = 2\nhidden = 64\nheads = 2", "layers = 2\nhidden = 128\nheads = 2")?;
     edit_config(&setup, "batch_size = 16", "batch_size = 64\ngrad_accumulation = 4")?;
-    let cfg = SynthConfig { seed: 14, size: 32, pairs: 0, texts: 3000, images: 0, eval: 0, image_files: false, bad: false };
+    let cfg = SynthConfig { seed: 14, size: 32, pairs: 0, texts: 3000, images: 0, eval: 0, image_files: false, bad: false, holdout: 0 };
     setup.publish_synthetic(&broker.brokers(), &topics, &cfg).await?;
 
     let mut daemon = setup.start(&[], &[])?;
@@ -263,7 +263,7 @@ async fn disk_full_makes_the_daemon_unready_then_exit_1_keeping_the_last_checkpo
     };
     // Default storage.max_failed_checkpoints = 3: 503 after 3 failures in a row, exit 1 after 6.
     edit_config(&setup, "keep_checkpoints = 3", "keep_checkpoints = 2")?;
-    let cfg = SynthConfig { seed: 15, size: 32, pairs: 400, texts: 2000, images: 100, eval: 0, image_files: false, bad: false };
+    let cfg = SynthConfig { seed: 15, size: 32, pairs: 400, texts: 2000, images: 100, eval: 0, image_files: false, bad: false, holdout: 0 };
     setup.publish_synthetic(&broker.brokers(), &topics, &cfg).await?;
     let mut daemon = setup.start(&[], &[])?;
     let first = wait_for(Duration::from_secs(120), async || {

@@ -25,7 +25,7 @@ async fn wgpu_daemon_trains_30_steps_with_a_falling_loss() -> anyhow::Result<()>
     let topics = Topics::create(&broker, 1).await?;
     let setup = Setup::new(&broker.brokers(), &topics, "unimo", "")?;
     // More records than 30 steps of 16 take.
-    let cfg = SynthConfig { seed: 5, size: 32, pairs: 400, texts: 80, images: 40, eval: 0, image_files: false, bad: false };
+    let cfg = SynthConfig { seed: 5, size: 32, pairs: 400, texts: 80, images: 40, eval: 0, image_files: false, bad: false, holdout: 0 };
     setup.publish_synthetic(&broker.brokers(), &topics, &cfg).await?;
     let env = [("UNIMOD_TRAIN__DEVICE", "wgpu")];
 

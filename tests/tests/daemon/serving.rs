@@ -27,7 +27,7 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 }
 
 fn stream(seed: u64, pairs: usize, eval: usize) -> SynthConfig {
-    SynthConfig { seed, size: 32, pairs, texts: 32, images: 16, eval, image_files: false, bad: false }
+    SynthConfig { seed, size: 32, pairs, texts: 32, images: 16, eval, image_files: false, bad: false, holdout: 0 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
