@@ -106,10 +106,12 @@ fn cached_caption_logits_equal_teacher_forcing() {
         let steps = cached(&model, &config, &prefix, &caption[1..caption.len() - 1]);
         let d = max_diff(&full[..caption.len() - 1], &steps);
         assert!(d < 1e-4, "pre_ln {pre_ln}: max |cached - teacher forced| = {d}");
-        // The check can fail: a cache that ignored the image would differ.
+        // The check can fail: a cache that ignored the image would differ by more than the
+        // tolerance above (at random initialisation post-LN damps the image's effect: ~6e-4).
         let other = Prefix { visual: Plan::clean_images(&[image(2.9, 5)], &config).pop().flatten(), ..prefix };
         let wrong = cached(&model, &config, &other, &caption[1..caption.len() - 1]);
-        assert!(max_diff(&full[..caption.len() - 1], &wrong) > 1e-3);
+        let w = max_diff(&full[..caption.len() - 1], &wrong);
+        assert!(w > 1e-4, "pre_ln {pre_ln}: another image changed the logits by only {w}");
     }
 }
 
