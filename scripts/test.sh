@@ -38,11 +38,8 @@ cargo test --workspace --locked --no-fail-fast "$@"
 
 # The PyTorch twin (python/unimod_torch) against the daemon: exports, embeddings, recall,
 # warm starts. Fails (exit 2) when Python lacks torch: scripts/install-deps.sh installs it.
-# Opt-in (UNIMOD_TEST_TWIN=1) until it has passed here once: see issue 13's note.
-if [[ ${UNIMOD_TEST_TWIN:-0} != 0 ]]; then
-    echo "test.sh: scripts/test-twin.sh"
-    scripts/test-twin.sh
-fi
+echo "test.sh: scripts/test-twin.sh"
+scripts/test-twin.sh
 
 if [[ -x ops/check.sh ]]; then
     echo "test.sh: ops/check.sh"
