@@ -153,7 +153,21 @@ impl CheckpointStore {
         };
         {
             let _writing = store.lock_writer();
-            let removed = store.collect_garbage()?;
+            // sled 0.34 can panic walking a tree whose page lives in a damaged blob file; the
+            // collection is housekeeping, so the open goes on and the loads decide what is
+            // readable (a damaged newest checkpoint is skipped there with a warning).
+            let removed = match guard_sled(|| store.collect_garbage()) {
+                Ok(removed) => removed,
+                Err(e @ CheckpointError::Storage(_)) => {
+                    tracing::warn!(
+                        store = %path.display(),
+                        error = %e,
+                        "could not collect the chunks of unfinished checkpoints (store damaged?); going on"
+                    );
+                    0
+                }
+                Err(e) => return Err(e),
+            };
             if removed > 0 {
                 tracing::info!(
                     store = %path.display(),
@@ -342,7 +356,7 @@ impl CheckpointStore {
             if meta.is_err() {
                 continue;
             }
-            match self.verify(id) {
+            match guard_sled(|| self.verify(id)) {
                 Ok(meta) => return Ok(Some(meta)),
                 Err(CheckpointError::NotFound { .. }) => {}
                 Err(e) => tracing::warn!(checkpoint = id, error = %e, "checkpoint {id} does not verify; skipping it"),
@@ -389,7 +403,7 @@ impl CheckpointStore {
         // over an unreadable store).
         let mut unreadable: Option<CheckpointError> = None;
         for (id, meta) in stored {
-            let loaded = meta.and_then(|_| self.load(id));
+            let loaded = meta.and_then(|_| guard_sled(|| self.load(id)));
             match loaded {
                 Ok(found) => return Ok(Some(found)),
                 Err(e @ CheckpointError::Corrupt { .. }) => tracing::warn!(
@@ -422,6 +436,10 @@ impl CheckpointStore {
     /// # Errors
     /// As [`CheckpointStore::load`], plus [`CheckpointError::NoSuchBlob`].
     pub fn read_blob(&self, id: u64, name: &str) -> Result<Vec<u8>, CheckpointError> {
+        guard_sled(|| self.read_blob_unguarded(id, name))
+    }
+
+    fn read_blob_unguarded(&self, id: u64, name: &str) -> Result<Vec<u8>, CheckpointError> {
         let chunks = self.blob_chunks(id, name)?;
         let mut payload = Vec::with_capacity(usize::try_from(chunks.blob().len).unwrap_or(0));
         for part in chunks {
@@ -505,17 +523,19 @@ impl CheckpointStore {
 
     /// Every metadata record, newest first, decoded or with the reason it does not decode.
     fn scan_meta(&self) -> Result<Vec<(u64, MetaOrWhyNot)>, CheckpointError> {
-        let mut out = Vec::new();
-        for entry in self.meta.iter().rev() {
-            let (key, raw) = entry?;
-            let Ok(key) = <[u8; 8]>::try_from(key.as_ref()) else {
-                tracing::warn!(key = ?key, "ignoring a metadata key that is not a checkpoint id");
-                continue;
-            };
-            let id = u64::from_be_bytes(key);
-            out.push((id, decode_meta(id, &raw)));
-        }
-        Ok(out)
+        guard_sled(|| {
+            let mut out = Vec::new();
+            for entry in self.meta.iter().rev() {
+                let (key, raw) = entry?;
+                let Ok(key) = <[u8; 8]>::try_from(key.as_ref()) else {
+                    tracing::warn!(key = ?key, "ignoring a metadata key that is not a checkpoint id");
+                    continue;
+                };
+                let id = u64::from_be_bytes(key);
+                out.push((id, decode_meta(id, &raw)));
+            }
+            Ok(out)
+        })
     }
 
     /// The stored next-id counter (0 when absent).
@@ -609,6 +629,23 @@ impl CheckpointStore {
             _ => error,
         }
     }
+}
+
+/// Runs a read of the database, turning a panic inside sled into a storage error. sled 0.34
+/// panics ("cannot find pid N in view_for_key") instead of returning an error when a tree page
+/// it needs sits in a missing or truncated blob file; for the store that is damaged data to
+/// skip, never a crash of the daemon.
+fn guard_sled<T>(read: impl FnOnce() -> Result<T, CheckpointError>) -> Result<T, CheckpointError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("panic");
+        Err(CheckpointError::Storage(sled::Error::Io(std::io::Error::other(format!(
+            "sled failed reading the database ({what}; a file under blobs/ missing or damaged?)"
+        )))))
+    })
 }
 
 /// How long `open` waits for sled's own file lock once ours is held: a store dropped just
