@@ -51,21 +51,40 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     cargo build --release --locked -p unimod-e2e --bin unimod-synth
 fi
 check=$target/release/examples/device_check
+# Each stage runs under its own time bound (GPU_STAGE_SECONDS, 240) and a failing stage is
+# recorded, not fatal: one call on a lent machine should bring back every stage that works.
+stage_seconds=${GPU_STAGE_SECONDS:-240}
+stage() { # stage NAME OUTFILE COMMAND...
+    local name=$1 file=$2 rc
+    shift 2
+    local t0=$SECONDS
+    set +e
+    timeout "$stage_seconds" "$@" 2>"$out/$name.err" | tee "$file"
+    rc=${PIPESTATUS[0]}
+    set -e
+    echo "{\"stage\": \"$name\", \"exit\": $rc, \"seconds\": $((SECONDS - t0))}" >>"$out/stages.jsonl"
+    if ((rc != 0)); then
+        say "stage $name failed (exit $rc; 124 = over ${stage_seconds}s); last lines of its stderr:"
+        tail -15 "$out/$name.err" >&2 || true
+    fi
+}
+: >"$out/stages.jsonl"
 
 # 3. Equivalence -----------------------------------------------------------------------------
 say "CPU vs CUDA equivalence (tiny model, fixed batch)"
-"$check" --mode compare | tee "$out/compare.jsonl"
-grep '"check": "compare"' "$out/compare.jsonl" | tail -1 >"$out/compare.json"
+stage compare "$out/compare.jsonl" "$check" --mode compare
+grep '"check": "compare"' "$out/compare.jsonl" | tail -1 >"$out/compare.json" || true
 
 # 4. Base-size step beside PyTorch -------------------------------------------------------------
 say "base-size step on CUDA: $steps timed steps, batch 32"
-"$check" --mode train --size base --steps "$steps" --batch 32 | tee "$out/train.jsonl"
-grep '"check": "train"' "$out/train.jsonl" | tail -1 >"$out/unimod_step.json"
+stage train "$out/train.jsonl" "$check" --mode train --size base --steps "$steps" --batch 32
+grep '"check": "train"' "$out/train.jsonl" | tail -1 >"$out/unimod_step.json" || true
 : >"$out/torch_step.json"
 if [[ ${SKIP_TORCH:-0} != 1 ]] && [[ -f $torch_script ]] \
     && python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     say "PyTorch at the same shapes on the same card"
-    python3 "$torch_script" --size base --batch 32 --device cuda --steps 30 | tail -1 | tee "$out/torch_step.json"
+    stage torch "$out/torch.jsonl" python3 "$torch_script" --size base --batch 32 --device cuda --steps 30
+    tail -1 "$out/torch.jsonl" >"$out/torch_step.json"
 else
     say "PyTorch with CUDA (or $torch_script) not available: baseline skipped"
 fi
@@ -79,7 +98,7 @@ if [[ ${SKIP_RUN:-0} != 1 ]]; then
     started=$(date +%s.%N)
     set +e
     QS_DIR=$qs QS_SKIP_INSTALL=1 QS_SKIP_BUILD=1 QS_BIN_DIR=$target/release QS_STEPS=$run_steps \
-        UNIMOD_TRAIN__DEVICE=cuda ops/quickstart.sh >"$out/quickstart.out" 2>&1
+        UNIMOD_TRAIN__DEVICE=cuda timeout "${GPU_RUN_SECONDS:-400}" ops/quickstart.sh >"$out/quickstart.out" 2>&1
     rc=$?
     set -e
     ended=$(date +%s.%N)
@@ -153,6 +172,7 @@ summary = {
     "unimod_vs_torch": (round(unimod["samples_per_s"] / torch["samples_per_s"], 3)
                         if unimod and torch and torch.get("samples_per_s") else None),
     "daemon_run": load("run.json"),
+    "stages": [json.loads(l) for l in open(os.path.join(out, "stages.jsonl")) if l.strip()],
 }
 print(json.dumps(summary, indent=2))
 PY

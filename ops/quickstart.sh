@@ -114,7 +114,9 @@ if ((${#missing[@]})) && [[ ${QS_SKIP_INSTALL:-0} != 1 ]]; then
         scripts/install-deps.sh
     fi
 fi
-for tool in cargo tansu curl; do
+needed=(tansu curl)
+[[ ${QS_SKIP_BUILD:-0} == 1 ]] || needed+=(cargo)
+for tool in "${needed[@]}"; do
     command -v "$tool" >/dev/null ||
         die "$tool is still missing (cargo: https://rustup.rs; tansu: cargo install tansu --locked --features libsql)"
 done

@@ -77,11 +77,7 @@ pub async fn serve(
     blob_token: Option<String>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    use anyhow::Context as _;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on metrics.listen = {addr}"))?;
-    let local = listener.local_addr().context("reading the bound address")?;
+    let (listener, local) = crate::listen::bind(addr, "metrics.listen").await?;
     let state = AppState {
         registry,
         health,
@@ -97,14 +93,7 @@ pub async fn serve(
         .route("/v1/checkpoints/{id}", get(show_checkpoint))
         .route("/v1/checkpoints/{id}/blobs/{name}", get(checkpoint_blob))
         .with_state(state);
-    let handle = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "metrics server failed");
-        }
-    });
+    let handle = crate::listen::spawn(listener, app, shutdown, "metrics");
     Ok((local, handle))
 }
 

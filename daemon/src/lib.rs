@@ -13,6 +13,7 @@ pub mod eval;
 pub mod health;
 pub mod http;
 pub mod intake;
+pub mod listen;
 pub mod inspect;
 pub mod metrics_text;
 pub mod notify;

@@ -414,11 +414,7 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    use anyhow::Context as _;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on serve.listen = {addr}"))?;
-    let local = listener.local_addr().context("reading the bound address")?;
+    let (listener, local) = crate::listen::bind(addr, "serve.listen").await?;
     let state = ServeState {
         slot,
         metrics,
@@ -431,13 +427,6 @@ pub async fn serve(
         .route("/v1/caption", post(caption))
         .route("/v1/generate", post(generate))
         .with_state(state);
-    let handle = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "serving failed");
-        }
-    });
+    let handle = crate::listen::spawn(listener, app, shutdown, "serve");
     Ok((local, handle))
 }

@@ -230,7 +230,10 @@ impl<B: AutodiffBackend> Worker<B> {
                     self.final_checkpoint()?;
                     return Ok(WorkerExit::Stopped);
                 }
-                self.maybe_checkpoint(&mut last_checkpoint)?;
+                // Never during a run of diverged steps (see step 5).
+                if nonfinite_in_row == 0 {
+                    self.maybe_checkpoint(&mut last_checkpoint)?;
+                }
                 continue;
             }
 
@@ -365,10 +368,16 @@ impl<B: AutodiffBackend> Worker<B> {
                 }
             }
 
-            // 5. Checkpoint when due.
+            // 5. Checkpoint when due, but not while the model is diverging: a checkpoint
+            // written between diverged steps would become the rollback target, so every
+            // rollback would land on a new checkpoint and the cap on rolling back to the same
+            // place twice would never fire (a loop of rollbacks, seen with a learning rate of
+            // 1e30). The next finite step writes the checkpoint that is due.
             let by_steps = self.params.checkpoint_every_steps > 0
                 && self.step.is_multiple_of(self.params.checkpoint_every_steps);
-            if by_steps {
+            if nonfinite_in_row > 0 {
+                tracing::debug!(step = self.step, "checkpoint deferred: the model is diverging");
+            } else if by_steps {
                 self.checkpoint(false, &mut last_checkpoint)?;
             } else {
                 self.maybe_checkpoint(&mut last_checkpoint)?;

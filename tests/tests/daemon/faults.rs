@@ -337,3 +337,39 @@ async fn checkpoint_blobs_need_the_token_and_the_cli_ignores_proxies() -> anyhow
     assert!(daemon.wait(Duration::from_secs(40))?.success());
     Ok(())
 }
+
+/// A model that diverges from wherever it restarts (a learning rate of 1e30: every step after
+/// the first update is non-finite for every example, so no record is a culprit) rolls back
+/// after `train.max_nonfinite_in_row` steps, diverges again from the same checkpoint, and then
+/// exits 1 naming the checkpoint and its offsets: never a silent loop of rollbacks, and the
+/// records of the skipped steps are not counted as trained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_keeps_diverging_exits_1_instead_of_rolling_back_for_ever() -> anyhow::Result<()> {
+    let broker = Broker::start()?;
+    let topics = Topics::create(&broker, 1).await?;
+    let setup = Setup::new(&broker.brokers(), &topics, "unimo", "")?;
+    edit_config(&setup, "learning_rate = 2e-3", "learning_rate = 1e30\nmax_nonfinite_in_row = 2")?;
+    edit_config(&setup, "warmup_steps = 5", "warmup_steps = 1")?;
+    let cfg = SynthConfig { seed: 16, size: 32, pairs: 400, texts: 200, images: 100, eval: 0, image_files: false, bad: false, holdout: 0 };
+    let manifest = setup.publish_synthetic(&broker.brokers(), &topics, &cfg).await?;
+    let mut daemon = setup.start(&[], &[])?;
+    let status = daemon.wait(Duration::from_secs(180))?;
+    let log = daemon.log_text();
+    let rollbacks = log.matches("rolling back to the last checkpoint").count();
+    eprintln!("diverging model: exit {status}, {rollbacks} rollbacks");
+    assert_eq!(status.code(), Some(1), "exit status {status}; log:\n{}", daemon.log_tail(4000));
+    // Two rollbacks to the same checkpoint (plus, when the first session started a new
+    // lineage, one to "none" before that checkpoint existed), then the stop.
+    assert!((2..=3).contains(&rollbacks), "{rollbacks} rollbacks; log:\n{}", daemon.log_tail(4000));
+    let line = log
+        .lines()
+        .find(|l| l.contains("twice in a row"))
+        .unwrap_or_else(|| panic!("no line saying why it stopped:\n{}", daemon.log_tail(4000)));
+    assert!(line.contains("offsets"), "the line names the offsets: {line}");
+    // Nothing of the diverged steps is in the lineage: at most the first step's records.
+    if let Some(meta) = setup.latest_checkpoint()? {
+        let (t, i, p, _) = counts(&meta);
+        assert!(t + i + p <= 64, "records counted as trained by a diverging model: {:?} of {:?}", counts(&meta), manifest);
+    }
+    Ok(())
+}
