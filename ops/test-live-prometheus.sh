@@ -188,6 +188,7 @@ if [[ $1 == --daemon ]]; then
 
     # The daemon, with checkpoints every few steps.
     mport=$(free_port)
+    sport=$(free_port)
     {
         echo '[kafka]'
         echo "brokers = \"$brokers\""
@@ -208,6 +209,9 @@ if [[ $1 == --daemon ]]; then
         echo 'allow_private_networks = true'
         echo '[metrics]'
         echo "listen = \"127.0.0.1:$mport\""
+        echo '[serve]'
+        echo "listen = \"127.0.0.1:$sport\""
+        echo 'refresh_steps = 5'
     } >"$tmp/unimod.toml"
     "$unimod" check-config --config "$tmp/unimod.toml" >/dev/null
     setsid "$unimod" run --config "$tmp/unimod.toml" --max-seconds 1800 >"$tmp/unimod.log" 2>&1 &
@@ -233,6 +237,23 @@ if [[ $1 == --daemon ]]; then
         sleep 2
     done
     echo "trained ${steps%.*} steps, checkpointed, fetched ${fetches%.*} image(s)"
+    # The serving routes (the dashboard's serving panels): a few requests of each kind, once
+    # the first snapshot is there (503 before it).
+    serve=http://127.0.0.1:$sport/v1
+    for _ in $(seq 60); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 30 -H 'content-type: application/json' \
+            -d '{"text": "a red circle"}' "$serve/embed" || true)
+        [[ $code == 200 ]] && break
+        sleep 2
+    done
+    [[ $code == 200 ]] || { echo "test-live-prometheus: /v1/embed never answered 200 (last $code)" >&2; exit 1; }
+    for i in 0 1 2; do
+        curl -fsS -o /dev/null --max-time 60 -H 'content-type: application/json' \
+            -d "{\"image_url\": \"http://127.0.0.1:$hport/img-$i.png\"}" "$serve/caption"
+        curl -fsS -o /dev/null --max-time 60 -H 'content-type: application/json' -d '{"prompt": "a blue"}' "$serve/generate"
+    done
+    curl -s -o /dev/null --max-time 10 -H 'content-type: application/json' -d '{"nope": 1}' "$serve/embed" || true
+    echo "served embed, caption and generate requests on $serve"
     # The check runs while the daemon keeps training; the cleanup stops it with SIGTERM.
     "$0" "127.0.0.1:$mport"
     exit $?

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# bench/soak.sh: memory under backpressure (issue 9, item 5). Large images (raw image records
+# of SOAK_IMAGE_MB each, incompressible) are kept waiting in Kafka faster than the daemon takes
+# them, for SOAK_MINUTES, while the daemon's RSS is sampled every 10 s. The daemon's queues are
+# bounded by records and by bytes (`kafka.queue_max_bytes`) and the consumer pauses on them,
+# so the RSS must stay flat; before that bound the queues could hold about 11 GB of 5 MB
+# images.
+#
+#   bench/soak.sh                       # 30 minutes, 5 MB images
+#   SOAK_MINUTES=5 bench/soak.sh        # a shorter run
+#
+# Environment: SOAK_MINUTES (30), SOAK_IMAGE_MB (5), SOAK_AHEAD (records kept waiting in
+# Kafka, 120), SOAK_SIZE (model size, tiny), SOAK_OUT (where rss.csv and summary.json go:
+# bench/soak-out). Uses $CARGO_TARGET_DIR (target)/release binaries when present, else debug.
+# Disk: every image the daemon consumes was written to the broker's sqlite file once (the
+# scratch directory is removed at the end).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+MINUTES=${SOAK_MINUTES:-30}
+IMAGE_MB=${SOAK_IMAGE_MB:-5}
+AHEAD=${SOAK_AHEAD:-120}
+SIZE=${SOAK_SIZE:-tiny}
+OUT=${SOAK_OUT:-bench/soak-out}
+TARGET=${CARGO_TARGET_DIR:-target}
+PROFILE=release
+[[ -x $TARGET/release/unimod && -x $TARGET/release/unimod-synth ]] || PROFILE=debug
+BIN=$TARGET/$PROFILE
+mkdir -p "$OUT"
+work=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+mport=$(free_port)
+broker_pid=
+daemon_pid=
+cleanup() {
+    [[ -n $daemon_pid ]] && kill -9 "$daemon_pid" 2>/dev/null || true
+    [[ -n $broker_pid ]] && kill "$broker_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+say() { printf '==> %s\n' "$*" >&2; }
+
+(cd "$work" && exec tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine sqlite://broker.db >broker.log 2>&1) &
+broker_pid=$!
+for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+for t in text image pair dlq; do tansu topic create "soak.$t" --broker "tcp://127.0.0.1:$port" --partitions 2 >/dev/null; done
+
+# Texts for the tokenizer's bootstrap and the text objective; images are the load.
+"$BIN/unimod-synth" --out "$work/data" --pairs 200 --texts 2000 --images 0 --eval 0 --seed 9 >/dev/null
+"$BIN/unimod" produce --brokers "127.0.0.1:$port" --kind text --topic soak.text "$work/data/text.jsonl" >/dev/null
+"$BIN/unimod" produce --brokers "127.0.0.1:$port" --kind pair --topic soak.pair "$work/data/pairs.jsonl" >/dev/null
+say "writing 20 incompressible BMP images of ${IMAGE_MB} MB"
+python3 - "$work/images" "$IMAGE_MB" <<'PY'
+import os, struct, sys
+out, mb = sys.argv[1], float(sys.argv[2])
+os.makedirs(out, exist_ok=True)
+side = int((mb * 1e6 / 3) ** 0.5) // 4 * 4
+row = side * 3
+for i in range(20):
+    pixels = os.urandom(row * side)
+    header = b"BM" + struct.pack("<IHHI", 54 + len(pixels), 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
+    with open(f"{out}/noise-{i:02}.bmp", "wb") as f:
+        f.write(header + info + pixels)
+PY
+publish_images() { "$BIN/unimod" produce --brokers "127.0.0.1:$port" --kind image --topic soak.image "$work/images" >/dev/null; }
+
+cat >"$work/unimod.toml" <<TOML
+[kafka]
+brokers = "127.0.0.1:$port"
+topics = { text = "soak.text", image = "soak.image", pair = "soak.pair" }
+dead_letter_topic = "soak.dlq"
+[storage]
+path = "$work/store"
+checkpoint_every_seconds = 60
+[model]
+size = "$SIZE"
+[text]
+vocab_size = 2000
+bootstrap_records = 1000
+[metrics]
+listen = "127.0.0.1:$mport"
+[log]
+format = "json"
+TOML
+produced=0
+while ((produced < AHEAD)); do publish_images; produced=$((produced + 20)); done
+say "unimod run for $MINUTES minutes ($PROFILE build, model $SIZE); RSS every 10 s -> $OUT/rss.csv"
+"$BIN/unimod" run --config "$work/unimod.toml" --max-seconds $((MINUTES * 60)) >"$work/run.log" 2>&1 &
+daemon_pid=$!
+metric() { # sum of a metric's series, optionally filtered by a label fragment
+    { curl -fsS --max-time 2 "http://127.0.0.1:$mport/metrics" 2>/dev/null || true; } |
+        awk -v n="$1" -v f="${2:-}" '$1 ~ "^"n"({|$)" && index($1, f) { s += $2 } END { print s + 0 }'
+}
+echo "seconds,rss_kib,image_records_trained,images_pending,image_lag,produced" >"$OUT/rss.csv"
+start=$SECONDS
+while kill -0 "$daemon_pid" 2>/dev/null; do
+    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$daemon_pid/status" 2>/dev/null || echo 0)
+    trained=$(metric unimod_records_total 'kind="image",outcome="trained"')
+    pending=$(metric unimod_records_pending 'kind="image"')
+    lag=$(metric unimod_kafka_consumer_lag 'soak.image')
+    echo "$((SECONDS - start)),$rss,$trained,$pending,$lag,$produced" >>"$OUT/rss.csv"
+    # Keep the backlog ahead of the daemon: images always wait in Kafka.
+    for _ in 1 2 3; do
+        [[ ${lag%.*} -lt $AHEAD ]] || break
+        publish_images
+        produced=$((produced + 20))
+        lag=$((${lag%.*} + 20))
+    done
+    sleep 10
+done
+wait "$daemon_pid" || true
+daemon_pid=
+python3 - "$OUT" "$MINUTES" "$IMAGE_MB" "$PROFILE" "$SIZE" <<'PY' | tee "$OUT/summary.json"
+import csv, json, sys
+out, minutes, mb, profile, size = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+rows = [r for r in csv.DictReader(open(f"{out}/rss.csv")) if int(r["rss_kib"]) > 0]
+rss = [(int(r["seconds"]), int(r["rss_kib"]) / 1024) for r in rows]
+settled = [m for s, m in rss if s >= 300] or [m for _, m in rss]
+half = len(settled) // 2
+first, second = settled[:half] or settled, settled[half:] or settled
+print(json.dumps({
+    "minutes": minutes, "image_mb": mb, "profile": profile, "size": size, "samples": len(rss),
+    "images_trained": float(rows[-1]["image_records_trained"]) if rows else 0,
+    "images_produced": int(rows[-1]["produced"]) if rows else 0,
+    "rss_mib_max": round(max(m for _, m in rss), 1) if rss else None,
+    "rss_mib_after_5min": {"min": round(min(settled), 1), "max": round(max(settled), 1)} if settled else None,
+    "rss_mib_mean_first_half": round(sum(first) / len(first), 1) if first else None,
+    "rss_mib_mean_second_half": round(sum(second) / len(second), 1) if second else None,
+}))
+PY
