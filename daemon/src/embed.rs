@@ -90,7 +90,7 @@ pub async fn embed_pairs(config: &Config, pairs: &Path, checkpoint: Option<&str>
         }
         let raw = RawRecord {
             kind: RecordKind::Pair,
-            pos: SourcePos { topic: Arc::clone(&topic), partition: 0, offset: n as i64 },
+            pos: SourcePos::new(Arc::clone(&topic), 0, n as i64),
             key: None,
             payload: Some(line.as_bytes().to_vec()),
             received_at: std::time::Instant::now(),

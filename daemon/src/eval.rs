@@ -141,7 +141,7 @@ pub async fn evaluate(config: &Config, pairs: &Path, checkpoint: Option<&str>) -
         }
         let raw = RawRecord {
             kind: RecordKind::Pair,
-            pos: SourcePos { topic: Arc::clone(&topic), partition: 0, offset: n as i64 },
+            pos: SourcePos::new(Arc::clone(&topic), 0, n as i64),
             key: None,
             payload: Some(line.as_bytes().to_vec()),
             received_at: Instant::now(),

@@ -58,5 +58,5 @@ mod store;
 
 pub use blobs::{BlobChunks, Blobs};
 pub use error::CheckpointError;
-pub use meta::{BlobMeta, CheckpointMeta, ModelSummary, PartitionOffset, RecordCounts};
+pub use meta::{BlobMeta, CheckpointMeta, ModelSummary, RecordCounts};
 pub use store::{CheckpointStore, StoreOptions, DEFAULT_CHUNK_SIZE};

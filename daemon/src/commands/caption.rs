@@ -179,7 +179,7 @@ async fn read_items(input: &CaptionInput, pre: &Preprocessor) -> Result<Vec<Item
                 }
                 let raw = RawRecord {
                     kind: RecordKind::Pair,
-                    pos: SourcePos { topic: Arc::clone(&topic), partition: 0, offset: n as i64 },
+                    pos: SourcePos::new(Arc::clone(&topic), 0, n as i64),
                     key: None,
                     payload: Some(line.as_bytes().to_vec()),
                     received_at: std::time::Instant::now(),
