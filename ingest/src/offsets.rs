@@ -84,7 +84,7 @@ impl PartitionState {
 }
 
 /// One partition's progress: what the tracker exports, a checkpoint stores (its metadata
-/// record's `offsets`, INTERFACE.md section 1), the consumer starts from and commits.
+/// record's `offsets`, docs/interface.md section 1), the consumer starts from and commits.
 ///
 /// Serialised with the checkpoint metadata's names, which existing checkpoints carry:
 /// `{"topic", "partition", "offset", "done_above"}`.

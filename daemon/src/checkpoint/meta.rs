@@ -1,5 +1,5 @@
 //! The metadata record of one checkpoint: what `unimod checkpoint show --json` prints
-//! (INTERFACE.md section 1) plus what the store needs to find and verify the blobs.
+//! (docs/interface.md section 1) plus what the store needs to find and verify the blobs.
 //!
 //! On disk the record is `[format version: u8][crc32 of the JSON: u32 LE][JSON]`, so a
 //! damaged record is told apart from a record written by a newer, unknown format.

@@ -1,5 +1,5 @@
 //! The checkpoint store: atomic, verified checkpoints of the trainer in one sled database
-//! (INTERFACE.md section 4, issue 4 item 3).
+//! (docs/interface.md section 4, issue 4 item 3).
 //!
 //! # What a checkpoint is
 //! A [`CheckpointMeta`] record (step, fresh-record counts, per-partition next offsets, model

@@ -100,14 +100,14 @@ pub(crate) struct ConsumerShared {
 
 impl ConsumerShared {
     /// The interned name of `topic`, if it is an input topic.
-    pub fn intern(&self, topic: &str) -> Option<(RecordKind, Arc<str>)> {
+    pub(crate) fn intern(&self, topic: &str) -> Option<(RecordKind, Arc<str>)> {
         self.topics.get(topic).cloned()
     }
 
     /// A partition's offset `from` was outside the broker's range (`low..=high`, when known)
     /// and consumption restarted at `to`: counts it, logs it once, and queues it for
     /// [`KafkaConsumer::take_offset_resets`](super::KafkaConsumer::take_offset_resets).
-    pub fn note_reset(&self, partition: &TopicPartition, from: i64, to: i64, range: Option<(i64, i64)>) {
+    pub(crate) fn note_reset(&self, partition: &TopicPartition, from: i64, to: i64, range: Option<(i64, i64)>) {
         self.metrics.count_reset(&partition.topic, partition.partition);
         if self.resets_logged.lock().insert((partition.clone(), from)) {
             let (low, high) = range.map_or((None, None), |(l, h)| (Some(l), Some(h)));
