@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore};
+use crate::checkpoint_io::{blob, Restored};
 use crate::config::Config;
 use crate::http::{BlobStream, CheckpointSource};
 
@@ -139,6 +140,20 @@ impl CheckpointAccess {
                 Ok(serde_json::from_slice(&body).context("decoding checkpoint metadata")?)
             }
         }
+    }
+
+    /// Checkpoint `id` (`latest` or a number) for inference (`eval`, `embed`, `caption`):
+    /// everything but the replay buffers, which are not read.
+    pub fn restore_for_inference(&self, id: &str) -> anyhow::Result<Restored> {
+        let meta = self.meta(id)?;
+        let id = meta.id;
+        Restored::from_blobs(meta, |name| {
+            if name == blob::REPLAY {
+                None
+            } else {
+                self.blob(id, name).map_err(|e| tracing::error!(error = %format!("{e:#}"), "reading blob")).ok()
+            }
+        })
     }
 
     /// One verified blob of checkpoint `id`.

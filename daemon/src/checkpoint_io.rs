@@ -17,9 +17,8 @@ use tokio::sync::mpsc;
 use unimod_ingest::offsets::PartitionOffsets;
 use unimod_model::{ModelConfig, TrainerState};
 
-use crate::checkpoint::{CheckpointMeta, CheckpointStore, ModelSummary, PartitionOffset, RecordCounts as MetaCounts};
+use crate::checkpoint::{CheckpointMeta, CheckpointStore, ModelSummary, RecordCounts};
 use crate::telemetry::Metrics;
-use crate::train::lineage::RecordCounts;
 
 /// Blob names.
 pub mod blob {
@@ -72,8 +71,8 @@ struct TrainerCounters {
 pub struct Durable {
     /// Checkpoint id.
     pub id: u64,
-    /// `(topic, partition, next offset)`.
-    pub offsets: Vec<(String, i32, i64)>,
+    /// The offsets it holds (their next offsets are what the consumer group receives).
+    pub offsets: Vec<PartitionOffsets>,
 }
 
 type Reply = SyncSender<anyhow::Result<u64>>;
@@ -177,31 +176,18 @@ fn write_one(
     keep: usize,
     model_size: &str,
     job: CheckpointJob,
-) -> anyhow::Result<(CheckpointMeta, Vec<(String, i32, i64)>)> {
+) -> anyhow::Result<(CheckpointMeta, Vec<PartitionOffsets>)> {
     let config = ModelConfig::from_json(&job.trainer.config_json)
         .map_err(|e| anyhow::anyhow!("model config of the checkpoint: {e}"))?;
     let counters = serde_json::to_vec(&TrainerCounters { steps_applied: job.trainer.steps_applied })?;
-    let offsets: Vec<PartitionOffset> = job
-        .stream
-        .offsets
-        .iter()
-        .map(|p| PartitionOffset {
-            topic: p.topic.clone(),
-            partition: p.partition,
-            offset: p.next_offset,
-            done_above: p.finished_above.clone(),
-        })
-        .collect();
-    let commit: Vec<(String, i32, i64)> =
-        offsets.iter().map(|p| (p.topic.clone(), p.partition, p.offset)).collect();
-    let c = job.stream.counts;
+    let commit = job.stream.offsets.clone();
     let meta = CheckpointMeta {
         id: 0,
         step: job.step,
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         bytes: 0,
-        records: MetaCounts { text: c.text, image: c.image, pair: c.pair, rejected: c.rejected },
-        offsets,
+        records: job.stream.counts,
+        offsets: job.stream.offsets,
         model: ModelSummary {
             arch: config.arch.as_str().to_owned(),
             size: model_size.to_owned(),
@@ -261,21 +247,11 @@ impl Restored {
 
     /// The lineage counts of this checkpoint.
     pub fn counts(&self) -> RecordCounts {
-        let r = &self.meta.records;
-        RecordCounts { text: r.text, image: r.image, pair: r.pair, rejected: r.rejected }
+        self.meta.records
     }
 
     /// Per-partition progress of this checkpoint.
     pub fn progress(&self) -> Vec<PartitionOffsets> {
-        self.meta
-            .offsets
-            .iter()
-            .map(|p| PartitionOffsets {
-                topic: p.topic.clone(),
-                partition: p.partition,
-                next_offset: p.offset,
-                finished_above: p.done_above.clone(),
-            })
-            .collect()
+        self.meta.offsets.clone()
     }
 }

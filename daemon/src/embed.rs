@@ -14,16 +14,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde::Serialize;
 use unimod_ingest::fetch::ImageFetcher;
-use unimod_ingest::preprocess::{Outcome, Preprocessor};
-use unimod_ingest::record::{RawRecord, RecordKind, SourcePos};
+use unimod_ingest::preprocess::Preprocessor;
 use unimod_ingest::text::TextTokenizer;
 use unimod_model::{Trainer, VisualInput};
 
 use crate::access::CheckpointAccess;
-use crate::checkpoint_io::{blob, Restored};
 use crate::cli::CliError;
 use crate::config::Config;
-use crate::train::examples::visual_input;
+use crate::eval::load_pairs;
 
 type EmbedBackend = burn::backend::Autodiff<burn::backend::NdArray>;
 
@@ -58,16 +56,7 @@ pub async fn embed_pairs(config: &Config, pairs: &Path, checkpoint: Option<&str>
         let config = config.clone();
         let id = checkpoint.unwrap_or("latest").to_owned();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let access = CheckpointAccess::open(&config)?;
-            let meta = access.meta(&id)?;
-            let id = meta.id;
-            Restored::from_blobs(meta, |name| {
-                if name == blob::REPLAY {
-                    None
-                } else {
-                    access.blob(id, name).map_err(|e| tracing::error!(error = %format!("{e:#}"), "reading blob")).ok()
-                }
-            })
+            CheckpointAccess::open(&config)?.restore_for_inference(&id)
         })
         .await
         .context("loading the checkpoint")??
@@ -79,36 +68,17 @@ pub async fn embed_pairs(config: &Config, pairs: &Path, checkpoint: Option<&str>
     let fetcher = ImageFetcher::new(&config.fetch, None).context("building the image fetcher")?;
     let preprocessor = Preprocessor::new(&config.preprocess, &config.image, Arc::clone(&tokenizer), fetcher, None)
         .context("starting preprocessing")?;
-    let topic: Arc<str> = Arc::from(pairs.display().to_string());
-    let mut ids: Vec<Option<String>> = Vec::new();
-    let mut images: Vec<VisualInput> = Vec::new();
-    let mut texts: Vec<Vec<u32>> = Vec::new();
-    let mut skipped = 0usize;
-    for (n, line) in lines.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let raw = RawRecord {
-            kind: RecordKind::Pair,
-            pos: SourcePos { topic: Arc::clone(&topic), partition: 0, offset: n as i64 },
-            key: None,
-            payload: Some(line.as_bytes().to_vec()),
-            received_at: std::time::Instant::now(),
-        };
-        match preprocessor.process(raw).await.outcome {
-            Outcome::Ready(s) => match (s.image, s.text) {
-                (Some(i), Some(t)) => {
-                    ids.push(s.id);
-                    images.push(visual_input(&i));
-                    texts.push(t.ids);
-                }
-                _ => skipped += 1,
-            },
-            Outcome::Rejected(r) => {
-                tracing::warn!(line = n + 1, reason = %r, "pair skipped");
-                skipped += 1;
-            }
-        }
+    let (loaded, skipped) = load_pairs(&preprocessor, pairs, &lines, |line, r| {
+        tracing::warn!(line, reason = %r, "pair skipped");
+    })
+    .await;
+    let mut ids: Vec<Option<String>> = Vec::with_capacity(loaded.len());
+    let mut images: Vec<VisualInput> = Vec::with_capacity(loaded.len());
+    let mut texts: Vec<Vec<u32>> = Vec::with_capacity(loaded.len());
+    for p in loaded {
+        ids.push(p.id);
+        images.push(p.image);
+        texts.push(p.ids);
     }
     if images.is_empty() {
         anyhow::bail!("{}: no usable pairs ({} skipped)", pairs.display(), skipped);

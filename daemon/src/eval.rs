@@ -12,12 +12,12 @@ use anyhow::Context as _;
 use serde::Serialize;
 use unimod_ingest::preprocess::{Outcome, Preprocessor};
 use unimod_ingest::record::{RawRecord, RecordKind, SourcePos};
+use unimod_ingest::reject::Rejection;
 use unimod_ingest::fetch::ImageFetcher;
 use unimod_ingest::text::TextTokenizer;
 use unimod_model::{Arch, Trainer, VisualInput};
 
 use crate::access::CheckpointAccess;
-use crate::checkpoint_io::{blob, Restored};
 use crate::cli::CliError;
 use crate::config::Config;
 use crate::train::examples::visual_input;
@@ -35,7 +35,7 @@ pub struct Recall {
     pub r10: f64,
 }
 
-/// The `eval --json` object of INTERFACE.md.
+/// The `eval --json` object of docs/interface.md.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     /// Checkpoint id.
@@ -97,6 +97,60 @@ pub async fn eval_command(config: &Config, pairs: &Path, checkpoint: Option<&str
     Ok(())
 }
 
+/// One usable line of a pairs file (`eval --pairs`, `embed --pairs`, `caption --pairs`).
+pub struct PairLine {
+    /// Line number in the file, from 1.
+    pub line: usize,
+    /// The producer's `id` field, if present.
+    pub id: Option<String>,
+    /// The image, as model input.
+    pub image: VisualInput,
+    /// The caption's token ids.
+    pub ids: Vec<u32>,
+    /// The (normalised) caption text.
+    pub text: String,
+}
+
+/// Preprocesses every non-empty line of a pairs file (`lines`, read from `source`) as a pair
+/// record, exactly as the daemon preprocesses the pair stream. A rejected line is handed to
+/// `on_reject` with its line number (from 1); it and a line lacking an image or a text are
+/// skipped. Returns the usable pairs in file order and the number skipped.
+pub async fn load_pairs(
+    preprocessor: &Preprocessor,
+    source: &Path,
+    lines: &str,
+    mut on_reject: impl FnMut(usize, &Rejection),
+) -> (Vec<PairLine>, usize) {
+    let topic: Arc<str> = Arc::from(source.display().to_string());
+    let mut pairs = Vec::new();
+    let mut skipped = 0usize;
+    for (n, line) in lines.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let raw = RawRecord {
+            kind: RecordKind::Pair,
+            pos: SourcePos::new(Arc::clone(&topic), 0, n as i64),
+            key: None,
+            payload: Some(line.as_bytes().to_vec()),
+            received_at: Instant::now(),
+        };
+        match preprocessor.process(raw).await.outcome {
+            Outcome::Ready(s) => match (s.image, s.text) {
+                (Some(i), Some(t)) => {
+                    pairs.push(PairLine { line: n + 1, id: s.id, image: visual_input(&i), ids: t.ids, text: t.text })
+                }
+                _ => skipped += 1,
+            },
+            Outcome::Rejected(r) => {
+                on_reject(n + 1, &r);
+                skipped += 1;
+            }
+        }
+    }
+    (pairs, skipped)
+}
+
 /// Loads the checkpoint and computes the report.
 pub async fn evaluate(config: &Config, pairs: &Path, checkpoint: Option<&str>) -> anyhow::Result<EvalReport> {
     let lines = tokio::fs::read_to_string(pairs)
@@ -107,15 +161,7 @@ pub async fn evaluate(config: &Config, pairs: &Path, checkpoint: Option<&str>) -
         let id = checkpoint.unwrap_or("latest").to_owned();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let access = CheckpointAccess::open(&config)?;
-            let meta = access.meta(&id)?;
-            let id = meta.id;
-            let restored = Restored::from_blobs(meta, |name| {
-                if name == blob::REPLAY {
-                    None
-                } else {
-                    access.blob(id, name).map_err(|e| tracing::error!(error = %format!("{e:#}"), "reading blob")).ok()
-                }
-            })?;
+            let restored = access.restore_for_inference(&id)?;
             Ok((restored, access))
         })
         .await
@@ -130,36 +176,12 @@ pub async fn evaluate(config: &Config, pairs: &Path, checkpoint: Option<&str>) -
     let preprocessor =
         Preprocessor::new(&config.preprocess, &config.image, Arc::clone(&tokenizer), fetcher, None)
             .context("starting preprocessing")?;
-    let topic: Arc<str> = Arc::from(pairs.display().to_string());
-    let mut images: Vec<VisualInput> = Vec::new();
-    let mut texts: Vec<Vec<u32>> = Vec::new();
-    let mut skipped = 0usize;
     let started = Instant::now();
-    for (n, line) in lines.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let raw = RawRecord {
-            kind: RecordKind::Pair,
-            pos: SourcePos { topic: Arc::clone(&topic), partition: 0, offset: n as i64 },
-            key: None,
-            payload: Some(line.as_bytes().to_vec()),
-            received_at: Instant::now(),
-        };
-        match preprocessor.process(raw).await.outcome {
-            Outcome::Ready(s) => match (s.image, s.text) {
-                (Some(i), Some(t)) => {
-                    images.push(visual_input(&i));
-                    texts.push(t.ids);
-                }
-                _ => skipped += 1,
-            },
-            Outcome::Rejected(r) => {
-                tracing::warn!(line = n + 1, reason = %r, "pair skipped");
-                skipped += 1;
-            }
-        }
-    }
+    let (loaded, skipped) = load_pairs(&preprocessor, pairs, &lines, |line, r| {
+        tracing::warn!(line, reason = %r, "pair skipped");
+    })
+    .await;
+    let (images, texts): (Vec<VisualInput>, Vec<Vec<u32>>) = loaded.into_iter().map(|p| (p.image, p.ids)).unzip();
     if images.is_empty() {
         anyhow::bail!("{}: no usable pairs ({} skipped)", pairs.display(), skipped);
     }

@@ -1,5 +1,5 @@
 //! `unimod`: continual multimodal pretraining from Kafka. A thin CLI over the `unimod`
-//! library; see `docs/architecture.md` for the data path and INTERFACE.md for the contract.
+//! library; see `docs/architecture.md` for the data path and docs/interface.md for the contract.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration. Every failure
 //! prints one line on stderr naming what was wrong.

@@ -16,7 +16,6 @@
 //! A rollback (too many non-finite steps) runs stages 2-5 without a final checkpoint and
 //! starts a new session from the newest valid checkpoint, in the same process.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use unimod_ingest::kafka::{bootstrap_texts, DeadLetterProducer, KafkaMetrics, TopicCheck};
 use unimod_ingest::fetch::ImageFetcher;
+use unimod_ingest::offsets::PartitionOffsets;
 use unimod_ingest::preprocess::{bootstrap_text, Outcome, Preprocessor, Processed};
 use unimod_ingest::record::RecordKind;
 use unimod_ingest::reject::{RejectReason, Rejection};
@@ -286,10 +286,7 @@ fn new_model_config(config: &Config, tokenizer: &TextTokenizer) -> anyhow::Resul
     let m = &config.model;
     let sp = tokenizer.special();
     let special = unimod_model::SpecialTokens { pad: sp.pad, cls: sp.cls, sep: sp.sep, mask: sp.mask, img: sp.img };
-    let arch = match m.arch {
-        crate::config::ArchName::Unimo => unimod_model::Arch::Unimo,
-        crate::config::ArchName::Vilbert => unimod_model::Arch::Vilbert,
-    };
+    let arch = m.arch;
     let feature_dim = m.feature_dim.unwrap_or_else(|| config.image.feature_dim());
     let vocab = tokenizer.vocab_size();
     let mut mc = if m.size == "custom" {
@@ -310,12 +307,7 @@ fn new_model_config(config: &Config, tokenizer: &TextTokenizer) -> anyhow::Resul
     mc.pre_ln = m.pre_ln;
     mc.max_text_len = tokenizer.max_length().max(*config.train.text_buckets.last().unwrap_or(&2));
     mc.max_objects = *config.train.object_buckets.last().unwrap_or(&1);
-    mc.weights.mlm = m.weights.mlm;
-    mc.weights.seq2seq = m.weights.seq2seq;
-    mc.weights.mrm = m.weights.mrm;
-    mc.weights.cmcl = m.weights.cmcl;
-    mc.weights.itm = m.weights.itm;
-    mc.weights.caption = m.weights.caption;
+    mc.weights = m.weights;
     mc.continuation = m.continuation;
     mc.validate().map_err(|e| StartupError(format!("model: {e}")))?;
     Ok(mc)
@@ -386,10 +378,7 @@ async fn session<B: AutodiffBackend>(
         Some(r) => {
             let t = Trainer::load(&r.trainer, settings, device).map_err(|e| anyhow::anyhow!("loading checkpoint {}: {e}", r.meta.id))?;
             let arch = t.config().arch.as_str();
-            let want = match config.model.arch {
-                crate::config::ArchName::Unimo => "unimo",
-                crate::config::ArchName::Vilbert => "vilbert",
-            };
+            let want = config.model.arch.as_str();
             if arch != want {
                 return Err(StartupError(format!(
                     "model.arch = {want:?} but the store's checkpoint {} holds a {arch:?} model (use another storage.path)",
@@ -435,8 +424,7 @@ async fn session<B: AutodiffBackend>(
         ),
         None => (0, RecordCounts::default(), Vec::new(), ReplayBuffers::new(config.train.replay_capacity, config.train.seed)),
     };
-    let start_offsets: HashMap<(String, i32), i64> =
-        progress_offsets.iter().map(|p| ((p.topic.clone(), p.partition), p.next_offset)).collect();
+    let start_offsets = PartitionOffsets::start_offsets(&progress_offsets);
     let mut lineage = Lineage::restore(counts, &progress_offsets);
     let tokenizer_json = Arc::new(tokenizer.to_json().context("serialising the tokenizer")?);
 
@@ -539,7 +527,7 @@ async fn session<B: AutodiffBackend>(
     };
     let restored_from = restored.as_ref().map(|r| r.meta.id);
     let restored_offsets = restored.as_ref().map_or_else(String::new, |r| {
-        r.meta.offsets.iter().map(|p| format!("{}[{}]@{}", p.topic, p.partition, p.offset)).collect::<Vec<_>>().join(", ")
+        r.meta.offsets.iter().map(|p| format!("{}@{}", p.tp, p.next_offset)).collect::<Vec<_>>().join(", ")
     });
     let worker = Worker {
         schedule: Schedule::new(t.learning_rate, t.warmup_steps, t.rewarm_steps, restored.as_ref().map(|_| step)),

@@ -1,6 +1,6 @@
 //! Every metric the daemon itself emits (ingest registers its own on the same registry), in
 //! one place, with names as constants. Labels are low-cardinality: kind, objective, source.
-//! INTERFACE.md section 5 is the contract for the names.
+//! docs/interface.md section 5 is the contract for the names.
 
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -19,7 +19,7 @@ use unimod_ingest::text::TextTokenizer;
 use unimod_model::export::{load_safetensors, model_from_state, with_weights};
 use unimod_model::{ModelConfig, TrainSettings, Trainer};
 
-use crate::config::{ArchName, Config};
+use crate::config::Config;
 use crate::inspect::EXPORT_EXTRA_KEYS;
 use crate::run::StartupError;
 
@@ -59,10 +59,7 @@ fn export_model_config(config: &Config, dir: &Path, tokenizer: &TextTokenizer) -
     }
     let mut mc = ModelConfig::from_json(&value.to_string())
         .map_err(|e| startup(format!("model.init_from: {}: {e}", path.display())))?;
-    let want = match config.model.arch {
-        ArchName::Unimo => "unimo",
-        ArchName::Vilbert => "vilbert",
-    };
+    let want = config.model.arch.as_str();
     if mc.arch.as_str() != want {
         return Err(startup(format!(
             "model.arch = {want:?} but model.init_from {} holds a {:?} model",
@@ -87,11 +84,8 @@ fn export_model_config(config: &Config, dir: &Path, tokenizer: &TextTokenizer) -
     let m = &config.model;
     mc.dropout = m.dropout;
     mc.max_objects = *config.train.object_buckets.last().unwrap_or(&mc.max_objects);
-    mc.weights.mlm = m.weights.mlm;
-    mc.weights.seq2seq = m.weights.seq2seq;
-    mc.weights.mrm = m.weights.mrm;
-    mc.weights.cmcl = m.weights.cmcl;
-    mc.weights.itm = m.weights.itm;
+    // The caption weight stays the exported model's (as before the weights had one type).
+    mc.weights = unimod_model::ObjectiveWeights { caption: mc.weights.caption, ..m.weights };
     mc.validate().map_err(|e| startup(format!("model.init_from: {e}")))?;
     Ok(mc)
 }

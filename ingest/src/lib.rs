@@ -16,5 +16,6 @@ pub mod offsets;
 pub mod preprocess;
 pub mod record;
 pub mod reject;
+pub mod rng;
 pub mod telemetry;
 pub mod text;

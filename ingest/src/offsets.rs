@@ -13,11 +13,10 @@
 //! delivered yet. `begin` must be called in partition order (the consumer's order).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::SourcePos;
+use crate::record::{SourcePos, TopicPartition};
 
 /// Errors from misuse of the tracker (a bug in the caller, never data-dependent).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,27 +83,44 @@ impl PartitionState {
     }
 }
 
-/// One partition's state in a checkpoint.
+/// One partition's progress: what the tracker exports, a checkpoint stores (its metadata
+/// record's `offsets`, docs/interface.md section 1), the consumer starts from and commits.
+///
+/// Serialised with the checkpoint metadata's names, which existing checkpoints carry:
+/// `{"topic", "partition", "offset", "done_above"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionOffsets {
-    /// Topic name.
-    pub topic: String,
-    /// Partition number.
-    pub partition: i32,
+    /// The partition.
+    #[serde(flatten)]
+    pub tp: TopicPartition,
     /// Next offset to consume: every record below it is finished.
+    #[serde(rename = "offset")]
     pub next_offset: i64,
     /// Offsets above `next_offset` that are already finished (to be skipped when consumed
     /// again), ascending.
+    #[serde(rename = "done_above", default)]
     pub finished_above: Vec<i64>,
+}
+
+impl PartitionOffsets {
+    /// `next_offset` of `partition` of `topic`, nothing finished above it.
+    pub fn new(topic: impl Into<std::sync::Arc<str>>, partition: i32, next_offset: i64) -> Self {
+        Self { tp: TopicPartition::new(topic, partition), next_offset, finished_above: Vec::new() }
+    }
+
+    /// The next offsets of `offsets`, per partition: where a consumer starts.
+    pub fn start_offsets(offsets: &[PartitionOffsets]) -> std::collections::HashMap<TopicPartition, i64> {
+        offsets.iter().map(|p| (p.tp.clone(), p.next_offset)).collect()
+    }
 }
 
 /// Tracks records in flight and finished, per topic partition. Not thread-safe by itself:
 /// wrap it in a mutex when shared.
 #[derive(Debug, Clone, Default)]
 pub struct OffsetTracker {
-    partitions: BTreeMap<(Arc<str>, i32), PartitionState>,
+    partitions: BTreeMap<TopicPartition, PartitionState>,
     /// Records in flight when their partition was reset: finished quietly, tracked no more.
-    orphans: BTreeMap<(Arc<str>, i32), BTreeSet<i64>>,
+    orphans: BTreeMap<TopicPartition, BTreeSet<i64>>,
 }
 
 impl OffsetTracker {
@@ -115,7 +131,7 @@ impl OffsetTracker {
 
     /// Registers a record handed over by the consumer.
     pub fn begin(&mut self, pos: &SourcePos) -> Result<BeginOutcome, OffsetError> {
-        let state = self.partitions.entry((pos.topic.clone(), pos.partition)).or_default();
+        let state = self.partitions.entry(pos.tp.clone()).or_default();
         if state.next.is_some_and(|n| pos.offset < n) || state.finished.contains(&pos.offset) {
             state.delivered(pos.offset);
             return Ok(BeginOutcome::AlreadyFinished);
@@ -129,11 +145,10 @@ impl OffsetTracker {
 
     /// Marks a record finished (trained, or rejected and dead-lettered).
     pub fn finish(&mut self, pos: &SourcePos) -> Result<(), OffsetError> {
-        let key = (pos.topic.clone(), pos.partition);
-        if self.orphans.get_mut(&key).is_some_and(|o| o.remove(&pos.offset)) {
+        if self.orphans.get_mut(&pos.tp).is_some_and(|o| o.remove(&pos.offset)) {
             return Ok(());
         }
-        let state = self.partitions.get_mut(&key).ok_or_else(|| OffsetError::NotInFlight(pos.to_string()))?;
+        let state = self.partitions.get_mut(&pos.tp).ok_or_else(|| OffsetError::NotInFlight(pos.to_string()))?;
         if !state.in_flight.remove(&pos.offset) {
             return Err(OffsetError::NotInFlight(pos.to_string()));
         }
@@ -144,8 +159,8 @@ impl OffsetTracker {
 
     /// The next offset of a partition: every record below it is finished. `None` when no
     /// record of the partition has finished yet (and none was restored).
-    pub fn next_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.partitions.get(&(Arc::from(topic), partition)).and_then(|s| s.next)
+    pub fn next_offset(&self, tp: &TopicPartition) -> Option<i64> {
+        self.partitions.get(tp).and_then(|s| s.next)
     }
 
     /// Number of records in flight across all partitions.
@@ -156,21 +171,18 @@ impl OffsetTracker {
     /// Starts a partition afresh after its offsets were reset by the broker (topic recreated
     /// or truncated): what was known about it is dropped, so its records are new again; records
     /// still in flight from before the reset finish quietly.
-    pub fn reset_partition(&mut self, topic: &str, partition: i32) {
-        let key = (Arc::from(topic), partition);
-        if let Some(state) = self.partitions.remove(&key) {
-            self.orphans.entry(key).or_default().extend(state.in_flight);
+    pub fn reset_partition(&mut self, tp: &TopicPartition) {
+        if let Some(state) = self.partitions.remove(tp) {
+            self.orphans.entry(tp.clone()).or_default().extend(state.in_flight);
         }
     }
 
     /// Forgets a partition (after it was revoked in a rebalance): its in-flight records will
     /// not be finished here. Returns the partition's last state, if any.
-    pub fn forget_partition(&mut self, topic: &str, partition: i32) -> Option<PartitionOffsets> {
-        let key = (Arc::from(topic), partition);
-        let state = self.partitions.remove(&key)?;
+    pub fn forget_partition(&mut self, tp: &TopicPartition) -> Option<PartitionOffsets> {
+        let state = self.partitions.remove(tp)?;
         state.next.map(|next| PartitionOffsets {
-            topic: topic.to_string(),
-            partition,
+            tp: tp.clone(),
             next_offset: next,
             finished_above: state.finished.iter().copied().collect(),
         })
@@ -182,10 +194,9 @@ impl OffsetTracker {
     pub fn export(&self) -> Vec<PartitionOffsets> {
         self.partitions
             .iter()
-            .filter_map(|((topic, partition), state)| {
+            .filter_map(|(tp, state)| {
                 state.next.map(|next| PartitionOffsets {
-                    topic: topic.to_string(),
-                    partition: *partition,
+                    tp: tp.clone(),
                     next_offset: next,
                     finished_above: state.finished.iter().copied().filter(|&o| o >= next).collect(),
                 })
@@ -197,7 +208,7 @@ impl OffsetTracker {
     pub fn restore(offsets: &[PartitionOffsets]) -> Self {
         let mut tracker = Self::new();
         for p in offsets {
-            let state = tracker.partitions.entry((Arc::from(p.topic.as_str()), p.partition)).or_default();
+            let state = tracker.partitions.entry(p.tp.clone()).or_default();
             state.next = Some(p.next_offset);
             state.finished = p.finished_above.iter().copied().filter(|&o| o >= p.next_offset).collect();
         }
@@ -207,10 +218,16 @@ impl OffsetTracker {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn pos(partition: i32, offset: i64) -> SourcePos {
-        SourcePos { topic: Arc::from("t"), partition, offset }
+        SourcePos::new(Arc::from("t"), partition, offset)
+    }
+
+    fn tp(partition: i32) -> TopicPartition {
+        TopicPartition::new("t", partition)
     }
 
     #[test]
@@ -219,18 +236,18 @@ mod tests {
         for o in 10..15 {
             assert_eq!(tracker.begin(&pos(0, o)).expect("begin"), BeginOutcome::New);
         }
-        assert_eq!(tracker.next_offset("t", 0), None);
+        assert_eq!(tracker.next_offset(&tp(0)), None);
         tracker.finish(&pos(0, 12)).expect("finish");
         tracker.finish(&pos(0, 14)).expect("finish");
-        assert_eq!(tracker.next_offset("t", 0), Some(10), "10 and 11 are still in flight");
+        assert_eq!(tracker.next_offset(&tp(0)), Some(10), "10 and 11 are still in flight");
         tracker.finish(&pos(0, 11)).expect("finish");
-        assert_eq!(tracker.next_offset("t", 0), Some(10));
+        assert_eq!(tracker.next_offset(&tp(0)), Some(10));
         tracker.finish(&pos(0, 10)).expect("finish");
-        assert_eq!(tracker.next_offset("t", 0), Some(13), "13 is in flight");
+        assert_eq!(tracker.next_offset(&tp(0)), Some(13), "13 is in flight");
         let exported = tracker.export();
-        assert_eq!(exported, vec![PartitionOffsets { topic: "t".into(), partition: 0, next_offset: 13, finished_above: vec![14] }]);
+        assert_eq!(exported, vec![PartitionOffsets { tp: tp(0), next_offset: 13, finished_above: vec![14] }]);
         tracker.finish(&pos(0, 13)).expect("finish");
-        assert_eq!(tracker.next_offset("t", 0), Some(15));
+        assert_eq!(tracker.next_offset(&tp(0)), Some(15));
         assert_eq!(tracker.in_flight(), 0);
         assert_eq!(tracker.export()[0].finished_above, Vec::<i64>::new());
     }
@@ -249,10 +266,10 @@ mod tests {
             tracker.begin(&pos(0, o)).expect("begin");
             tracker.finish(&pos(0, o)).expect("finish");
         }
-        assert_eq!(tracker.next_offset("t", 1), Some(100));
-        assert_eq!(tracker.next_offset("t", 0), Some(0), "offset 0 never finished");
+        assert_eq!(tracker.next_offset(&tp(1)), Some(100));
+        assert_eq!(tracker.next_offset(&tp(0)), Some(0), "offset 0 never finished");
         tracker.finish(&pos(0, 0)).expect("finish");
-        assert_eq!(tracker.next_offset("t", 0), Some(50));
+        assert_eq!(tracker.next_offset(&tp(0)), Some(50));
     }
 
     #[test]
@@ -262,9 +279,9 @@ mod tests {
         tracker.begin(&pos(0, 3)).expect("begin");
         tracker.begin(&pos(0, 7)).expect("begin");
         tracker.finish(&pos(0, 7)).expect("finish");
-        assert_eq!(tracker.next_offset("t", 0), Some(3));
+        assert_eq!(tracker.next_offset(&tp(0)), Some(3));
         tracker.finish(&pos(0, 3)).expect("finish");
-        assert_eq!(tracker.next_offset("t", 0), Some(8));
+        assert_eq!(tracker.next_offset(&tp(0)), Some(8));
     }
 
     #[test]
@@ -273,7 +290,7 @@ mod tests {
         // 459 (rejected at admission while 366..458 waited in the batcher). After the resume
         // the first step trains 366..395: the next offset must stop at 396, and 396..458 are
         // new records when they arrive, not "already finished".
-        let saved = vec![PartitionOffsets { topic: "t".into(), partition: 0, next_offset: 366, finished_above: vec![459] }];
+        let saved = vec![PartitionOffsets { tp: tp(0), next_offset: 366, finished_above: vec![459] }];
         let mut tracker = OffsetTracker::restore(&saved);
         for o in 366..396 {
             assert_eq!(tracker.begin(&pos(0, o)).expect("begin"), BeginOutcome::New);
@@ -281,10 +298,10 @@ mod tests {
         for o in 366..396 {
             tracker.finish(&pos(0, o)).expect("finish");
         }
-        assert_eq!(tracker.next_offset("t", 0), Some(396));
+        assert_eq!(tracker.next_offset(&tp(0)), Some(396));
         assert_eq!(
             tracker.export(),
-            vec![PartitionOffsets { topic: "t".into(), partition: 0, next_offset: 396, finished_above: vec![459] }]
+            vec![PartitionOffsets { tp: tp(0), next_offset: 396, finished_above: vec![459] }]
         );
         for o in 396..459 {
             assert_eq!(tracker.begin(&pos(0, o)).expect("begin"), BeginOutcome::New, "offset {o}");
@@ -294,23 +311,23 @@ mod tests {
         for o in (396..459).chain([460]) {
             tracker.finish(&pos(0, o)).expect("finish");
         }
-        assert_eq!(tracker.next_offset("t", 0), Some(461));
+        assert_eq!(tracker.next_offset(&tp(0)), Some(461));
         assert_eq!(tracker.export()[0].finished_above, Vec::<i64>::new());
     }
 
     #[test]
     fn restored_finished_offsets_right_at_the_next_offset_extend_it() {
-        let saved = vec![PartitionOffsets { topic: "t".into(), partition: 0, next_offset: 10, finished_above: vec![11, 12, 20] }];
+        let saved = vec![PartitionOffsets { tp: tp(0), next_offset: 10, finished_above: vec![11, 12, 20] }];
         let mut tracker = OffsetTracker::restore(&saved);
         tracker.begin(&pos(0, 10)).expect("begin");
         tracker.finish(&pos(0, 10)).expect("finish");
-        assert_eq!(tracker.next_offset("t", 0), Some(13));
+        assert_eq!(tracker.next_offset(&tp(0)), Some(13));
         assert_eq!(tracker.export()[0].finished_above, vec![20]);
         // A mid-run delivery skipped as already finished counts as delivered.
         assert_eq!(tracker.begin(&pos(0, 11)).expect("begin"), BeginOutcome::AlreadyFinished);
         assert_eq!(tracker.begin(&pos(0, 13)).expect("begin"), BeginOutcome::New);
         tracker.finish(&pos(0, 13)).expect("finish");
-        assert_eq!(tracker.next_offset("t", 0), Some(14));
+        assert_eq!(tracker.next_offset(&tp(0)), Some(14));
     }
 
     #[test]
@@ -325,33 +342,33 @@ mod tests {
         let json = serde_json::to_string(&saved).expect("serialises");
         let back: Vec<PartitionOffsets> = serde_json::from_str(&json).expect("deserialises");
         let mut restored = OffsetTracker::restore(&back);
-        assert_eq!(restored.next_offset("t", 2), Some(1));
+        assert_eq!(restored.next_offset(&tp(2)), Some(1));
         // Consumption resumes at 1: 1 is new, 2 was finished before the restart, 3 is new.
         assert_eq!(restored.begin(&pos(2, 0)).expect("begin"), BeginOutcome::AlreadyFinished);
         assert_eq!(restored.begin(&pos(2, 1)).expect("begin"), BeginOutcome::New);
         assert_eq!(restored.begin(&pos(2, 2)).expect("begin"), BeginOutcome::AlreadyFinished);
         assert_eq!(restored.begin(&pos(2, 3)).expect("begin"), BeginOutcome::New);
         restored.finish(&pos(2, 1)).expect("finish");
-        assert_eq!(restored.next_offset("t", 2), Some(3));
+        assert_eq!(restored.next_offset(&tp(2)), Some(3));
         assert!(restored.finish(&pos(2, 1)).is_err(), "finished twice");
         assert!(restored.finish(&pos(9, 1)).is_err(), "unknown partition");
         assert!(restored.begin(&pos(2, 3)).is_err(), "begun twice");
-        let last = restored.forget_partition("t", 2).expect("state");
+        let last = restored.forget_partition(&tp(2)).expect("state");
         assert_eq!(last.next_offset, 3);
-        assert_eq!(restored.next_offset("t", 2), None);
+        assert_eq!(restored.next_offset(&tp(2)), None);
     }
 
     #[test]
     fn a_reset_partition_starts_afresh_and_its_old_records_finish_quietly() {
-        let saved = vec![PartitionOffsets { topic: "t".into(), partition: 0, next_offset: 500, finished_above: vec![] }];
+        let saved = vec![PartitionOffsets { tp: tp(0), next_offset: 500, finished_above: vec![] }];
         let mut tracker = OffsetTracker::restore(&saved);
         assert_eq!(tracker.begin(&pos(0, 500)).expect("begin"), BeginOutcome::New);
         // The topic was recreated: offsets start at 0 again.
         assert_eq!(tracker.begin(&pos(0, 0)).expect("begin"), BeginOutcome::AlreadyFinished);
-        tracker.reset_partition("t", 0);
+        tracker.reset_partition(&tp(0));
         assert_eq!(tracker.begin(&pos(0, 0)).expect("begin"), BeginOutcome::New);
         tracker.finish(&pos(0, 500)).expect("the old record finishes quietly");
         tracker.finish(&pos(0, 0)).expect("finish");
-        assert_eq!(tracker.next_offset("t", 0), Some(1));
+        assert_eq!(tracker.next_offset(&tp(0)), Some(1));
     }
 }

@@ -19,7 +19,7 @@ use crate::config::{ImageConfig, PreprocessConfig};
 use crate::decode::{decode_message, normalize_text, DecodeLimits, ImageSource, Message, RegionLimits};
 use crate::fetch::ImageFetcher;
 use crate::image::{image_to_objects, ObjectExtractor};
-use crate::record::{ObjectSequence, RawRecord, RecordKind, Sample};
+use crate::record::{ObjectSequence, RawRecord, RecordKind, Sample, TopicPartition};
 use crate::reject::{log_rejection, LogRateLimiter, RejectReason, Rejection};
 use crate::telemetry::IngestMetrics;
 use crate::text::TextTokenizer;
@@ -247,7 +247,7 @@ pub async fn run_pipeline(
 ) -> Result<(), PipelineClosed> {
     let max_in_flight = max_in_flight.max(1);
     let mut running = FuturesUnordered::new();
-    let mut order: HashMap<(Arc<str>, i32), PartitionOrder> = HashMap::new();
+    let mut order: HashMap<TopicPartition, PartitionOrder> = HashMap::new();
     let mut in_flight = 0usize;
     let mut input_open = true;
     loop {
@@ -257,7 +257,7 @@ pub async fn run_pipeline(
         tokio::select! {
             biased;
             Some((key, seq, processed)) = running.next(), if !running.is_empty() => {
-                let key: (Arc<str>, i32) = key;
+                let key: TopicPartition = key;
                 let Some(partition) = order.get_mut(&key) else { continue };
                 partition.done.insert(seq, processed);
                 while let Some(ready) = partition.done.remove(&partition.next_out) {
@@ -269,7 +269,7 @@ pub async fn run_pipeline(
             received = input.recv(), if input_open && in_flight < max_in_flight => {
                 match received {
                     Some(raw) => {
-                        let key = (raw.pos.topic.clone(), raw.pos.partition);
+                        let key = raw.pos.tp.clone();
                         let partition = order.entry(key.clone()).or_default();
                         let seq = partition.next_in;
                         partition.next_in += 1;

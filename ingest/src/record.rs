@@ -38,20 +38,57 @@ impl fmt::Display for RecordKind {
     }
 }
 
-/// Where a record sits in Kafka.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SourcePos {
+/// A partition of a topic: the key of every per-partition fact (consume position, offsets
+/// tracked for a checkpoint, lag, resets). Serialised as `{"topic": .., "partition": ..}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct TopicPartition {
     /// Topic name (shared, cheap to clone).
+    #[serde(serialize_with = "ser_topic", deserialize_with = "de_topic")]
     pub topic: Arc<str>,
     /// Partition number.
     pub partition: i32,
+}
+
+impl TopicPartition {
+    /// The partition `partition` of `topic`.
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
+        Self { topic: topic.into(), partition }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.topic, self.partition)
+    }
+}
+
+fn ser_topic<S: serde::Serializer>(topic: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(topic)
+}
+
+fn de_topic<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(Arc::from)
+}
+
+/// Where a record sits in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SourcePos {
+    /// Topic and partition.
+    pub tp: TopicPartition,
     /// Offset of this record in its partition.
     pub offset: i64,
 }
 
+impl SourcePos {
+    /// The record at `offset` of partition `partition` of `topic`.
+    pub fn new(topic: Arc<str>, partition: i32, offset: i64) -> Self {
+        Self { tp: TopicPartition { topic, partition }, offset }
+    }
+}
+
 impl fmt::Display for SourcePos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}[{}]@{}", self.topic, self.partition, self.offset)
+        write!(f, "{}@{}", self.tp, self.offset)
     }
 }
 

@@ -46,7 +46,7 @@ fn preprocessor(metrics: Option<IngestMetrics>) -> Preprocessor {
 fn raw(kind: RecordKind, partition: i32, offset: i64, payload: Option<Vec<u8>>) -> RawRecord {
     RawRecord {
         kind,
-        pos: SourcePos { topic: Arc::from(format!("t-{kind}")), partition, offset },
+        pos: SourcePos::new(Arc::from(format!("t-{kind}")), partition, offset),
         key: None,
         payload,
         received_at: Instant::now(),
@@ -211,7 +211,7 @@ fn bootstrap_text_reads_texts_and_captions() {
 
 fn text_record(partition: i32, offset: i64) -> RawRecord {
     let mut r = json_raw(RecordKind::Text, json!({"text": format!("record {offset}")}));
-    r.pos = SourcePos { topic: Arc::from("text"), partition, offset };
+    r.pos = SourcePos::new(Arc::from("text"), partition, offset);
     r
 }
 
@@ -225,7 +225,7 @@ async fn pipeline_keeps_partition_order_and_a_stuck_download_blocks_only_its_par
 
     // Partition 0: a download that waits for the gate, then two texts.
     let mut gated = json_raw(RecordKind::Image, json!({"image_url": server.url("/gate.png")}));
-    gated.pos = SourcePos { topic: Arc::from("text"), partition: 0, offset: 0 };
+    gated.pos = SourcePos::new(Arc::from("text"), 0, 0);
     in_tx.send(gated).await.expect("send");
     in_tx.send(text_record(0, 1)).await.expect("send");
     in_tx.send(text_record(0, 2)).await.expect("send");
@@ -240,14 +240,14 @@ async fn pipeline_keeps_partition_order_and_a_stuck_download_blocks_only_its_par
     };
     for expected in 0..6 {
         let out = out_rx.recv().await.expect("output");
-        assert_eq!((out.raw.pos.partition, out.raw.pos.offset), (1, expected));
+        assert_eq!((out.raw.pos.tp.partition, out.raw.pos.offset), (1, expected));
         assert!(matches!(out.outcome, Outcome::Ready(_)));
     }
     feeder.await.expect("feeder");
     server.open_gate();
     for expected in 0..3 {
         let out = out_rx.recv().await.expect("output");
-        assert_eq!((out.raw.pos.partition, out.raw.pos.offset), (0, expected));
+        assert_eq!((out.raw.pos.tp.partition, out.raw.pos.offset), (0, expected));
         assert!(matches!(out.outcome, Outcome::Ready(_)), "{:?}", out.outcome);
     }
     drop(in_tx);

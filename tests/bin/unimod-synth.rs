@@ -1,5 +1,5 @@
 //! `unimod-synth`: writes a deterministic synthetic multimodal stream as JSONL files in the
-//! message format of INTERFACE.md section 3, ready for `unimod produce`.
+//! message format of docs/interface.md section 3, ready for `unimod produce`.
 //!
 //! ```text
 //! unimod-synth --out data --pairs 512 --texts 512 --images 256 --eval 100 --seed 42 --size 64

@@ -1,6 +1,6 @@
 //! Synthetic multimodal stream generator.
 //!
-//! Produces the three record kinds of INTERFACE.md section 3 from one seed, deterministically:
+//! Produces the three record kinds of docs/interface.md section 3 from one seed, deterministically:
 //! image-caption pairs whose PNG images show one to three coloured shapes and whose captions
 //! describe exactly what was drawn (colour, shape, size and placement), text-only sentences of
 //! the same vocabulary, image-only records, a held-out evaluation set of pairs, and optionally a
@@ -431,11 +431,8 @@ enum Stream {
 }
 
 /// SplitMix64 finaliser: spreads (seed, stream, index) over the whole seed space.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+fn mix(z: u64) -> u64 {
+    unimod_ingest::rng::SplitMix64::mix(z)
 }
 
 /// Deterministic source of synthetic records for one seed and image size.

@@ -178,7 +178,7 @@ async fn good_records_flow_and_bad_ones_go_to_the_dead_letter_topic() -> anyhow:
             .await
             .map_err(|_| anyhow::anyhow!("only {} + {} outcomes", ready.len(), rejected.len()))?
             .ok_or_else(|| anyhow::anyhow!("pipeline ended early"))?;
-        let key = (processed.raw.pos.topic.to_string(), processed.raw.pos.offset);
+        let key = (processed.raw.pos.tp.topic.to_string(), processed.raw.pos.offset);
         match processed.outcome {
             Outcome::Ready(sample) => {
                 assert!(ready.insert(key, sample).is_none(), "outcome twice");

@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use unimod_e2e::kafka::{committed_offsets, eventually, produce_many, produce_to_partition, producer};
 use unimod_e2e::Broker;
-use unimod_ingest::kafka::{KafkaConsumer, KafkaMetrics, Lanes, PartitionReset, QueueBudget, StartOffsets};
+use unimod_ingest::kafka::{KafkaConsumer, KafkaMetrics, Lanes, PartitionReset, QueueBudget, StartOffsets, TopicPartition};
+use unimod_ingest::offsets::PartitionOffsets;
 use unimod_ingest::record::{RawRecord, RecordKind};
 
 /// Checks that no (topic, partition, offset) repeats and that offsets rise per partition.
@@ -20,7 +21,7 @@ fn assert_exactly_once_in_order(records: &[RawRecord]) {
     let mut seen = HashSet::new();
     let mut last: HashMap<(String, i32), i64> = HashMap::new();
     for record in records {
-        let key = (record.pos.topic.to_string(), record.pos.partition);
+        let key = (record.pos.tp.topic.to_string(), record.pos.tp.partition);
         assert!(seen.insert((key.clone(), record.pos.offset)), "duplicate {}", record.pos);
         if let Some(previous) = last.insert(key, record.pos.offset) {
             assert!(previous < record.pos.offset, "out of order at {}", record.pos);
@@ -48,9 +49,9 @@ async fn consumes_all_three_topics_across_partitions() -> anyhow::Result<()> {
     let records = recv_n(&mut rx, 45).await?;
     assert_exactly_once_in_order(&records);
     for record in &records {
-        let topic = record.pos.topic.to_string();
+        let topic = record.pos.tp.topic.to_string();
         assert_eq!(topics.kind_of(&topic), Some(record.kind), "kind follows the topic");
-        let expected = format!("{topic}/{}/{}", record.pos.partition, record.pos.offset);
+        let expected = format!("{topic}/{}/{}", record.pos.tp.partition, record.pos.offset);
         assert_eq!(record.payload.as_deref(), Some(expected.as_bytes()));
     }
     let per_topic: BTreeMap<RecordKind, usize> = records.iter().fold(BTreeMap::new(), |mut m, r| {
@@ -88,7 +89,7 @@ async fn commits_and_resumes_from_checkpoint_offsets_not_the_group() -> anyhow::
     let (tx, mut rx) = mpsc::channel(64);
     let first = KafkaConsumer::start(&cfg, StartOffsets::new(), tx, KafkaMetrics::unregistered(), CancellationToken::new())?;
     recv_n(&mut rx, 30).await?;
-    let committed = vec![(topics.text.clone(), 0, 1), (topics.text.clone(), 2, 7)];
+    let committed = vec![PartitionOffsets::new(topics.text.clone(), 0, 1), PartitionOffsets::new(topics.text.clone(), 2, 7)];
     first.commit(&committed).await?;
     first.shutdown().await;
     let stored = committed_offsets(
@@ -101,19 +102,20 @@ async fn commits_and_resumes_from_checkpoint_offsets_not_the_group() -> anyhow::
 
     // Second run: the checkpoint says p0 -> 4 (mid-batch), p1 -> 10 (done); p2 has no entry
     // and starts at the earliest offset, not at the group's committed 7.
-    let start: StartOffsets = [((topics.text.clone(), 0), 4), ((topics.text.clone(), 1), 10)].into();
+    let start: StartOffsets =
+        [(TopicPartition::new(topics.text.clone(), 0), 4), (TopicPartition::new(topics.text.clone(), 1), 10)].into();
     let (tx, mut rx) = mpsc::channel(64);
     let second = KafkaConsumer::start(&cfg, start, tx, KafkaMetrics::unregistered(), CancellationToken::new())?;
     let records = recv_n(&mut rx, 16).await?;
     assert_exactly_once_in_order(&records);
-    let got: HashSet<(i32, i64)> = records.iter().map(|r| (r.pos.partition, r.pos.offset)).collect();
+    let got: HashSet<(i32, i64)> = records.iter().map(|r| (r.pos.tp.partition, r.pos.offset)).collect();
     let expected: HashSet<(i32, i64)> =
         (4..10).map(|o| (0, o)).chain((0..10).map(|o| (2, o))).collect();
     assert_eq!(got, expected);
     // Nothing else is pending: the next record is the new one on p1.
     produce_to_partition(&producer, &topics.text, 1, &[b"late".to_vec()]).await?;
     let late = recv_n(&mut rx, 1).await?;
-    assert_eq!((late[0].pos.partition, late[0].pos.offset), (1, 10));
+    assert_eq!((late[0].pos.tp.partition, late[0].pos.offset), (1, 10));
     assert_eq!(late[0].payload.as_deref(), Some(&b"late"[..]));
     second.shutdown().await;
     Ok(())
@@ -166,7 +168,7 @@ async fn backpressure_pauses_and_resumes_without_loss_or_duplicates() -> anyhow:
     }
     assert_exactly_once_in_order(&received);
     for record in &received {
-        let expected = format!("bp/{}/{}", record.pos.partition, record.pos.offset);
+        let expected = format!("bp/{}/{}", record.pos.tp.partition, record.pos.offset);
         assert_eq!(record.payload.as_deref(), Some(expected.as_bytes()));
     }
     assert!(eventually(WAIT, || !consumer.is_paused()).await, "resumed once drained");
@@ -230,13 +232,14 @@ async fn an_out_of_range_start_offset_is_counted_and_consumption_goes_on() -> an
     produce_to_partition(&producer, &topics.text, 0, &payloads("t", 0, 5)).await?;
     produce_to_partition(&producer, &topics.text, 1, &payloads("t", 1, 5)).await?;
     let cfg = config(&broker, &topics);
-    let start: StartOffsets = [((topics.text.clone(), 0), 1000), ((topics.text.clone(), 1), 3)].into();
+    let start: StartOffsets =
+        [(TopicPartition::new(topics.text.clone(), 0), 1000), (TopicPartition::new(topics.text.clone(), 1), 3)].into();
     let (tx, mut rx) = mpsc::channel(64);
     let metrics = KafkaMetrics::unregistered();
     let consumer = KafkaConsumer::start(&cfg, start, tx, metrics.clone(), CancellationToken::new())?;
     let records = recv_n(&mut rx, 7).await?;
     assert_exactly_once_in_order(&records);
-    let got: HashSet<(i32, i64)> = records.iter().map(|r| (r.pos.partition, r.pos.offset)).collect();
+    let got: HashSet<(i32, i64)> = records.iter().map(|r| (r.pos.tp.partition, r.pos.offset)).collect();
     let expected: HashSet<(i32, i64)> = (0..5).map(|o| (0, o)).chain((3..5).map(|o| (1, o))).collect();
     assert_eq!(got, expected, "partition 0 restarts at its low watermark, partition 1 resumes at 3");
     let resets = reset_counts(&metrics);
@@ -245,7 +248,7 @@ async fn an_out_of_range_start_offset_is_counted_and_consumption_goes_on() -> an
     assert_eq!(resets.len(), 6, "every assigned partition has a series: {resets:?}");
     assert_eq!(
         consumer.take_offset_resets(),
-        vec![PartitionReset { partition: (topics.text.as_str().into(), 0), from: 1000, to: 0 }]
+        vec![PartitionReset { partition: TopicPartition::new(topics.text.as_str(), 0), from: 1000, to: 0 }]
     );
     assert!(consumer.take_offset_resets().is_empty(), "taken once");
     consumer.shutdown().await;

@@ -14,7 +14,7 @@ use unimod_ingest::record::{RawRecord, RecordKind, SourcePos};
 fn rejected(topic: &str, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) -> RawRecord {
     RawRecord {
         kind: RecordKind::Pair,
-        pos: SourcePos { topic: Arc::from(topic), partition, offset },
+        pos: SourcePos::new(Arc::from(topic), partition, offset),
         key: key.map(<[u8]>::to_vec),
         payload: payload.map(<[u8]>::to_vec),
         received_at: Instant::now(),
@@ -50,8 +50,8 @@ async fn copies_rejected_records_with_their_headers() -> anyhow::Result<()> {
         assert_eq!(copy.key, record.key, "key unchanged");
         let error = if detail.is_empty() { reason.to_string() } else { format!("{reason}: {detail}") };
         assert_eq!(copy.header("unimod-error"), Some(error));
-        assert_eq!(copy.header("unimod-source-topic").as_deref(), Some(&*record.pos.topic));
-        assert_eq!(copy.header("unimod-source-partition"), Some(record.pos.partition.to_string()));
+        assert_eq!(copy.header("unimod-source-topic").as_deref(), Some(&*record.pos.tp.topic));
+        assert_eq!(copy.header("unimod-source-partition"), Some(record.pos.tp.partition.to_string()));
         assert_eq!(copy.header("unimod-source-offset"), Some(record.pos.offset.to_string()));
     }
     Ok(())

@@ -26,7 +26,7 @@ pub(crate) struct SyncedBlobs {
 impl SyncedBlobs {
     /// Fsyncs the blob files of the store in `store` that were not synced before, and the
     /// blob directory when there were any.
-    pub fn sync_new(&mut self, store: &Path) -> Result<(), CheckpointError> {
+    pub(crate) fn sync_new(&mut self, store: &Path) -> Result<(), CheckpointError> {
         let dir = store.join("blobs");
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,

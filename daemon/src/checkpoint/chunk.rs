@@ -23,7 +23,7 @@ pub(crate) struct ChunkKey {
 
 impl ChunkKey {
     /// The key bytes (big-endian, so byte order is numeric order).
-    pub fn encode(self) -> [u8; KEY_LEN] {
+    pub(crate) fn encode(self) -> [u8; KEY_LEN] {
         let mut key = [0_u8; KEY_LEN];
         key[..8].copy_from_slice(&self.id.to_be_bytes());
         key[8..12].copy_from_slice(&self.blob.to_be_bytes());
@@ -32,7 +32,7 @@ impl ChunkKey {
     }
 
     /// Parses key bytes; `None` when the length is wrong.
-    pub fn decode(raw: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(raw: &[u8]) -> Option<Self> {
         let raw: &[u8; KEY_LEN] = raw.try_into().ok()?;
         let (id, rest) = raw.split_at(8);
         let (blob, chunk) = rest.split_at(4);
@@ -44,7 +44,7 @@ impl ChunkKey {
     }
 
     /// First key of checkpoint `id` (inclusive lower bound of its range).
-    pub fn first_of(id: u64) -> [u8; KEY_LEN] {
+    pub(crate) fn first_of(id: u64) -> [u8; KEY_LEN] {
         Self {
             id,
             blob: 0,
@@ -54,7 +54,7 @@ impl ChunkKey {
     }
 
     /// First key of blob `blob` of checkpoint `id`.
-    pub fn first_of_blob(id: u64, blob: u32) -> [u8; KEY_LEN] {
+    pub(crate) fn first_of_blob(id: u64, blob: u32) -> [u8; KEY_LEN] {
         Self { id, blob, chunk: 0 }.encode()
     }
 }

@@ -1,10 +1,12 @@
 //! The metadata record of one checkpoint: what `unimod checkpoint show --json` prints
-//! (INTERFACE.md section 1) plus what the store needs to find and verify the blobs.
+//! (docs/interface.md section 1) plus what the store needs to find and verify the blobs.
 //!
 //! On disk the record is `[format version: u8][crc32 of the JSON: u32 LE][JSON]`, so a
 //! damaged record is told apart from a record written by a newer, unknown format.
 
 use serde::{Deserialize, Serialize};
+use unimod_ingest::offsets::PartitionOffsets;
+use unimod_ingest::record::RecordKind;
 
 use super::error::CheckpointError;
 
@@ -26,8 +28,10 @@ pub struct CheckpointMeta {
     pub bytes: u64,
     /// Fresh records (not replays) whose effect is contained in this checkpoint.
     pub records: RecordCounts,
-    /// Next offsets to consume, per partition.
-    pub offsets: Vec<PartitionOffset>,
+    /// Next offsets to consume, per partition, with the offsets above them that are also
+    /// already contained (records finished out of order; skipped on resume, not trained
+    /// twice). Stored as `{"topic", "partition", "offset", "done_above"}`.
+    pub offsets: Vec<PartitionOffsets>,
     /// Which model the weights belong to.
     pub model: ModelSummary,
     /// The stored blobs in write order, with their lengths and checksums.
@@ -51,20 +55,17 @@ pub struct RecordCounts {
     pub rejected: u64,
 }
 
-/// The consume position of one partition.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct PartitionOffset {
-    /// Kafka topic.
-    pub topic: String,
-    /// Partition number.
-    pub partition: i32,
-    /// Next offset to consume: every record below it is contained in the checkpoint.
-    pub offset: i64,
-    /// Offsets at or above `offset` that are also already contained (records finished out
-    /// of order); on resume they are skipped instead of trained twice.
-    #[serde(default)]
-    pub done_above: Vec<i64>,
+impl RecordCounts {
+    /// Counts one more trained record of `kind`.
+    pub fn bump(&mut self, kind: RecordKind) {
+        match kind {
+            RecordKind::Text => self.text += 1,
+            RecordKind::Image => self.image += 1,
+            RecordKind::Pair => self.pair += 1,
+        }
+    }
 }
+
 
 /// Which model a checkpoint holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -134,6 +135,8 @@ pub(crate) fn decode_meta(id: u64, raw: &[u8]) -> Result<CheckpointMeta, Checkpo
 
 #[cfg(test)]
 mod tests {
+    use unimod_ingest::record::TopicPartition;
+
     use super::*;
 
     fn sample() -> CheckpointMeta {
@@ -148,11 +151,10 @@ mod tests {
                 pair: 3,
                 rejected: 4,
             },
-            offsets: vec![PartitionOffset {
-                topic: "unimo.text".to_owned(),
-                partition: 0,
-                offset: 42,
-                done_above: vec![44],
+            offsets: vec![PartitionOffsets {
+                tp: TopicPartition::new("unimo.text", 0),
+                next_offset: 42,
+                finished_above: vec![44],
             }],
             model: ModelSummary {
                 arch: "unimo".to_owned(),
@@ -190,6 +192,8 @@ mod tests {
         assert_eq!(json["records"]["rejected"], 4);
         assert_eq!(json["offsets"][0]["partition"], 0);
         assert_eq!(json["offsets"][0]["offset"], 42);
+        assert_eq!(json["offsets"][0]["topic"], "unimo.text");
+        assert_eq!(json["offsets"][0]["done_above"], serde_json::json!([44]));
         assert_eq!(json["model"]["arch"], "unimo");
     }
 
@@ -215,5 +219,30 @@ mod tests {
             decode_meta(8, &raw),
             Err(CheckpointError::Corrupt { id: 8, .. })
         ));
+    }
+
+    /// A metadata record exactly as written before the offsets had one type in `ingest`
+    /// (captured from that code): it still loads, and encodes back byte for byte.
+    #[test]
+    fn a_record_written_by_the_earlier_types_loads_and_reencodes_identically() {
+        let raw: &[u8] = include_bytes!("../../tests/fixtures/checkpoint-meta-v1.bin");
+        let meta = decode_meta(12, raw).expect("decodes");
+        assert_eq!(meta.step, 340);
+        assert_eq!(meta.records, RecordCounts { text: 5000, image: 2100, pair: 3300, rejected: 17 });
+        assert_eq!(
+            meta.offsets,
+            vec![
+                PartitionOffsets { tp: TopicPartition::new("unimo.image", 0), next_offset: 2105, finished_above: vec![] },
+                PartitionOffsets { tp: TopicPartition::new("unimo.pair", 1), next_offset: 1650, finished_above: vec![1652, 1700] },
+                PartitionOffsets { tp: TopicPartition::new("unimo.text", 0), next_offset: 5003, finished_above: vec![5010] },
+            ]
+        );
+        assert_eq!(meta.model.arch, "unimo");
+        assert_eq!(meta.blobs.len(), 3);
+        assert_eq!(encode_meta(&meta).expect("encodes"), raw);
+        // `done_above` was optional: a record without it loads with nothing finished above.
+        let json = br#"{"id":1,"step":0,"created_at":"","bytes":0,"records":{"text":0,"image":0,"pair":0,"rejected":0},"offsets":[{"topic":"t","partition":2,"offset":9}],"model":{"arch":"unimo","size":"tiny","parameters":0},"blobs":[]}"#;
+        let meta: CheckpointMeta = serde_json::from_slice(json).expect("decodes");
+        assert_eq!(meta.offsets, vec![PartitionOffsets::new("t", 2, 9)]);
     }
 }

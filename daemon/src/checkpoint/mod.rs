@@ -1,5 +1,5 @@
 //! The checkpoint store: atomic, verified checkpoints of the trainer in one sled database
-//! (INTERFACE.md section 4, issue 4 item 3).
+//! (docs/interface.md section 4, issue 4 item 3).
 //!
 //! # What a checkpoint is
 //! A [`CheckpointMeta`] record (step, fresh-record counts, per-partition next offsets, model
@@ -58,5 +58,5 @@ mod store;
 
 pub use blobs::{BlobChunks, Blobs};
 pub use error::CheckpointError;
-pub use meta::{BlobMeta, CheckpointMeta, ModelSummary, PartitionOffset, RecordCounts};
+pub use meta::{BlobMeta, CheckpointMeta, ModelSummary, RecordCounts};
 pub use store::{CheckpointStore, StoreOptions, DEFAULT_CHUNK_SIZE};

@@ -27,14 +27,14 @@ struct Record {
 }
 
 impl NewestRecord {
-    pub fn new(store: &Path) -> Self {
+    pub(crate) fn new(store: &Path) -> Self {
         Self {
             path: store.join(FILE),
         }
     }
 
     /// The recorded id; `None` when there is no record (new store, or nothing written yet).
-    pub fn read(&self) -> Option<u64> {
+    pub(crate) fn read(&self) -> Option<u64> {
         let raw = match std::fs::read(&self.path) {
             Ok(raw) => raw,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -53,7 +53,7 @@ impl NewestRecord {
     }
 
     /// Records `id` as the newest checkpoint, durably and atomically.
-    pub fn write(&self, id: u64) -> std::io::Result<()> {
+    pub(crate) fn write(&self, id: u64) -> std::io::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
         let mut file = File::create(&tmp)?;
         file.write_all(&serde_json::to_vec(&Record { id }).map_err(std::io::Error::other)?)?;

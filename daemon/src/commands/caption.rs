@@ -11,18 +11,16 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde::Serialize;
 use unimod_ingest::fetch::ImageFetcher;
-use unimod_ingest::preprocess::{Outcome, Preprocessor};
-use unimod_ingest::record::{RawRecord, RecordKind, SourcePos};
+use unimod_ingest::preprocess::Preprocessor;
 use unimod_ingest::text::TextTokenizer;
 use unimod_model::{DecodeOptions, Inference, ModelError, Trainer, VisualInput};
 
 use crate::access::CheckpointAccess;
-use crate::checkpoint_io::{blob, Restored};
 use crate::cli::CliError;
 use crate::config::Config;
+use crate::eval::load_pairs;
 use crate::metrics_text::{bleu4, cider_d};
 use crate::serve::preprocess_image;
-use crate::train::examples::visual_input;
 
 type LoadBackend = burn::backend::Autodiff<burn::backend::NdArray>;
 
@@ -83,15 +81,7 @@ async fn load(config: &Config, checkpoint: Option<&str>) -> anyhow::Result<Loade
     let max_length = config.text.max_length;
     tokio::task::spawn_blocking(move || -> anyhow::Result<Loaded> {
         let access = CheckpointAccess::open(&config)?;
-        let meta = access.meta(&id)?;
-        let id = meta.id;
-        let restored = Restored::from_blobs(meta, |name| {
-            if name == blob::REPLAY {
-                None
-            } else {
-                access.blob(id, name).map_err(|e| tracing::error!(error = %format!("{e:#}"), "reading blob")).ok()
-            }
-        })?;
+        let restored = access.restore_for_inference(&id)?;
         drop(access);
         let tokenizer = Arc::new(
             TextTokenizer::from_json(&restored.tokenizer_json, max_length).context("loading the checkpoint's tokenizer")?,
@@ -172,33 +162,16 @@ async fn read_items(input: &CaptionInput, pre: &Preprocessor) -> Result<Vec<Item
             let lines = tokio::fs::read_to_string(file)
                 .await
                 .map_err(|e| CliError::usage(format!("reading --pairs {}: {e}", file.display())))?;
-            let topic: Arc<str> = Arc::from(file.display().to_string());
-            for (n, line) in lines.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let raw = RawRecord {
-                    kind: RecordKind::Pair,
-                    pos: SourcePos { topic: Arc::clone(&topic), partition: 0, offset: n as i64 },
-                    key: None,
-                    payload: Some(line.as_bytes().to_vec()),
-                    received_at: std::time::Instant::now(),
-                };
-                match pre.process(raw).await.outcome {
-                    Outcome::Ready(s) => match (s.image, s.text) {
-                        (Some(i), Some(t)) => items.push(Item {
-                            id: s.id.unwrap_or_else(|| format!("line {}", n + 1)),
-                            image: visual_input(&i),
-                            reference: Some(t.text),
-                        }),
-                        _ => skipped += 1,
-                    },
-                    Outcome::Rejected(r) => {
-                        eprintln!("unimod: warning: {} line {}: {r}", file.display(), n + 1);
-                        skipped += 1;
-                    }
-                }
-            }
+            let (pairs, unusable) = load_pairs(pre, file, &lines, |line, r| {
+                eprintln!("unimod: warning: {} line {line}: {r}", file.display());
+            })
+            .await;
+            skipped += unusable;
+            items.extend(pairs.into_iter().map(|p| Item {
+                id: p.id.unwrap_or_else(|| format!("line {}", p.line)),
+                image: p.image,
+                reference: Some(p.text),
+            }));
         }
     }
     if items.is_empty() {

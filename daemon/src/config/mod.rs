@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use unimod_ingest::config::{FetchConfig, ImageConfig, PreprocessConfig, TextConfig};
 use unimod_ingest::kafka::KafkaConfig;
+use unimod_model::{Arch, ObjectiveWeights};
 
 /// A configuration error: always names the file and, when known, the key.
 #[derive(Debug, thiserror::Error)]
@@ -166,23 +167,13 @@ impl Default for StorageConfig {
     }
 }
 
-/// Model architecture (`unimo` or `vilbert`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ArchName {
-    /// UNIMO: one single-stream Transformer for text, images and pairs.
-    Unimo,
-    /// ViLBERT: two streams joined by co-attention.
-    Vilbert,
-}
-
 /// `[model]`: architecture and size. Applies only when the store has no checkpoint yet; a
 /// resumed run keeps the architecture stored with its checkpoint (a mismatch is an error).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
     /// `"unimo"` or `"vilbert"`.
-    pub arch: ArchName,
+    pub arch: Arch,
     /// `"tiny"` (2 layers/128 hidden/2 heads), `"small"` (4/256/4), `"base"` (12/768/12),
     /// `"large"` (24/1024/16), or `"custom"` (then `layers`, `hidden`, `heads` are required).
     pub size: String,
@@ -200,8 +191,8 @@ pub struct ModelSection {
     pub dropout: f64,
     /// Pre-LayerNorm blocks (more stable in long continual runs) instead of the papers' post-LN.
     pub pre_ln: bool,
-    /// Per-objective loss weights; 0 disables an objective.
-    pub weights: ObjectiveWeightsConfig,
+    /// `[model.weights]`: per-objective loss weights; 0 disables an objective.
+    pub weights: ObjectiveWeights,
     /// Share of text seq2seq examples whose target is a suffix of the text (prefix ->
     /// continuation, what `unimod generate` asks for); the rest use fragment sampling.
     pub continuation: f32,
@@ -221,7 +212,7 @@ pub struct ModelSection {
 impl Default for ModelSection {
     fn default() -> Self {
         Self {
-            arch: ArchName::Unimo,
+            arch: Arch::Unimo,
             size: "tiny".into(),
             layers: None,
             hidden: None,
@@ -229,35 +220,11 @@ impl Default for ModelSection {
             feature_dim: None,
             dropout: 0.1,
             pre_ln: true,
-            weights: ObjectiveWeightsConfig::default(),
+            weights: ObjectiveWeights::default(),
             continuation: 0.5,
             init_from: None,
             init_map: std::collections::BTreeMap::new(),
         }
-    }
-}
-
-/// `[model.weights]`: loss weights of the pretraining objectives.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ObjectiveWeightsConfig {
-    /// Masked language modelling (text and captions).
-    pub mlm: f32,
-    /// Seq2seq generation on text (UNIMO only).
-    pub seq2seq: f32,
-    /// Masked region modelling.
-    pub mrm: f32,
-    /// Cross-modal contrastive learning (UNIMO only).
-    pub cmcl: f32,
-    /// Image-text matching / alignment prediction.
-    pub itm: f32,
-    /// Image-to-text seq2seq (captioning) on pairs (UNIMO only).
-    pub caption: f32,
-}
-
-impl Default for ObjectiveWeightsConfig {
-    fn default() -> Self {
-        Self { mlm: 1.0, seq2seq: 1.0, mrm: 1.0, cmcl: 1.0, itm: 1.0, caption: 1.0 }
     }
 }
 

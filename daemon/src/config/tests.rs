@@ -19,7 +19,7 @@ fn minimal_file_gets_documented_defaults() {
     assert_eq!(c.storage.keep_checkpoints, 3);
     assert_eq!(c.storage.checkpoint_every_steps, 500);
     assert_eq!(c.train.batch_size, 32);
-    assert_eq!(c.model.arch, ArchName::Unimo);
+    assert_eq!(c.model.arch, Arch::Unimo);
     assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9464");
 }
 
@@ -93,7 +93,7 @@ fn environment_overrides_file() {
     .expect("overrides apply");
     assert_eq!(c.train.batch_size, 8);
     assert_eq!(c.kafka.brokers, "10.0.0.1:9092");
-    assert_eq!(c.model.arch, ArchName::Vilbert);
+    assert_eq!(c.model.arch, Arch::Vilbert);
     assert_eq!(c.train.text_buckets, vec![8, 16]);
 }
 

@@ -168,7 +168,7 @@ impl ServeMetrics {
 pub async fn preprocess_image(preprocessor: &Preprocessor, payload: Vec<u8>, source: &str) -> Result<VisualInput, String> {
     let raw = RawRecord {
         kind: RecordKind::Image,
-        pos: SourcePos { topic: Arc::from(source), partition: 0, offset: 0 },
+        pos: SourcePos::new(Arc::from(source), 0, 0),
         key: None,
         payload: Some(payload),
         received_at: Instant::now(),

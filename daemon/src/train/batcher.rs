@@ -68,7 +68,7 @@ mod tests {
     fn sample(kind: RecordKind, offset: i64) -> Sample {
         Sample {
             kind,
-            pos: SourcePos { topic: Arc::from(kind.as_str()), partition: 0, offset },
+            pos: SourcePos::new(Arc::from(kind.as_str()), 0, offset),
             id: None,
             text: None,
             image: None,

@@ -277,7 +277,7 @@ mod tests {
     fn sample(tok: &TextTokenizer, kind: RecordKind, text: Option<&str>, img: Option<f32>) -> Sample {
         Sample {
             kind,
-            pos: SourcePos { topic: Arc::from("t"), partition: 0, offset: 0 },
+            pos: SourcePos::new(Arc::from("t"), 0, 0),
             id: None,
             text: text.map(|t| tok.encode(t).expect("encodes")),
             image: img.map(image),

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use unimod_ingest::kafka::{KafkaMetrics, PartitionReset, ResetFeed};
 use unimod_ingest::offsets::{BeginOutcome, OffsetTracker, PartitionOffsets};
 use unimod_ingest::record::{RecordKind, SourcePos};
@@ -32,27 +32,16 @@ use unimod_ingest::record::{RecordKind, SourcePos};
 /// Environment variable naming the trace file (see the module documentation).
 pub const TRACE_ENV: &str = "UNIMOD_TRACE_TRAINED";
 
-/// Fresh records whose effect a checkpoint contains.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordCounts {
-    /// Text-only records trained.
-    pub text: u64,
-    /// Image-only records trained.
-    pub image: u64,
-    /// Pairs trained.
-    pub pair: u64,
-    /// Records rejected (any kind).
-    pub rejected: u64,
-}
+pub use crate::checkpoint::RecordCounts;
 
-impl RecordCounts {
-    fn bump(&mut self, kind: RecordKind) {
-        match kind {
-            RecordKind::Text => self.text += 1,
-            RecordKind::Image => self.image += 1,
-            RecordKind::Pair => self.pair += 1,
-        }
-    }
+/// One partition's offsets as the trace's `restore` line spells them (its own format, older
+/// than the checkpoint's names).
+#[derive(Serialize)]
+struct TracedOffsets<'a> {
+    topic: &'a str,
+    partition: i32,
+    next_offset: i64,
+    finished_above: &'a [i64],
 }
 
 /// Where the lineage reports to: the pending gauge, the consumer's offset resets.
@@ -97,7 +86,16 @@ impl Lineage {
         });
         let mut lineage = Self { counts, tracker: OffsetTracker::restore(offsets), links: Links::default(), trace };
         if lineage.trace.is_some() {
-            let json = serde_json::to_string(offsets).unwrap_or_else(|_| "[]".into());
+            let traced: Vec<TracedOffsets<'_>> = offsets
+                .iter()
+                .map(|p| TracedOffsets {
+                    topic: &p.tp.topic,
+                    partition: p.tp.partition,
+                    next_offset: p.next_offset,
+                    finished_above: &p.finished_above,
+                })
+                .collect();
+            let json = serde_json::to_string(&traced).unwrap_or_else(|_| "[]".into());
             lineage.trace_line(&format!("restore {json}\n"));
         }
         lineage
@@ -118,7 +116,7 @@ impl Lineage {
             // The partition restarted below offsets this lineage knows (topic recreated or
             // truncated): its records are new ones.
             tracing::warn!(%pos, "partition offsets were reset by the broker; its records count as new from here");
-            self.tracker.reset_partition(&pos.topic, pos.partition);
+            self.tracker.reset_partition(&pos.tp);
             outcome = self.tracker.begin(pos);
         }
         match outcome {
@@ -142,7 +140,7 @@ impl Lineage {
         self.counts.bump(kind);
         self.finish(pos);
         if self.trace.is_some() {
-            self.trace_line(&format!("trained {kind} {} {} {}\n", pos.topic, pos.partition, pos.offset));
+            self.trace_line(&format!("trained {kind} {} {} {}\n", pos.tp.topic, pos.tp.partition, pos.offset));
         }
     }
 
@@ -151,8 +149,8 @@ impl Lineage {
         self.counts.rejected += 1;
         self.finish(pos);
         if self.trace.is_some() {
-            let kind = self.links.kinds.get(&pos.topic).map_or("?", |k| k.as_str());
-            self.trace_line(&format!("rejected {kind} {} {} {}\n", pos.topic, pos.partition, pos.offset));
+            let kind = self.links.kinds.get(&pos.tp.topic).map_or("?", |k| k.as_str());
+            self.trace_line(&format!("rejected {kind} {} {} {}\n", pos.tp.topic, pos.tp.partition, pos.offset));
         }
     }
 
@@ -165,7 +163,7 @@ impl Lineage {
     }
 
     fn pending_done(&self, pos: &SourcePos) {
-        if let (Some(metrics), Some(kind)) = (&self.links.metrics, self.links.kinds.get(&pos.topic)) {
+        if let (Some(metrics), Some(kind)) = (&self.links.metrics, self.links.kinds.get(&pos.tp.topic)) {
             metrics.pending_dec(*kind);
         }
     }
@@ -179,7 +177,7 @@ impl Lineage {
             .links
             .unapplied
             .iter()
-            .position(|r| *r.partition.0 == *pos.topic && r.partition.1 == pos.partition && r.to == pos.offset);
+            .position(|r| r.partition == pos.tp && r.to == pos.offset);
         match found {
             Some(i) => {
                 self.links.unapplied.remove(i);
@@ -209,13 +207,13 @@ mod tests {
     use super::*;
 
     fn pos(offset: i64) -> SourcePos {
-        SourcePos { topic: Arc::from("t"), partition: 0, offset }
+        SourcePos::new(Arc::from("t"), 0, offset)
     }
 
     #[test]
     fn pending_counts_down_as_records_finish_or_are_skipped() {
         let metrics = KafkaMetrics::unregistered();
-        let offsets = vec![PartitionOffsets { topic: "t".into(), partition: 0, next_offset: 2, finished_above: vec![] }];
+        let offsets = vec![PartitionOffsets::new("t", 0, 2)];
         let mut lineage = Lineage::restore(RecordCounts::default(), &offsets);
         lineage.link(metrics.clone(), &[("t".into(), RecordKind::Text)], ResetFeed::default());
         for _ in 0..4 {

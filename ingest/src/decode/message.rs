@@ -1,4 +1,4 @@
-//! The producers' message schema (INTERFACE.md section 3): one JSON object per record, or raw
+//! The producers' message schema (docs/interface.md section 3): one JSON object per record, or raw
 //! image bytes on the image topic. Decoding here is cheap and synchronous; it checks the
 //! schema and extracts the parts (text, image source, precomputed regions) without fetching
 //! or decoding any image.

@@ -1,4 +1,4 @@
-//! Decoding of Kafka record values into their parts (INTERFACE.md section 3): the message
+//! Decoding of Kafka record values into their parts (docs/interface.md section 3): the message
 //! schema ([`message`]) and precomputed detector regions ([`regions`]).
 
 pub mod message;

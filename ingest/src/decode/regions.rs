@@ -1,4 +1,4 @@
-//! Precomputed detector regions sent by producers (INTERFACE.md section 3):
+//! Precomputed detector regions sent by producers (docs/interface.md section 3):
 //! `"regions": {"image_w": W, "image_h": H, "boxes": [[x1, y1, x2, y2], ...], "dim": D,
 //! "features_base64": "<little-endian f32, boxes x D>"}`, optionally with
 //! `"classes": C, "class_probs_base64": "<little-endian f32, boxes x C>"` (detector class

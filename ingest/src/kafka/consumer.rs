@@ -47,10 +47,11 @@ use super::error::ConsumerError;
 use super::health::{BrokerHealth, HealthSnapshot};
 use super::metrics::KafkaMetrics;
 use super::queue::{lane, record_bytes, QueueBudget};
+use crate::offsets::PartitionOffsets;
 use crate::record::{RawRecord, RecordKind, SourcePos};
 
-/// Next offset to consume per `(topic, partition)`, as stored in the newest checkpoint.
-pub type StartOffsets = HashMap<(String, i32), i64>;
+/// Next offset to consume per partition, as stored in the newest checkpoint.
+pub type StartOffsets = HashMap<TopicPartition, i64>;
 
 /// How often the poll loop polls librdkafka even when nothing happens.
 const KEEPALIVE: Duration = Duration::from_millis(500);
@@ -154,12 +155,10 @@ impl KafkaConsumer {
         let positions = start_offsets
             .into_iter()
             .filter(|(_, offset)| *offset >= 0)
-            .map(|((topic, partition), offset)| {
-                let topic = topics
-                    .get(&topic)
-                    .map(|(_, name)| Arc::clone(name))
-                    .unwrap_or_else(|| Arc::from(topic.as_str()));
-                ((topic, partition), offset)
+            .map(|(TopicPartition { topic, partition }, offset)| {
+                // Interned: the poll loop's records share the topic names of `topics`.
+                let topic = topics.get(&*topic).map_or(topic, |(_, name)| Arc::clone(name));
+                (TopicPartition { topic, partition }, offset)
             })
             .collect();
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
@@ -239,22 +238,22 @@ impl KafkaConsumer {
             tasks: vec![poll, monitor],
         })
     }
-    /// Commits `(topic, partition, next_offset)` triples to the consumer group and waits for
-    /// the broker's answer. Call it only once a checkpoint holding these offsets is durable.
-    pub async fn commit(&self, offsets: &[(String, i32, i64)]) -> Result<(), ConsumerError> {
+    /// Commits the next offsets of `offsets` to the consumer group and waits for the broker's
+    /// answer. Call it only once a checkpoint holding these offsets is durable.
+    pub async fn commit(&self, offsets: &[PartitionOffsets]) -> Result<(), ConsumerError> {
         if offsets.is_empty() {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-        for (topic, partition, offset) in offsets {
-            if *offset < 0 {
+        for PartitionOffsets { tp: TopicPartition { topic, partition }, next_offset, .. } in offsets {
+            if *next_offset < 0 {
                 return Err(ConsumerError::InvalidOffset {
-                    topic: topic.clone(),
+                    topic: topic.to_string(),
                     partition: *partition,
-                    offset: *offset,
+                    offset: *next_offset,
                 });
             }
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next_offset))
                 .map_err(|source| ConsumerError::Commit { group: self.group_id.clone(), source })?;
         }
         let consumer = Arc::clone(&self.consumer);
@@ -303,7 +302,7 @@ impl KafkaConsumer {
 
     /// The next offset this consumer will read from a partition, if it has one.
     pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.shared.positions.lock().get(&(Arc::from(topic), partition)).copied()
+        self.shared.positions.lock().get(&TopicPartition::new(topic, partition)).copied()
     }
 
     /// Records of `kind` known to be waiting in Kafka: the sum over its partitions of the high
@@ -313,7 +312,7 @@ impl KafkaConsumer {
         let positions = self.shared.positions.lock();
         highs
             .iter()
-            .filter(|((topic, _), _)| self.shared.intern(topic).is_some_and(|(k, _)| k == kind))
+            .filter(|(tp, _)| self.shared.intern(&tp.topic).is_some_and(|(k, _)| k == kind))
             .map(|(tp, high)| {
                 let from = positions.get(tp).copied().unwrap_or(match self.shared.reset {
                     OffsetReset::Earliest => 0,
@@ -375,7 +374,7 @@ impl Drop for KafkaConsumer {
 /// The assigned partitions of `kind`.
 fn partitions_of_kind(shared: &ConsumerShared, kind: RecordKind) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
-    for (topic, partition) in shared.assignment.lock().iter() {
+    for TopicPartition { topic, partition } in shared.assignment.lock().iter() {
         if shared.intern(topic).is_some_and(|(k, _)| k == kind) {
             tpl.add_partition(topic, *partition);
         }
@@ -525,7 +524,7 @@ fn to_record(shared: &ConsumerShared, message: &BorrowedMessage<'_>) -> Option<R
     };
     let partition = message.partition();
     let offset = message.offset();
-    let tp = (Arc::clone(&topic), partition);
+    let tp = TopicPartition { topic, partition };
     let expected = shared.positions.lock().insert(tp.clone(), offset + 1);
     match expected {
         // Backwards: the broker no longer had the expected offset (topic recreated or
@@ -533,14 +532,14 @@ fn to_record(shared: &ConsumerShared, message: &BorrowedMessage<'_>) -> Option<R
         Some(expected) if offset < expected => shared.note_reset(&tp, expected, offset, None),
         // Forward: a hole (compaction, transaction markers) or records deleted before they
         // were read; the monitor tells them apart with the low watermark.
-        Some(expected) if offset > expected => shared.gaps.lock().push((tp, expected, offset)),
+        Some(expected) if offset > expected => shared.gaps.lock().push((tp.clone(), expected, offset)),
         _ => {}
     }
     shared.health.mark_ok();
     shared.metrics.pending_inc(kind);
     Some(RawRecord {
         kind,
-        pos: SourcePos { topic, partition, offset },
+        pos: SourcePos { tp, offset },
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().map(<[u8]>::to_vec),
         received_at: Instant::now(),
@@ -660,7 +659,7 @@ fn assign_new_partitions(
         shared.missing_topics.lock().remove(name);
         let assignment = shared.assignment.lock();
         for partition in found.partitions() {
-            let tp = (Arc::clone(&topic), partition.id());
+            let tp = TopicPartition { topic: Arc::clone(&topic), partition: partition.id() };
             if !assignment.contains(&tp) {
                 new.push(tp);
             }
@@ -674,8 +673,8 @@ fn assign_new_partitions(
     let mut assigned = Vec::with_capacity(new.len());
     for tp in &new {
         let start = start_offset(consumer, shared, tp, settings.timeout);
-        if let Err(error) = tpl.add_partition_offset(&tp.0, tp.1, start) {
-            tracing::error!(%error, topic = %tp.0, partition = tp.1, "cannot set the start offset");
+        if let Err(error) = tpl.add_partition_offset(&tp.topic, tp.partition, start) {
+            tracing::error!(%error, topic = %tp.topic, partition = tp.partition, "cannot set the start offset");
             return false;
         }
         assigned.push((tp.clone(), start.to_raw().filter(|o| *o >= 0)));
@@ -689,8 +688,8 @@ fn assign_new_partitions(
     for kind in RecordKind::ALL {
         if shared.paused[lane(kind)].load(Ordering::SeqCst) {
             let mut paused = TopicPartitionList::new();
-            for tp in new.iter().filter(|(t, _)| shared.intern(t).is_some_and(|(k, _)| k == kind)) {
-                paused.add_partition(&tp.0, tp.1);
+            for tp in new.iter().filter(|tp| shared.intern(&tp.topic).is_some_and(|(k, _)| k == kind)) {
+                paused.add_partition(&tp.topic, tp.partition);
             }
             if paused.count() > 0 {
                 if let Err(error) = consumer.pause(&paused) {
@@ -699,11 +698,11 @@ fn assign_new_partitions(
             }
         }
     }
-    for (topic, partition) in &new {
+    for TopicPartition { topic, partition } in &new {
         shared.metrics.touch_resets(topic, *partition);
     }
     shared.assignment.lock().extend(new.iter().cloned());
-    for ((topic, partition), offset) in &assigned {
+    for (TopicPartition { topic, partition }, offset) in &assigned {
         tracing::info!(%topic, partition, start = ?offset, "partition assigned");
     }
     let _ = shared.events.send(RebalanceEvent::Assigned(assigned));
@@ -724,7 +723,7 @@ fn start_offset(
         OffsetReset::Latest => Offset::End,
     };
     let Some(stored) = shared.positions.lock().get(tp).copied() else { return reset };
-    match consumer.fetch_watermarks(&tp.0, tp.1, timeout) {
+    match consumer.fetch_watermarks(&tp.topic, tp.partition, timeout) {
         Ok((low, high)) if stored < low || stored > high => {
             let to = match shared.reset {
                 OffsetReset::Earliest => low,
@@ -737,7 +736,7 @@ fn start_offset(
         Ok(_) => Offset::Offset(stored),
         Err(error) => {
             // librdkafka resets an out-of-range offset itself; the poll loop notices the jump.
-            tracing::debug!(%error, topic = %tp.0, partition = tp.1, "watermark request failed; starting at the stored offset");
+            tracing::debug!(%error, topic = %tp.topic, partition = tp.partition, "watermark request failed; starting at the stored offset");
             Offset::Offset(stored)
         }
     }
@@ -783,15 +782,16 @@ fn refresh(
     }
     let gaps = std::mem::take(&mut *shared.gaps.lock());
     let assigned: Vec<TopicPartition> = shared.assignment.lock().iter().cloned().collect();
-    for (topic, partition) in assigned {
-        let (low, high) = match consumer.fetch_watermarks(&topic, partition, settings.timeout) {
+    for tp in assigned {
+        let TopicPartition { topic, partition } = &tp;
+        let partition = *partition;
+        let (low, high) = match consumer.fetch_watermarks(topic, partition, settings.timeout) {
             Ok(marks) => marks,
             Err(error) => {
                 tracing::debug!(%error, %topic, partition, "watermark request failed");
                 return;
             }
         };
-        let tp = (Arc::clone(&topic), partition);
         shared.highs.lock().insert(tp.clone(), high);
         // A forward jump over records below the low watermark: they were deleted unread.
         for (_, expected, got) in gaps.iter().filter(|(g, _, _)| *g == tp) {
@@ -801,7 +801,7 @@ fn refresh(
         }
         let position = shared.positions.lock().get(&tp).copied();
         let lag = partition_lag(position, low, high, shared.reset);
-        shared.metrics.set_lag(&topic, partition, lag);
+        shared.metrics.set_lag(topic, partition, lag);
     }
     if !shared.assignment.lock().is_empty() && shared.missing_topics.lock().is_empty() {
         shared.backlog_known.store(true, Ordering::SeqCst);

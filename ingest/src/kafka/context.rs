@@ -22,8 +22,7 @@ use super::health::BrokerHealth;
 use super::metrics::KafkaMetrics;
 use crate::record::RecordKind;
 
-/// A partition: topic name and partition number.
-pub type TopicPartition = (Arc<str>, i32);
+pub use crate::record::TopicPartition;
 
 /// A change of the consumer's assignment, as broadcast by
 /// [`KafkaConsumer::rebalance_events`](super::KafkaConsumer::rebalance_events).
@@ -101,20 +100,20 @@ pub(crate) struct ConsumerShared {
 
 impl ConsumerShared {
     /// The interned name of `topic`, if it is an input topic.
-    pub fn intern(&self, topic: &str) -> Option<(RecordKind, Arc<str>)> {
+    pub(crate) fn intern(&self, topic: &str) -> Option<(RecordKind, Arc<str>)> {
         self.topics.get(topic).cloned()
     }
 
     /// A partition's offset `from` was outside the broker's range (`low..=high`, when known)
     /// and consumption restarted at `to`: counts it, logs it once, and queues it for
     /// [`KafkaConsumer::take_offset_resets`](super::KafkaConsumer::take_offset_resets).
-    pub fn note_reset(&self, partition: &TopicPartition, from: i64, to: i64, range: Option<(i64, i64)>) {
-        self.metrics.count_reset(&partition.0, partition.1);
+    pub(crate) fn note_reset(&self, partition: &TopicPartition, from: i64, to: i64, range: Option<(i64, i64)>) {
+        self.metrics.count_reset(&partition.topic, partition.partition);
         if self.resets_logged.lock().insert((partition.clone(), from)) {
             let (low, high) = range.map_or((None, None), |(l, h)| (Some(l), Some(h)));
             tracing::warn!(
-                topic = %partition.0,
-                partition = partition.1,
+                topic = %partition.topic,
+                partition = partition.partition,
                 offset = from,
                 low_watermark = low,
                 high_watermark = high,

@@ -257,11 +257,11 @@ impl DeadLetterProducer {
 /// The headers of a dead-letter copy of `record`.
 pub fn dead_letter_headers(record: &RawRecord, reason: &str, detail: &str) -> OwnedHeaders {
     let error = if detail.is_empty() { reason.to_owned() } else { format!("{reason}: {detail}") };
-    let partition = record.pos.partition.to_string();
+    let partition = record.pos.tp.partition.to_string();
     let offset = record.pos.offset.to_string();
     OwnedHeaders::new_with_capacity(4)
         .insert(Header { key: HEADER_ERROR, value: Some(error.as_bytes()) })
-        .insert(Header { key: HEADER_SOURCE_TOPIC, value: Some(record.pos.topic.as_bytes()) })
+        .insert(Header { key: HEADER_SOURCE_TOPIC, value: Some(record.pos.tp.topic.as_bytes()) })
         .insert(Header { key: HEADER_SOURCE_PARTITION, value: Some(partition.as_bytes()) })
         .insert(Header { key: HEADER_SOURCE_OFFSET, value: Some(offset.as_bytes()) })
 }
@@ -280,7 +280,7 @@ mod tests {
     fn headers_name_the_error_and_the_source() {
         let record = RawRecord {
             kind: RecordKind::Pair,
-            pos: SourcePos { topic: Arc::from("unimo.pair"), partition: 3, offset: 1234 },
+            pos: SourcePos::new(Arc::from("unimo.pair"), 3, 1234),
             key: None,
             payload: Some(b"{not json".to_vec()),
             received_at: Instant::now(),

@@ -8,7 +8,7 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::record::RecordKind;
 
-/// Name of the per-partition consumer lag gauge (INTERFACE.md section 5).
+/// Name of the per-partition consumer lag gauge (docs/interface.md section 5).
 pub const CONSUMER_LAG: &str = "unimod_kafka_consumer_lag";
 /// Name of the per-kind gauge of records consumed and not yet finished.
 pub const RECORDS_PENDING: &str = "unimod_records_pending";

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rng::SplitMix64;
 use super::words::{is_stopword, word_spans, WordSpan};
 
 /// The kind of a replaceable word.
@@ -151,23 +152,6 @@ impl Default for TextRewriter {
     }
 }
 
-/// SplitMix64: a tiny deterministic generator (stable across crate versions, unlike `rand`'s).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn is_digits(word: &str) -> bool {
     !word.is_empty() && word.chars().all(|c| c.is_ascii_digit())
 }
@@ -279,7 +263,7 @@ impl TextRewriter {
         if spans.is_empty() || n == 0 {
             return out;
         }
-        let mut rng = SplitMix64(seed);
+        let mut rng = SplitMix64::new(seed);
         for _ in 0..n.saturating_mul(4) {
             if out.len() >= n {
                 break;

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// A running test server.
-pub struct TestServer {
+pub(crate) struct TestServer {
     /// Its address.
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -31,7 +31,7 @@ struct State {
 }
 
 /// A flat-colour PNG.
-pub fn png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
+pub(crate) fn png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
     let img = image::RgbImage::from_pixel(width, height, image::Rgb(rgb));
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).expect("encode png");
@@ -39,7 +39,7 @@ pub fn png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
 }
 
 /// A small valid PNG whose header (IHDR, with a correct CRC) declares `width x height`.
-pub fn png_declaring(width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn png_declaring(width: u32, height: u32) -> Vec<u8> {
     let mut png = png(1, 1, [0, 0, 0]);
     png[16..20].copy_from_slice(&width.to_be_bytes());
     png[20..24].copy_from_slice(&height.to_be_bytes());
@@ -49,7 +49,7 @@ pub fn png_declaring(width: u32, height: u32) -> Vec<u8> {
 }
 
 /// A photo-like JPEG (smooth gradients plus texture).
-pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn jpeg(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, y| {
         let t = ((x * 7 + y * 13) % 31) as u8;
         image::Rgb([(x * 255 / width) as u8 ^ t, (y * 255 / height) as u8, ((x + y) % 256) as u8])
@@ -61,7 +61,7 @@ pub fn jpeg(width: u32, height: u32) -> Vec<u8> {
 
 impl TestServer {
     /// Starts the server on 127.0.0.1 with a free port.
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));
@@ -82,22 +82,22 @@ impl TestServer {
     }
 
     /// `http://127.0.0.1:PORT{path}`.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// Connections accepted so far.
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
 
     /// Requests for `path` so far.
-    pub fn hits(&self, path: &str) -> usize {
+    pub(crate) fn hits(&self, path: &str) -> usize {
         self.hits.lock().get(path).copied().unwrap_or(0)
     }
 
     /// Lets requests to `/gate` through.
-    pub fn open_gate(&self) {
+    pub(crate) fn open_gate(&self) {
         let _ = self.gate.send(true);
     }
 }

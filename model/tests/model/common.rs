@@ -2,21 +2,21 @@
 
 use unimod_model::{Arch, Example, ModelConfig, SpecialTokens, TrainSettings, VisualInput};
 
-pub const SPECIAL: SpecialTokens = SpecialTokens {
+pub(crate) const SPECIAL: SpecialTokens = SpecialTokens {
     pad: 1,
     cls: 0,
     sep: 2,
     mask: 3,
     img: 4,
 };
-pub const VOCAB: usize = 120;
-pub const FEAT: usize = 12;
+pub(crate) const VOCAB: usize = 120;
+pub(crate) const FEAT: usize = 12;
 
-pub type Train = burn::backend::Autodiff<burn::backend::NdArray>;
-pub type Eval = burn::backend::NdArray;
+pub(crate) type Train = burn::backend::Autodiff<burn::backend::NdArray>;
+pub(crate) type Eval = burn::backend::NdArray;
 
 /// A tiny config: 2 layers, hidden 32, 2 heads, no dropout (outputs are deterministic).
-pub fn tiny(arch: Arch) -> ModelConfig {
+pub(crate) fn tiny(arch: Arch) -> ModelConfig {
     let mut c = ModelConfig::custom(arch, 2, 32, 2, VOCAB, FEAT, SPECIAL).expect("valid tiny config");
     c.dropout = 0.0;
     c.max_text_len = 24;
@@ -24,7 +24,7 @@ pub fn tiny(arch: Arch) -> ModelConfig {
     c
 }
 
-pub fn settings() -> TrainSettings {
+pub(crate) fn settings() -> TrainSettings {
     TrainSettings {
         text_buckets: vec![8, 16, 24],
         object_buckets: vec![4, 8, 12],
@@ -34,7 +34,7 @@ pub fn settings() -> TrainSettings {
 }
 
 /// `[CLS] words.. [SEP]` with words drawn deterministically from `seed`.
-pub fn text(seed: u32, len: usize) -> Vec<u32> {
+pub(crate) fn text(seed: u32, len: usize) -> Vec<u32> {
     let mut t = vec![SPECIAL.cls];
     t.extend((0..len as u32).map(|i| 10 + (seed * 7 + i * 13) % (VOCAB as u32 - 10)));
     t.push(SPECIAL.sep);
@@ -42,7 +42,7 @@ pub fn text(seed: u32, len: usize) -> Vec<u32> {
 }
 
 /// An image with a global row and a 2x2 grid plus one extra box; features from `seed`.
-pub fn image(seed: u32) -> VisualInput {
+pub(crate) fn image(seed: u32) -> VisualInput {
     let mut locations = vec![[0.0, 0.0, 1.0, 1.0, 1.0]];
     for y in 0..2 {
         for x in 0..2 {
@@ -67,21 +67,21 @@ pub fn image(seed: u32) -> VisualInput {
     }
 }
 
-pub fn text_example(seed: u32) -> Example {
+pub(crate) fn text_example(seed: u32) -> Example {
     Example {
         text: Some(text(seed, 10)),
         ..Example::default()
     }
 }
 
-pub fn image_example(seed: u32) -> Example {
+pub(crate) fn image_example(seed: u32) -> Example {
     Example {
         image: Some(image(seed)),
         ..Example::default()
     }
 }
 
-pub fn pair_example(seed: u32) -> Example {
+pub(crate) fn pair_example(seed: u32) -> Example {
     Example {
         text: Some(text(seed, 8)),
         image: Some(image(seed)),
@@ -92,7 +92,7 @@ pub fn pair_example(seed: u32) -> Example {
 }
 
 /// A fixed mixed batch: texts, images and pairs.
-pub fn mixed_batch() -> Vec<Example> {
+pub(crate) fn mixed_batch() -> Vec<Example> {
     let mut batch = Vec::new();
     for s in 0..3 {
         batch.push(text_example(s));
@@ -102,6 +102,24 @@ pub fn mixed_batch() -> Vec<Example> {
     batch
 }
 
-pub fn loss(report: &unimod_model::StepReport, name: &str) -> Option<f32> {
+pub(crate) fn loss(report: &unimod_model::StepReport, name: &str) -> Option<f32> {
     report.losses.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+}
+
+/// Pair `i`: caption `[CLS] 10+i 40+i [SEP]`, image whose regions light up feature `i`.
+pub(crate) fn separable_pair(i: usize) -> (Vec<u32>, VisualInput) {
+    let caption = vec![SPECIAL.cls, 10 + i as u32, 40 + i as u32, SPECIAL.sep];
+    let rows = 3;
+    let mut features = vec![0.0f32; rows * FEAT];
+    for r in 0..rows {
+        features[r * FEAT + i] = 2.0;
+        features[r * FEAT + (i + 3) % FEAT] = -1.0;
+    }
+    let image = VisualInput {
+        dim: FEAT,
+        features,
+        locations: vec![[0.0, 0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0, 0.5], [0.5, 0.0, 1.0, 1.0, 0.5]],
+        class_probs: None,
+    };
+    (caption, image)
 }

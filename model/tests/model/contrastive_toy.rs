@@ -1,26 +1,8 @@
 //! CMCL on separable pairs reaches near-perfect retrieval in the shared space.
 
-use unimod_model::{cosine_top_k, Arch, Example, ObjectiveWeights, Trainer, VisualInput};
+use unimod_model::{cosine_top_k, Arch, Example, ObjectiveWeights, Trainer};
 
-use crate::common::{settings, tiny, Train, FEAT, SPECIAL};
-
-/// Pair `i`: caption `[CLS] 10+i 40+i [SEP]`, image whose regions light up feature `i`.
-fn pair(i: usize) -> (Vec<u32>, VisualInput) {
-    let caption = vec![SPECIAL.cls, 10 + i as u32, 40 + i as u32, SPECIAL.sep];
-    let rows = 3;
-    let mut features = vec![0.0f32; rows * FEAT];
-    for r in 0..rows {
-        features[r * FEAT + i] = 2.0;
-        features[r * FEAT + (i + 3) % FEAT] = -1.0;
-    }
-    let image = VisualInput {
-        dim: FEAT,
-        features,
-        locations: vec![[0.0, 0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0, 0.5], [0.5, 0.0, 1.0, 1.0, 0.5]],
-        class_probs: None,
-    };
-    (caption, image)
-}
+use crate::common::{separable_pair, settings, tiny, Train};
 
 #[test]
 fn separable_pairs_reach_perfect_retrieval() {
@@ -34,7 +16,7 @@ fn separable_pairs_reach_perfect_retrieval() {
         caption: 0.0,
     };
     let mut trainer = Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer");
-    let pairs: Vec<_> = (0..8).map(pair).collect();
+    let pairs: Vec<_> = (0..8).map(separable_pair).collect();
     let batch: Vec<Example> = pairs
         .iter()
         .map(|(t, i)| Example {

@@ -3,27 +3,9 @@
 
 use unimod_model::{Arch, Example, ObjectiveWeights, Trainer, VisualInput};
 
-use crate::common::{image, settings, text, tiny, Train, FEAT, SPECIAL, VOCAB};
+use crate::common::{image, separable_pair, settings, text, tiny, Train, FEAT, SPECIAL, VOCAB};
 
 const N: usize = 6;
-
-/// Pair `i`: caption `[CLS] 10+i 40+i [SEP]`, image whose regions light up feature `i`.
-fn pair(i: usize) -> (Vec<u32>, VisualInput) {
-    let caption = vec![SPECIAL.cls, 10 + i as u32, 40 + i as u32, SPECIAL.sep];
-    let rows = 3;
-    let mut features = vec![0.0f32; rows * FEAT];
-    for r in 0..rows {
-        features[r * FEAT + i] = 2.0;
-        features[r * FEAT + (i + 3) % FEAT] = -1.0;
-    }
-    let image = VisualInput {
-        dim: FEAT,
-        features,
-        locations: vec![[0.0, 0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0, 0.5], [0.5, 0.0, 1.0, 1.0, 0.5]],
-        class_probs: None,
-    };
-    (caption, image)
-}
 
 /// Rows whose diagonal entry is strictly the row's maximum.
 fn diagonal_wins(scores: &[Vec<f32>]) -> usize {
@@ -51,7 +33,7 @@ fn itm_only(arch: Arch) -> Trainer<Train> {
 /// and returns the diagonal wins of `match_scores` before and after, with the last loss.
 fn overfit(arch: Arch) -> (usize, usize, f32, Vec<Vec<f32>>) {
     let mut trainer = itm_only(arch);
-    let pairs: Vec<_> = (0..N).map(pair).collect();
+    let pairs: Vec<_> = (0..N).map(separable_pair).collect();
     let texts: Vec<Vec<u32>> = pairs.iter().map(|p| p.0.clone()).collect();
     let images: Vec<VisualInput> = pairs.iter().map(|p| p.1.clone()).collect();
     let before = diagonal_wins(&trainer.match_scores(&images, &texts, 7));

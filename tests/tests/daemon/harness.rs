@@ -13,7 +13,7 @@ use unimod_e2e::Broker;
 
 /// Path of the `unimod` binary: `$UNIMOD_BIN`, or the one beside this test's target dir
 /// (built once per test process with `cargo build -p unimod --bin unimod` when missing).
-pub fn unimod_bin() -> PathBuf {
+pub(crate) fn unimod_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("UNIMOD_BIN") {
@@ -36,13 +36,13 @@ pub fn unimod_bin() -> PathBuf {
 }
 
 /// A free loopback port.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Topics of one test (random names).
 #[derive(Debug, Clone)]
-pub struct Topics {
+pub(crate) struct Topics {
     pub text: String,
     pub image: String,
     pub pair: String,
@@ -51,7 +51,7 @@ pub struct Topics {
 
 impl Topics {
     /// Creates the three input topics (`partitions` each) and a dead-letter topic.
-    pub async fn create(broker: &Broker, partitions: i32) -> anyhow::Result<Self> {
+    pub(crate) async fn create(broker: &Broker, partitions: i32) -> anyhow::Result<Self> {
         Ok(Self {
             text: broker.unique_topic("text", partitions).await?,
             image: broker.unique_topic("image", partitions).await?,
@@ -62,7 +62,7 @@ impl Topics {
 }
 
 /// A scratch folder with a config for one daemon.
-pub struct Setup {
+pub(crate) struct Setup {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub metrics_port: u16,
@@ -70,7 +70,7 @@ pub struct Setup {
 }
 
 /// A config small enough for a CPU test: a tiny custom model, few regions, short texts.
-pub fn write_config(
+pub(crate) fn write_config(
     dir: &Path,
     brokers: &str,
     topics: &Topics,
@@ -153,18 +153,18 @@ drain_seconds = 30
 }
 
 impl Setup {
-    pub fn new(brokers: &str, topics: &Topics, arch: &str, extra: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(brokers: &str, topics: &Topics, arch: &str, extra: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("tempdir")?;
         let (config, metrics_port, store) = write_config(dir.path(), brokers, topics, arch, extra)?;
         Ok(Self { dir, config, metrics_port, store })
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.metrics_port)
     }
 
     /// Starts `unimod run` with extra arguments and environment.
-    pub fn start(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
+    pub(crate) fn start(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
         let log = self.dir.path().join(format!("daemon-{}.log", rand::random::<u32>()));
         let file = std::fs::File::create(&log).context("daemon log")?;
         let mut cmd = Command::new(unimod_bin());
@@ -182,13 +182,13 @@ impl Setup {
     }
 
     /// Runs a `unimod` subcommand to completion; returns (status, stdout, stderr).
-    pub fn command(&self, args: &[&str]) -> anyhow::Result<(ExitStatus, String, String)> {
+    pub(crate) fn command(&self, args: &[&str]) -> anyhow::Result<(ExitStatus, String, String)> {
         let out = Command::new(unimod_bin()).args(args).output().context("running unimod")?;
         Ok((out.status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
     }
 
     /// `unimod checkpoint show latest --json` (works with or without a running daemon).
-    pub fn latest_checkpoint(&self) -> anyhow::Result<Option<serde_json::Value>> {
+    pub(crate) fn latest_checkpoint(&self) -> anyhow::Result<Option<serde_json::Value>> {
         let cfg = self.config.display().to_string();
         let (status, out, err) = self.command(&["checkpoint", "show", "latest", "--config", &cfg, "--json"])?;
         if !status.success() {
@@ -201,7 +201,7 @@ impl Setup {
     }
 
     /// Produces the synthetic dataset in `dir` and publishes it; returns the manifest.
-    pub async fn publish_synthetic(&self, brokers: &str, topics: &Topics, cfg: &SynthConfig) -> anyhow::Result<Manifest> {
+    pub(crate) async fn publish_synthetic(&self, brokers: &str, topics: &Topics, cfg: &SynthConfig) -> anyhow::Result<Manifest> {
         let data = self.dir.path().join("data");
         let manifest = write_dataset(&data, cfg)?;
         let bin = unimod_bin();
@@ -231,22 +231,22 @@ impl Setup {
 }
 
 /// A running daemon; killed on drop.
-pub struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
     pub log: PathBuf,
 }
 
 impl Daemon {
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
     }
 
     /// Waits for exit up to `timeout`.
-    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
         let child = self.child.as_mut().context("already reaped")?;
         loop {
@@ -262,18 +262,18 @@ impl Daemon {
     }
 
     /// kill -9.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn log_tail(&self, n: usize) -> String {
+    pub(crate) fn log_tail(&self, n: usize) -> String {
         let t = self.log_text();
         let start = t.len().saturating_sub(n);
         let start = (start..t.len()).find(|i| t.is_char_boundary(*i)).unwrap_or(t.len());
@@ -288,7 +288,7 @@ impl Drop for Daemon {
 }
 
 /// GET returning (status, body), or None when nothing answers.
-pub async fn http_get(url: &str) -> Option<(u16, String)> {
+pub(crate) async fn http_get(url: &str) -> Option<(u16, String)> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().ok()?;
     let resp = client.get(url).send().await.ok()?;
     let status = resp.status().as_u16();
@@ -296,7 +296,7 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
 }
 
 /// Polls `check` every 100 ms until it returns Some or `timeout` passes.
-pub async fn wait_for<T>(timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+pub(crate) async fn wait_for<T>(timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
@@ -310,14 +310,14 @@ pub async fn wait_for<T>(timeout: Duration, mut check: impl AsyncFnMut() -> Opti
 }
 
 /// The `records` counts of checkpoint metadata as (text, image, pair, rejected).
-pub fn counts(meta: &serde_json::Value) -> (u64, u64, u64, u64) {
+pub(crate) fn counts(meta: &serde_json::Value) -> (u64, u64, u64, u64) {
     let r = &meta["records"];
     let g = |k: &str| r[k].as_u64().unwrap_or(0);
     (g("text"), g("image"), g("pair"), g("rejected"))
 }
 
 /// Latest checkpoint metadata through the running daemon's HTTP port.
-pub async fn latest_over_http(setup: &Setup) -> Option<serde_json::Value> {
+pub(crate) async fn latest_over_http(setup: &Setup) -> Option<serde_json::Value> {
     let (status, body) = http_get(&setup.url("/v1/checkpoints/latest")).await?;
     (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
 }

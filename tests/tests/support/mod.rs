@@ -11,10 +11,10 @@ use unimod_ingest::kafka::{KafkaConfig, TopicsConfig};
 use unimod_ingest::record::RawRecord;
 
 /// Generous bound for anything that waits on the broker (group joins take seconds).
-pub const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 /// Three new input topics with `partitions` partitions each.
-pub async fn input_topics(broker: &Broker, partitions: i32) -> anyhow::Result<TopicsConfig> {
+pub(crate) async fn input_topics(broker: &Broker, partitions: i32) -> anyhow::Result<TopicsConfig> {
     Ok(TopicsConfig {
         text: broker.unique_topic("text", partitions).await?,
         image: broker.unique_topic("image", partitions).await?,
@@ -23,7 +23,7 @@ pub async fn input_topics(broker: &Broker, partitions: i32) -> anyhow::Result<To
 }
 
 /// A consumer configuration for `broker` with a random group and fast health/lag refresh.
-pub fn config(broker: &Broker, topics: &TopicsConfig) -> KafkaConfig {
+pub(crate) fn config(broker: &Broker, topics: &TopicsConfig) -> KafkaConfig {
     let mut cfg = KafkaConfig::new(broker.brokers());
     cfg.group_id = random_name("group");
     cfg.topics = topics.clone();
@@ -36,7 +36,7 @@ pub fn config(broker: &Broker, topics: &TopicsConfig) -> KafkaConfig {
 }
 
 /// Receives exactly `n` records, failing after [`WAIT`].
-pub async fn recv_n(rx: &mut mpsc::Receiver<RawRecord>, n: usize) -> anyhow::Result<Vec<RawRecord>> {
+pub(crate) async fn recv_n(rx: &mut mpsc::Receiver<RawRecord>, n: usize) -> anyhow::Result<Vec<RawRecord>> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         match tokio::time::timeout(WAIT, rx.recv()).await {
@@ -49,12 +49,12 @@ pub async fn recv_n(rx: &mut mpsc::Receiver<RawRecord>, n: usize) -> anyhow::Res
 }
 
 /// Payloads `"<tag>/<partition>/<i>"` for `i` in `0..n`.
-pub fn payloads(tag: &str, partition: i32, n: usize) -> Vec<Vec<u8>> {
+pub(crate) fn payloads(tag: &str, partition: i32, n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| format!("{tag}/{partition}/{i}").into_bytes()).collect()
 }
 
 /// The lag gauge's current values by `(topic, partition)`, only for label sets that exist.
-pub fn lag_values(metrics: &unimod_ingest::kafka::KafkaMetrics) -> std::collections::HashMap<(String, i32), i64> {
+pub(crate) fn lag_values(metrics: &unimod_ingest::kafka::KafkaMetrics) -> std::collections::HashMap<(String, i32), i64> {
     use prometheus::core::Collector;
     let mut out = std::collections::HashMap::new();
     for family in metrics.consumer_lag.collect() {

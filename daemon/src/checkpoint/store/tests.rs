@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::checkpoint::{ModelSummary, PartitionOffset, RecordCounts};
+use unimod_ingest::offsets::PartitionOffsets;
+
+use crate::checkpoint::{ModelSummary, RecordCounts};
 
 /// Deterministic incompressible bytes.
 fn payload(len: usize, seed: u64) -> Vec<u8> {
@@ -32,18 +34,8 @@ fn meta(step: u64) -> CheckpointMeta {
             rejected: 1,
         },
         offsets: vec![
-            PartitionOffset {
-                topic: "unimo.text".to_owned(),
-                partition: 0,
-                offset: step as i64,
-                done_above: vec![],
-            },
-            PartitionOffset {
-                topic: "unimo.pair".to_owned(),
-                partition: 3,
-                offset: 7,
-                done_above: vec![9, 12],
-            },
+            PartitionOffsets::new("unimo.text", 0, step as i64),
+            PartitionOffsets { finished_above: vec![9, 12], ..PartitionOffsets::new("unimo.pair", 3, 7) },
         ],
         model: ModelSummary {
             arch: "unimo".to_owned(),
