@@ -10,7 +10,7 @@
 #   SOAK_MINUTES=5 bench/soak.sh        # a shorter run
 #
 # Environment: SOAK_MINUTES (30), SOAK_IMAGE_MB (5), SOAK_AHEAD (records kept waiting in
-# Kafka, 120), SOAK_SIZE (model size, tiny), SOAK_OUT (where rss.csv and summary.json go:
+# Kafka, 60), SOAK_SIZE (model size, tiny), SOAK_OUT (where rss.csv and summary.json go:
 # bench/soak-out). Uses $CARGO_TARGET_DIR (target)/release binaries when present, else debug.
 # Disk: every image the daemon consumes was written to the broker's sqlite file once (the
 # scratch directory is removed at the end).
@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MINUTES=${SOAK_MINUTES:-30}
 IMAGE_MB=${SOAK_IMAGE_MB:-5}
-AHEAD=${SOAK_AHEAD:-120}
+AHEAD=${SOAK_AHEAD:-60}
 SIZE=${SOAK_SIZE:-tiny}
 OUT=${SOAK_OUT:-bench/soak-out}
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -64,7 +64,10 @@ for i in range(20):
     with open(f"{out}/noise-{i:02}.bmp", "wb") as f:
         f.write(header + info + pixels)
 PY
-publish_images() { "$BIN/unimod" produce --brokers "127.0.0.1:$port" --kind image --topic soak.image "$work/images" >/dev/null; }
+publish_images() { # a slow broker (sqlite busy with the last round) fails a round: the next loop retries
+    "$BIN/unimod" produce --brokers "127.0.0.1:$port" --kind image --topic soak.image "$work/images" >/dev/null 2>>"$work/produce.err" ||
+        { say "a produce round failed (broker busy?); retrying later"; return 1; }
+}
 
 cat >"$work/unimod.toml" <<TOML
 [kafka]
@@ -85,7 +88,7 @@ listen = "127.0.0.1:$mport"
 format = "json"
 TOML
 produced=0
-while ((produced < AHEAD)); do publish_images; produced=$((produced + 20)); done
+while ((produced < AHEAD)); do publish_images && produced=$((produced + 20)); done
 say "unimod run for $MINUTES minutes ($PROFILE build, model $SIZE); RSS every 10 s -> $OUT/rss.csv"
 "$BIN/unimod" run --config "$work/unimod.toml" --max-seconds $((MINUTES * 60)) >"$work/run.log" 2>&1 &
 daemon_pid=$!
@@ -104,7 +107,7 @@ while kill -0 "$daemon_pid" 2>/dev/null; do
     # Keep the backlog ahead of the daemon: images always wait in Kafka.
     for _ in 1 2 3; do
         [[ ${lag%.*} -lt $AHEAD ]] || break
-        publish_images
+        publish_images || break
         produced=$((produced + 20))
         lag=$((${lag%.*} + 20))
     done

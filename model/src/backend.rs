@@ -161,7 +161,10 @@ pub fn probe(device: Device) -> Result<Adapter, String> {
 
 #[cfg(feature = "cuda")]
 fn probe_cuda(n: usize) -> Result<Adapter, String> {
-    // cudarc loads the driver library at first use and panics when there is none.
+    // cudarc loads the driver library at first use and panics when there is none: quiet the
+    // panic hook meanwhile, so the answer is the one line below, not a panic report.
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(|| -> Result<String, String> {
         let count = cudarc::driver::CudaContext::device_count().map_err(|e| format!("CUDA driver: {e}"))?;
         if n >= count.max(0) as usize {
@@ -172,6 +175,7 @@ fn probe_cuda(n: usize) -> Result<Adapter, String> {
         let mem = ctx.total_mem().map_or(0, |m| m >> 20);
         Ok(format!("{name} (CUDA device {n}, {mem} MiB)"))
     });
+    std::panic::set_hook(quiet);
     match result {
         Ok(Ok(name)) => Ok(Adapter { name }),
         Ok(Err(e)) => Err(e),
