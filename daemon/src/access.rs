@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::checkpoint::{CheckpointError, CheckpointMeta, CheckpointStore};
-use crate::checkpoint_io::{blob, Restored};
+use crate::checkpoint::{blob, Restored};
 use crate::config::Config;
 use crate::http::{BlobStream, CheckpointSource};
 

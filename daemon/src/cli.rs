@@ -155,7 +155,7 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
 pub fn produce(brokers: &str, kind: KindArg, topic: Option<String>, inputs: &[PathBuf]) -> Result<(), CliError> {
     init_logging(LogFormat::Human, "warn");
     let rt = runtime()?;
-    let result = rt.block_on(crate::produce_cmd::produce(brokers, kind.into(), topic, inputs));
+    let result = rt.block_on(crate::commands::produce::produce(brokers, kind.into(), topic, inputs));
     rt.shutdown_timeout(RUNTIME_SHUTDOWN);
     result
 }
@@ -165,7 +165,7 @@ pub fn eval(config: &Path, pairs: &Path, checkpoint: Option<&str>, json: bool) -
     let config = load_config(config)?;
     init_logging(LogFormat::Human, "warn");
     let rt = runtime()?;
-    let result = rt.block_on(crate::eval::eval_command(&config, pairs, checkpoint, json));
+    let result = rt.block_on(crate::commands::eval::eval_command(&config, pairs, checkpoint, json));
     rt.shutdown_timeout(RUNTIME_SHUTDOWN);
     result
 }
@@ -174,14 +174,14 @@ pub fn eval(config: &Path, pairs: &Path, checkpoint: Option<&str>, json: bool) -
 pub fn checkpoint_list(config: &Path, json: bool) -> Result<(), CliError> {
     let config = load_config(config)?;
     init_logging(LogFormat::Human, "warn");
-    crate::inspect::list(&config, json)
+    crate::commands::checkpoint::list(&config, json)
 }
 
 /// `unimod checkpoint show`.
 pub fn checkpoint_show(config: &Path, id: &str) -> Result<(), CliError> {
     let config = load_config(config)?;
     init_logging(LogFormat::Human, "warn");
-    crate::inspect::show(&config, id)
+    crate::commands::checkpoint::show(&config, id)
 }
 
 /// `unimod checkpoint export`.
@@ -189,12 +189,12 @@ pub fn checkpoint_export(
     config: &Path,
     id: &str,
     out: &Path,
-    format: crate::inspect::ExportFormat,
+    format: crate::commands::checkpoint::ExportFormat,
     cooldown: bool,
 ) -> Result<(), CliError> {
     let config = load_config(config)?;
     init_logging(LogFormat::Human, "warn");
-    crate::inspect::export(&config, id, out, format, cooldown)
+    crate::commands::checkpoint::export(&config, id, out, format, cooldown)
 }
 
 /// `unimod caption`.
@@ -234,7 +234,7 @@ pub fn embed(config: &Path, pairs: &Path, checkpoint: Option<&str>) -> Result<()
     let config = load_config(config)?;
     init_logging(LogFormat::Human, "warn");
     let rt = runtime()?;
-    let result = rt.block_on(crate::embed::embed_command(&config, pairs, checkpoint));
+    let result = rt.block_on(crate::commands::embed::embed_command(&config, pairs, checkpoint));
     rt.shutdown_timeout(RUNTIME_SHUTDOWN);
     result
 }

@@ -188,7 +188,7 @@ enum CheckpointCommand {
         /// `safetensors` (model.safetensors + config.json, for PyTorch and model.init_from)
         /// or `burn` (burn's model.bin + model_config.json).
         #[arg(long, value_enum, default_value = "safetensors")]
-        format: unimod::inspect::ExportFormat,
+        format: unimod::commands::checkpoint::ExportFormat,
     },
 }
 

@@ -20,7 +20,7 @@ use unimod_model::export::{load_safetensors, model_from_state, with_weights};
 use unimod_model::{ModelConfig, TrainSettings, Trainer};
 
 use crate::config::Config;
-use crate::inspect::EXPORT_EXTRA_KEYS;
+use crate::commands::checkpoint::EXPORT_EXTRA_KEYS;
 use crate::run::StartupError;
 
 fn file(dir: &Path, name: &str) -> PathBuf {

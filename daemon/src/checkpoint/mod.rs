@@ -6,6 +6,11 @@
 //! summary, free-form `extra` such as the schedule position) plus named blobs ("model",
 //! "optimizer", "replay", "tokenizer", "config", ...), written together or not at all.
 //!
+//! What the trainer puts into a checkpoint and reads back ([`CheckpointJob`], [`Restored`],
+//! the [`blob`] names) lives here too, with the writer thread ([`spawn_writer`]) that writes
+//! checkpoints off the trainer thread and reports each durable one ([`Durable`]) so that its
+//! offsets can be committed.
+//!
 //! # Layout and atomicity
 //! Three sled trees: `checkpoint.data` holds every blob cut into chunks, keyed by
 //! `(id, blob index, chunk index)` and each framed with a CRC-32 of key and payload;
@@ -51,12 +56,16 @@
 mod blob_sync;
 mod blobs;
 mod chunk;
+mod contents;
 mod error;
 mod meta;
 mod newest_record;
 mod store;
+mod writer;
 
 pub use blobs::{BlobChunks, Blobs};
+pub use contents::{blob, Restored};
 pub use error::CheckpointError;
 pub use meta::{BlobMeta, CheckpointMeta, ModelSummary, RecordCounts};
 pub use store::{CheckpointStore, StoreOptions, DEFAULT_CHUNK_SIZE};
+pub use writer::{spawn_writer, CheckpointJob, CheckpointSink, Durable, StreamState};

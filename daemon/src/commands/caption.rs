@@ -18,7 +18,7 @@ use unimod_model::{DecodeOptions, Inference, ModelError, Trainer, VisualInput};
 use crate::access::CheckpointAccess;
 use crate::cli::CliError;
 use crate::config::Config;
-use crate::eval::load_pairs;
+use crate::commands::eval::load_pairs;
 use crate::metrics_text::{bleu4, cider_d};
 use crate::serve::preprocess_image;
 

@@ -24,7 +24,7 @@ use super::lineage::{Admission, Lineage};
 use super::nonfinite::isolate;
 use super::replay::{ReplayBuffers, ReplayItem};
 use super::schedule::Schedule;
-use crate::checkpoint_io::{CheckpointJob, CheckpointSink, StreamState};
+use crate::checkpoint::{CheckpointJob, CheckpointSink, StreamState};
 use crate::dead_letter::{Copied, DeadLetters};
 use crate::telemetry::Metrics;
 

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use unimod_model::{ModelConfig, TrainerState};
 
 use crate::access::CheckpointAccess;
-use crate::checkpoint_io::{blob, Restored};
+use crate::checkpoint::{blob, Restored};
 use crate::train::cooldown::{cool_down, CooldownReport};
 use crate::train::replay::ReplayBuffers;
 use crate::train::schedule::Schedule;

@@ -21,7 +21,7 @@ use unimod_model::{Trainer, VisualInput};
 use crate::access::CheckpointAccess;
 use crate::cli::CliError;
 use crate::config::Config;
-use crate::eval::load_pairs;
+use crate::commands::eval::load_pairs;
 
 type EmbedBackend = burn::backend::Autodiff<burn::backend::NdArray>;
 
