@@ -12,7 +12,8 @@
 #   SERVE_SECONDS=60 SERVE_SIZE=small bench/serve_load.sh
 #
 # Environment: SERVE_SECONDS (120), SERVE_CLIENTS (8), SERVE_SIZE (tiny), SERVE_THREADS
-# (serve.threads, 2). Uses $CARGO_TARGET_DIR (target)/release binaries when present, else
+# (serve.threads, 2), SERVE_PAIRS (pairs in the stream, 20000; texts and images a fifth and a
+# tenth of it). Uses $CARGO_TARGET_DIR (target)/release binaries when present, else
 # debug. Prints one JSON object.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,6 +21,7 @@ SECS=${SERVE_SECONDS:-120}
 CLIENTS=${SERVE_CLIENTS:-8}
 SIZE=${SERVE_SIZE:-tiny}
 THREADS=${SERVE_THREADS:-2}
+PAIRS=${SERVE_PAIRS:-20000}
 TARGET=${CARGO_TARGET_DIR:-target}
 PROFILE=release
 [[ -x $TARGET/release/unimod && -x $TARGET/release/unimod-synth ]] || PROFILE=debug
@@ -41,7 +43,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 broker_pid=$!
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 for t in text image pair dlq; do tansu topic create "serve.$t" --broker "tcp://127.0.0.1:$port" --partitions 2 >/dev/null; done
-"$BIN/unimod-synth" --out "$work/data" --pairs 20000 --texts 4000 --images 2000 --eval 40 --seed 7 --image-files >/dev/null
+"$BIN/unimod-synth" --out "$work/data" --pairs "$PAIRS" --texts $((PAIRS / 5)) --images $((PAIRS / 10)) --eval 40 --seed 7 --image-files >/dev/null
 for k in pair text image; do
     f=$work/data/pairs.jsonl; [[ $k == text ]] && f=$work/data/text.jsonl; [[ $k == image ]] && f=$work/data/image.jsonl
     "$BIN/unimod" produce --brokers "127.0.0.1:$port" --kind $k --topic "serve.$k" "$f" >/dev/null
@@ -66,7 +68,7 @@ phase() {
         echo "size = \"$SIZE\""
         echo '[text]'
         echo 'vocab_size = 2000'
-        echo 'bootstrap_records = 2000'
+        echo 'bootstrap_records = 300'
         echo '[metrics]'
         echo "listen = \"127.0.0.1:$mport\""
         if ((serving)); then
