@@ -78,7 +78,7 @@ phase() {
             echo "threads = $THREADS"
         fi
     } >"$work/$name.toml"
-    "$BIN/unimod" run --config "$work/$name.toml" --max-seconds $((SECS + 120)) >"$work/$name.log" 2>&1 &
+    "$BIN/unimod" run --config "$work/$name.toml" --max-seconds $((SECS + 900)) >"$work/$name.log" 2>&1 &
     daemon_pid=$!
     python3 - "$name" "$serving" "$mport" "$sport" "$SECS" "$CLIENTS" "$work/data" <<'PY'
 import base64, glob, json, sys, threading, time, urllib.request
