@@ -22,27 +22,9 @@ CLIENTS=${SERVE_CLIENTS:-8}
 SIZE=${SERVE_SIZE:-tiny}
 THREADS=${SERVE_THREADS:-2}
 PAIRS=${SERVE_PAIRS:-20000}
-TARGET=${CARGO_TARGET_DIR:-target}
-PROFILE=release
-[[ -x $TARGET/release/unimod && -x $TARGET/release/unimod-synth ]] || PROFILE=debug
-BIN=$TARGET/$PROFILE
-work=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port)
-broker_pid=
-daemon_pid=
-cleanup() {
-    [[ -n $daemon_pid ]] && kill -9 "$daemon_pid" 2>/dev/null || true
-    [[ -n $broker_pid ]] && kill "$broker_pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-say() { printf '==> %s\n' "$*" >&2; }
-(cd "$work" && exec tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine sqlite://broker.db >broker.log 2>&1) &
-broker_pid=$!
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-for t in text image pair dlq; do tansu topic create "serve.$t" --broker "tcp://127.0.0.1:$port" --partitions 2 >/dev/null; done
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_start serve
 "$BIN/unimod-synth" --out "$work/data" --pairs "$PAIRS" --texts $((PAIRS / 5)) --images $((PAIRS / 10)) --eval 40 --seed 7 --image-files >/dev/null
 for k in pair text image; do
     f=$work/data/pairs.jsonl; [[ $k == text ]] && f=$work/data/text.jsonl; [[ $k == image ]] && f=$work/data/image.jsonl

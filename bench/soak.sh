@@ -21,30 +21,11 @@ IMAGE_MB=${SOAK_IMAGE_MB:-5}
 AHEAD=${SOAK_AHEAD:-60}
 SIZE=${SOAK_SIZE:-tiny}
 OUT=${SOAK_OUT:-bench/soak-out}
-TARGET=${CARGO_TARGET_DIR:-target}
-PROFILE=release
-[[ -x $TARGET/release/unimod && -x $TARGET/release/unimod-synth ]] || PROFILE=debug
-BIN=$TARGET/$PROFILE
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 mkdir -p "$OUT"
-work=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port)
+bench_start soak
 mport=$(free_port)
-broker_pid=
-daemon_pid=
-cleanup() {
-    [[ -n $daemon_pid ]] && kill -9 "$daemon_pid" 2>/dev/null || true
-    [[ -n $broker_pid ]] && kill "$broker_pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-say() { printf '==> %s\n' "$*" >&2; }
-
-(cd "$work" && exec tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-    --storage-engine sqlite://broker.db >broker.log 2>&1) &
-broker_pid=$!
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-for t in text image pair dlq; do tansu topic create "soak.$t" --broker "tcp://127.0.0.1:$port" --partitions 2 >/dev/null; done
 
 # Texts for the tokenizer's bootstrap and the text objective; images are the load.
 "$BIN/unimod-synth" --out "$work/data" --pairs 200 --texts 2000 --images 0 --eval 0 --seed 9 >/dev/null
