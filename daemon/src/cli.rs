@@ -64,9 +64,33 @@ impl From<KindArg> for RecordKind {
     }
 }
 
-/// Loads the config, mapping errors to exit code 2.
+/// Loads the config, mapping errors to exit code 2, and sizes the CPU backend's threads
+/// (`train.threads`) before anything computes.
 pub fn load_config(path: &Path) -> Result<Config, CliError> {
-    Config::load(path).map_err(|e| CliError::usage(format!("config error: {e}")))
+    let config = Config::load(path).map_err(|e| CliError::usage(format!("config error: {e}")))?;
+    set_cpu_threads(config.train.threads);
+    Ok(config)
+}
+
+/// `train.threads` for burn's ndarray backend: the size of rayon's global pool (its
+/// element-wise kernels) and of matrixmultiply's pool (`MATMUL_NUM_THREADS`, which matrixmultiply
+/// caps at 4; an explicit environment value wins). 0 = every core. Must run before the first
+/// tensor operation and before other threads read the environment: `load_config` runs first
+/// in every command, on the main thread, before the tokio runtime exists.
+fn set_cpu_threads(threads: usize) {
+    let n = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+    }
+    // Fails only when the pool already exists (a second call in one process): keep it.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("unimod-cpu-{i}"))
+        .build_global();
 }
 
 /// Sets up tracing: human on a terminal, JSON otherwise (or as configured).

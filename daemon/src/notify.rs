@@ -29,6 +29,12 @@ impl Notifier {
         Self { socket, watchdog }
     }
 
+    /// A notifier for the socket at `path` (tests stand in for systemd with it).
+    #[cfg(test)]
+    pub(crate) fn to_socket(path: &std::path::Path) -> Self {
+        Self { socket: Some(path.to_path_buf()), watchdog: None }
+    }
+
     /// The interval at which `WATCHDOG=1` should be sent: half of `WATCHDOG_USEC`
     /// (or every 5 s when the socket is set but no watchdog is configured).
     pub fn watchdog_interval(&self) -> Option<Duration> {

@@ -38,7 +38,7 @@ use unimod_ingest::telemetry::IngestMetrics;
 use crate::access::StoreSource;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{parse_device, Config, DeviceChoice};
-use crate::health::{Health, Phase};
+use crate::health::{Health, Lifecycle, Phase};
 use crate::notify::Notifier;
 use crate::telemetry::Metrics;
 use crate::train::worker::WorkerExit;
@@ -73,8 +73,7 @@ struct Shared {
     metrics: Metrics,
     ingest_metrics: IngestMetrics,
     kafka_metrics: KafkaMetrics,
-    health: Arc<Health>,
-    notifier: Notifier,
+    lifecycle: Lifecycle,
     store: Arc<CheckpointStore>,
     progress: Arc<AtomicU64>,
     deadline: Option<Instant>,
@@ -103,8 +102,7 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: CancellationToken) 
     let ingest_metrics = IngestMetrics::new(&registry).context("registering ingest metrics")?;
     let kafka_metrics = KafkaMetrics::register(&registry).context("registering Kafka metrics")?;
     let health = Arc::new(Health::default());
-    let notifier = Notifier::from_env();
-    notifier.status("starting");
+    let lifecycle = Lifecycle::new(Arc::clone(&health), metrics.ready.clone(), Notifier::from_env());
     let store = Arc::new(
         CheckpointStore::open(&config.storage.path)
             .with_context(|| format!("opening storage.path = {}", config.storage.path.display()))?,
@@ -139,7 +137,7 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: CancellationToken) 
         None => None,
     };
     let progress = Arc::new(AtomicU64::new(0));
-    let watchdog = spawn_watchdog(notifier.clone(), Arc::clone(&progress), http_stop.clone());
+    let watchdog = spawn_watchdog(lifecycle.notifier().clone(), Arc::clone(&progress), http_stop.clone());
     let shared = Shared {
         deadline: opts.max_seconds.map(|d| Instant::now() + d),
         config,
@@ -147,8 +145,7 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: CancellationToken) 
         metrics,
         ingest_metrics,
         kafka_metrics,
-        health: Arc::clone(&health),
-        notifier: notifier.clone(),
+        lifecycle: lifecycle.clone(),
         store,
         progress,
         serve,
@@ -187,9 +184,7 @@ pub async fn run(config: Config, opts: RunOptions, shutdown: CancellationToken) 
             Err(e) => break Err(e),
         }
     };
-    health.set_phase(Phase::Draining);
-    shared.metrics.ready.set(0);
-    notifier.stopping();
+    lifecycle.enter(Phase::Draining);
     // Stage 5: HTTP last, bounded.
     http_stop.cancel();
     let mut http_task = http_task;
@@ -269,15 +264,13 @@ async fn session<B: AutodiffBackend>(
     device: B::Device,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SessionEnd> {
-    shared.health.set_phase(Phase::Starting);
-    shared.metrics.ready.set(0);
+    shared.lifecycle.enter(Phase::Starting);
     let start = start::restore_or_start::<B>(&shared.config, &shared.store, device).await?;
     let (restored_from, restored_offsets) = (start.restored_from, start.restored_offsets.clone());
     let mut pipeline = Pipeline::wire(shared, start)?;
 
     // Ready: consuming and training (readiness also needs the broker; see the monitor).
-    shared.health.set_phase(Phase::Running);
-    shared.notifier.ready();
+    shared.lifecycle.enter(Phase::Running);
     pipeline.monitor_readiness(shared);
 
     let shutdown_requested = pipeline.wait(shutdown).await;

@@ -277,4 +277,50 @@ impl Metrics {
             cmcl,
         })
     }
+
+    /// Everything one optimizer step changes in the metrics, in one call.
+    pub fn on_step(&self, step: &StepTelemetry<'_>) {
+        let report = step.report;
+        self.steps.inc();
+        self.step_seconds.observe(step.seconds);
+        self.learning_rate.set(step.learning_rate);
+        self.samples.with_label_values(&["fresh"]).inc_by(step.trained.iter().sum());
+        self.samples.with_label_values(&["replay"]).inc_by(step.replayed as u64);
+        self.tokens.inc_by(report.tokens as u64);
+        self.grad_norm.set(f64::from(report.grad_norm));
+        self.shape_signatures.set(step.shape_signatures as i64);
+        for (name, loss) in &report.losses {
+            // A non-finite step keeps the last finite value (the step counts it instead).
+            if loss.is_finite() {
+                self.loss.with_label_values(&[name]).set(f64::from(*loss));
+            }
+        }
+        for (i, kind) in ["text", "image", "pair"].into_iter().enumerate() {
+            self.records.with_label_values(&[kind, "trained"]).inc_by(step.trained[i]);
+            self.replay_items.with_label_values(&[kind]).set(step.replay_items[i] as i64);
+        }
+        if report.nonfinite {
+            self.nonfinite_steps.inc();
+        }
+    }
+}
+
+/// What one optimizer step did, for [`Metrics::on_step`]. Per-kind arrays are in the order
+/// text, image, pair.
+#[derive(Debug)]
+pub struct StepTelemetry<'a> {
+    /// The trainer's report (losses, gradient norm, tokens, non-finite).
+    pub report: &'a unimod_model::StepReport,
+    /// Wall time of the step.
+    pub seconds: f64,
+    /// Its learning rate.
+    pub learning_rate: f64,
+    /// Fresh records now in the lineage, per kind.
+    pub trained: [u64; 3],
+    /// Replayed items in the batch.
+    pub replayed: usize,
+    /// Items in each replay buffer after the step.
+    pub replay_items: [usize; 3],
+    /// Distinct tensor-shape signatures the trainer has compiled so far.
+    pub shape_signatures: usize,
 }

@@ -249,7 +249,8 @@ pub struct TrainConfig {
     /// `"cpu"`, `"cuda"`, `"cuda:N"`, `"wgpu"` or `"wgpu:N"` (the GPU backends need a build
     /// with the `cuda` / `wgpu` feature).
     pub device: String,
-    /// CPU threads for the ndarray backend (0 = all cores).
+    /// CPU threads of the ndarray backend (0 = every core): rayon's pool and matrixmultiply's
+    /// (`MATMUL_NUM_THREADS` in the environment wins for the latter; it uses at most 4).
     pub threads: usize,
     /// Target share of each record kind in a batch; kinds with nothing queued are skipped, so
     /// a missing stream never stalls training.
@@ -547,6 +548,9 @@ impl Config {
         }
         if !(t.max_grad_norm.is_finite() && t.max_grad_norm > 0.0) {
             return Err("train.max_grad_norm must be > 0".into());
+        }
+        if t.threads > 1024 {
+            return Err(format!("train.threads must be at most 1024 (0 = every core; got {})", t.threads));
         }
         if !(0.0..=1.0).contains(&t.replay_ratio) {
             return Err(format!("train.replay_ratio must be in [0, 1] (got {})", t.replay_ratio));

@@ -218,17 +218,13 @@ impl Pipeline {
     /// checkpoint failures, until consumption stops.
     pub(super) fn monitor_readiness(&mut self, shared: &Shared) {
         let consumer = Arc::clone(&self.consumer);
-        let health = Arc::clone(&shared.health);
-        let metrics = shared.metrics.clone();
+        let lifecycle = shared.lifecycle.clone();
         let stop = self.consume_stop.clone();
         let failures = Arc::clone(&self.checkpoint_failures);
         let unready_at = u64::from(shared.config.storage.max_failed_checkpoints);
         self.monitor = Some(tokio::spawn(async move {
             loop {
-                let ok = consumer.connected();
-                health.set_kafka_ok(ok);
-                health.set_checkpoints_failing(unready_at > 0 && failures.load(Ordering::Relaxed) >= unready_at);
-                metrics.ready.set(i64::from(health.not_ready_reason().is_none()));
+                lifecycle.observe(consumer.connected(), unready_at > 0 && failures.load(Ordering::Relaxed) >= unready_at);
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -268,9 +264,7 @@ impl Pipeline {
         let drain_started = Instant::now();
         if shutdown_requested {
             // Stage 1.
-            shared.health.set_phase(Phase::Draining);
-            shared.metrics.ready.set(0);
-            shared.notifier.stopping();
+            shared.lifecycle.enter(Phase::Draining);
             tracing::info!("drain 1/5: not ready");
         }
         // Stage 2: stop consuming, whatever is queued: the records waiting in the queues and

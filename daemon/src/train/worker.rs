@@ -21,12 +21,13 @@ use super::batcher::Batcher;
 use super::cmcl::CmclData;
 use super::examples::{replay_example, sample_example};
 use super::lineage::{Admission, Lineage};
+use super::mix::kind_index;
 use super::nonfinite::isolate;
 use super::replay::{ReplayBuffers, ReplayItem};
 use super::schedule::Schedule;
 use crate::checkpoint::{CheckpointJob, CheckpointSink, StreamState};
 use crate::dead_letter::{Copied, DeadLetters};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, StepTelemetry};
 
 /// What the feeder sends to the trainer thread, in partition order.
 #[derive(Debug)]
@@ -298,20 +299,6 @@ impl<B: AutodiffBackend> Worker<B> {
             steps_this_run += 1;
 
             // 4. Account: every fresh record of the batch is now in the lineage.
-            let m = self.metrics.clone();
-            m.steps.inc();
-            m.step_seconds.observe(elapsed.as_secs_f64());
-            m.learning_rate.set(lr);
-            m.samples.with_label_values(&["fresh"]).inc_by(trained_idx.len() as u64);
-            m.samples.with_label_values(&["replay"]).inc_by(replayed.len() as u64);
-            m.tokens.inc_by(report.tokens as u64);
-            m.grad_norm.set(f64::from(report.grad_norm));
-            m.shape_signatures.set(self.trainer.shape_signatures() as i64);
-            for (name, loss) in &report.losses {
-                if loss.is_finite() {
-                    m.loss.with_label_values(&[name]).set(f64::from(*loss));
-                }
-            }
             // Split the fresh records: trained (an update containing them was applied, or
             // the step had nothing to learn from them), culprits (rejected), and the rest of
             // a diverged step (back to the batcher; a rollback may follow).
@@ -329,20 +316,24 @@ impl<B: AutodiffBackend> Worker<B> {
             if let Some(cmcl) = self.cmcl.as_mut() {
                 cmcl.observe(&self.trainer, &trained);
             }
+            let mut trained_kinds = [0u64; 3];
             for s in trained {
                 self.lineage.trained(s.kind, &s.pos);
-                m.records.with_label_values(&[s.kind.as_str(), "trained"]).inc();
+                trained_kinds[kind_index(s.kind)] += 1;
                 self.replay.offer(s.kind, ReplayItem { text: s.text, image: s.image });
             }
             for s in retry {
                 batcher.push(s);
             }
-            for kind in RecordKind::ALL {
-                m.replay_items.with_label_values(&[kind.as_str()]).set(self.replay.len(kind) as i64);
-            }
-            if report.nonfinite {
-                m.nonfinite_steps.inc();
-            }
+            self.metrics.on_step(&StepTelemetry {
+                report: &report,
+                seconds: elapsed.as_secs_f64(),
+                learning_rate: lr,
+                trained: trained_kinds,
+                replayed: replayed.len(),
+                replay_items: RecordKind::ALL.map(|k| self.replay.len(k)),
+                shape_signatures: self.trainer.shape_signatures(),
+            });
             if report.nonfinite && diverged {
                 nonfinite_in_row += 1;
                 tracing::warn!(step = self.step, in_row = nonfinite_in_row, "non-finite loss or gradient for most examples: the model diverged; update skipped");
@@ -351,7 +342,7 @@ impl<B: AutodiffBackend> Worker<B> {
                         in_row = nonfinite_in_row,
                         "too many non-finite steps in a row: rolling back to the last checkpoint"
                     );
-                    m.rollbacks.inc();
+                    self.metrics.rollbacks.inc();
                     return Ok(WorkerExit::Rollback);
                 }
             } else {
