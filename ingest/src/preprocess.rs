@@ -52,6 +52,9 @@ pub enum PreprocessorError {
 
 struct Inner {
     image: ImageConfig,
+    /// The model's visual feature width: an object sequence of another width is rejected
+    /// here, the one place that decides it (`None`: any width, for tools without a model).
+    feature_dim: Option<usize>,
     extractor: ObjectExtractor,
     tokenizer: Arc<TextTokenizer>,
     limits: DecodeLimits,
@@ -101,6 +104,7 @@ impl Preprocessor {
         Ok(Self {
             inner: Arc::new(Inner {
                 image: image.clone(),
+                feature_dim: None,
                 extractor: ObjectExtractor::new(image),
                 tokenizer,
                 limits,
@@ -110,6 +114,18 @@ impl Preprocessor {
             pool: Arc::new(pool),
             fetcher,
         })
+    }
+
+    /// Rejects every record whose object sequence is not `dim` features wide (precomputed
+    /// detector regions of another width, or built-in crops of a config that does not match
+    /// the model) with `invalid_regions`, before it reaches training. Call before the first
+    /// `process`.
+    pub fn with_feature_dim(mut self, dim: usize) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.feature_dim = Some(dim),
+            None => unreachable!("with_feature_dim is called on a new preprocessor, before it is shared"),
+        }
+        self
     }
 
     /// The tokenizer in use.
@@ -187,6 +203,14 @@ impl Preprocessor {
             }
             (None, _) => None,
         };
+        if let (Some(objects), Some(want)) = (&objects, self.inner.feature_dim) {
+            if objects.dim != want {
+                return Err(Rejection::new(
+                    RejectReason::InvalidRegions,
+                    format!("region feature width {} differs from the model's {want}", objects.dim),
+                ));
+            }
+        }
         Ok(Sample { kind, pos: raw.pos.clone(), id: message.id, text, image: objects })
     }
 }

@@ -153,6 +153,38 @@ async fn good_messages_become_samples() {
     assert_eq!(server.hits("/ok.png"), hits_before);
 }
 
+/// Given the model's width, the preprocessor alone decides: regions of another width are
+/// rejected (`invalid_regions`, naming both widths) and counted once; the same width, and
+/// built-in crops of the configured width, are ready.
+#[tokio::test]
+async fn regions_of_another_width_than_the_models_are_rejected_here() {
+    let registry = prometheus::Registry::new();
+    let metrics = IngestMetrics::new(&registry).expect("metrics");
+    // image_config(): crop_size 4, so built-in crops are 3 x 4 x 4 = 48 wide.
+    let pre = preprocessor(Some(metrics)).with_feature_dim(48);
+    let regions = |dim: usize| {
+        let features: Vec<u8> = vec![0.5f32; 2 * dim].iter().flat_map(|v| v.to_le_bytes()).collect();
+        json!({"image_w": 20, "image_h": 10, "boxes": [[0, 0, 10, 10], [10, 0, 20, 5]], "dim": dim,
+               "features_base64": base64::engine::general_purpose::STANDARD.encode(features)})
+    };
+    let wrong = json_raw(RecordKind::Image, json!({"image_url": "http://127.0.0.1:9/x.png", "regions": regions(3)}));
+    match pre.process(wrong).await.outcome {
+        Outcome::Rejected(r) => {
+            assert_eq!(r.reason, RejectReason::InvalidRegions);
+            assert!(r.to_string().contains("width 3 differs from the model's 48"), "{r}");
+        }
+        Outcome::Ready(s) => panic!("a 3-wide region sequence reached training: {s:?}"),
+    }
+    let right = ready(&pre, json_raw(RecordKind::Image, json!({"image_url": "http://127.0.0.1:9/x.png", "regions": regions(48)}))).await;
+    assert_eq!(right.image.expect("objects").dim, 48);
+    let png = base64::engine::general_purpose::STANDARD.encode(common::png(8, 8, [10, 20, 30]));
+    let crops = ready(&pre, json_raw(RecordKind::Image, json!({"image_base64": png}))).await;
+    assert_eq!(crops.image.expect("objects").dim, 48);
+    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).expect("encode");
+    let line = text.lines().find(|l| l.contains("reason=\"invalid_regions\"") && l.contains("kind=\"image\""));
+    assert!(line.is_some_and(|l| l.ends_with(" 1")), "counted once: {line:?}");
+}
+
 #[tokio::test]
 async fn bad_messages_are_rejected_with_their_reason_and_counted() {
     let server = TestServer::start().await;

@@ -50,6 +50,9 @@ fn wrong_type_names_the_key() {
     let err = parse(&format!("{MINIMAL}\n[storage]\nkeep_checkpoints = \"three\"\n"), &[])
         .expect_err("wrong type");
     assert!(err.to_string().contains("storage.keep_checkpoints"), "{err}");
+    let err = parse(&format!("{MINIMAL}\n[train]\nthreads = 5000\n"), &[]).expect_err("5000 threads");
+    assert!(err.to_string().contains("train.threads"), "{err}");
+    assert_eq!(parse(&format!("{MINIMAL}\n[train]\nthreads = 3\n"), &[]).expect("3 threads").train.threads, 3);
 }
 
 #[test]

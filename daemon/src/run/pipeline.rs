@@ -21,8 +21,6 @@ use unimod_ingest::fetch::ImageFetcher;
 use unimod_ingest::kafka::{DeadLetterProducer, KafkaConsumer};
 use unimod_ingest::preprocess::{Outcome, Preprocessor, Processed};
 use unimod_ingest::record::RecordKind;
-use unimod_ingest::reject::{RejectReason, Rejection};
-use unimod_ingest::telemetry::IngestMetrics;
 
 use super::start::Start;
 use super::Shared;
@@ -83,7 +81,8 @@ impl Pipeline {
             fetcher,
             Some(shared.ingest_metrics.clone()),
         )
-        .context("starting preprocessing")?;
+        .context("starting preprocessing")?
+        .with_feature_dim(feature_dim);
         let intake = crate::intake::start(
             &config.kafka,
             start_offsets,
@@ -116,8 +115,6 @@ impl Pipeline {
             event_tx,
             dead_letters.clone(),
             shared.metrics.clone(),
-            shared.ingest_metrics.clone(),
-            feature_dim,
         ));
 
         // Checkpoints: writer thread + committer.
@@ -341,25 +338,10 @@ async fn feed(
     events: mpsc::Sender<Event>,
     dead_letters: DeadLetters,
     metrics: Metrics,
-    ingest_metrics: IngestMetrics,
-    feature_dim: usize,
 ) {
     while let Some(p) = processed.recv().await {
         let kind = p.raw.kind;
-        let outcome = match p.outcome {
-            Outcome::Ready(s) if s.image.as_ref().is_some_and(|o| o.dim != feature_dim) => {
-                let dim = s.image.as_ref().map_or(0, |o| o.dim);
-                let r = Rejection::new(
-                    RejectReason::InvalidRegions,
-                    format!("region feature width {dim} differs from the model's {feature_dim}"),
-                );
-                ingest_metrics.record_rejected(kind, r.reason);
-                tracing::warn!(pos = %p.raw.pos, reason = %r, "record rejected");
-                Outcome::Rejected(r)
-            }
-            o => o,
-        };
-        let event = match outcome {
+        let event = match p.outcome {
             Outcome::Ready(sample) => Event::Ready(sample),
             Outcome::Rejected(r) => {
                 metrics.records.with_label_values(&[kind.as_str(), "rejected"]).inc();

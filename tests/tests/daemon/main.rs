@@ -46,7 +46,11 @@ async fn trains_the_stream_reports_ready_and_drains_on_sigterm() -> anyhow::Resu
     let sock = UnixDatagram::bind(&sock_path)?;
     sock.set_read_timeout(Some(Duration::from_secs(120)))?;
     let sock_str = sock_path.display().to_string();
-    let mut daemon = setup.start(&[], &[("NOTIFY_SOCKET", &sock_str), ("WATCHDOG_USEC", "1000000")])?;
+    // train.threads = 3 (through the environment override): the CPU backend's pool.
+    let mut daemon = setup.start(
+        &[],
+        &[("NOTIFY_SOCKET", &sock_str), ("WATCHDOG_USEC", "1000000"), ("UNIMOD_TRAIN__THREADS", "3")],
+    )?;
 
     let mut buf = [0u8; 512];
     let mut seen = Vec::new();
@@ -57,6 +61,12 @@ async fn trains_the_stream_reports_ready_and_drains_on_sigterm() -> anyhow::Resu
     let ready_at = seen.iter().position(|m| m.contains("READY=1")).expect("READY=1 sent");
     let watchdog_at = seen.iter().position(|m| m.starts_with("WATCHDOG=1")).expect("WATCHDOG=1 sent");
     assert!(ready_at < watchdog_at, "READY=1 must come before WATCHDOG=1: {seen:?}");
+    assert!(seen[0].starts_with("STATUS=starting"), "systemd hears of the start first: {seen:?}");
+    let cpu_threads = std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))?
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("unimod-cpu-"))
+        .count();
+    assert_eq!(cpu_threads, 3, "train.threads = 3 sizes the CPU backend's pool");
 
     let ready = wait_for(Duration::from_secs(60), async || {
         http_get(&setup.url("/readyz")).await.filter(|(s, _)| *s == 200)
