@@ -80,7 +80,11 @@ fn assert_close(a: &StepReport, b: &StepReport, tol: f32) {
         assert_eq!(na, nb);
         assert!((la - lb).abs() <= tol * la.abs().max(1.0), "{na}: {la} vs {lb}");
     }
-    assert!((a.grad_norm - b.grad_norm).abs() <= tol * a.grad_norm.max(1.0), "grad norm {} vs {}", a.grad_norm, b.grad_norm);
+    // The gradient norm sums the squares of every gradient (1.6M here): burn-ndarray's SIMD
+    // reductions group that sum by the tensors' lengths, which padding changes, so it gets
+    // ten times the losses' tolerance (measured: 1.3e-4 relative with SIMD on; within 1e-4 before it).
+    let grad_tol = 10.0 * tol;
+    assert!((a.grad_norm - b.grad_norm).abs() <= grad_tol * a.grad_norm.max(1.0), "grad norm {} vs {}", a.grad_norm, b.grad_norm);
 }
 
 #[test]
