@@ -14,6 +14,7 @@
 #   d  c + retrieved positives (texts by TF-IDF, images by embedding similarity) = defaults
 #   r  the reference's objective set on everything: MLM + MRM + CMCL only (no ITM, no
 #      seq2seq on texts, no captioning), no rewritten negatives, no retrieved positives
+#   e  d without ITM (which of the objectives r turns off costs the recall)
 #   p  the PyTorch reference (../shared/bench/torch_unimo_reference.py), same data, same
 #      samples per step (LEARN_BATCH/2 pairs + LEARN_BATCH/4 texts + LEARN_BATCH/4 images)
 #
@@ -24,9 +25,11 @@
 #   LEARN_ROWS="d p" LEARN_SEEDS=1 LEARN_STEPS=100 bench/learning.sh
 #
 # Environment: LEARN_STEPS (300), LEARN_BATCH (32), LEARN_SEEDS ("1 2"), LEARN_ROWS
-# ("a b c d r p"), LEARN_EVAL (200 held-out pairs per split), LEARN_OUT (bench/learning-out:
-# results.jsonl, one line per run, and table.md), LEARN_EXTRA (TOML lines appended to every
-# daemon config, e.g. to try a setting on all rows), UNIMOD_PYTHON (a Python with torch,
+# ("a b c d r p"), LEARN_EVAL (200 held-out pairs per split), LEARN_CAPTION_ROWS (rows whose
+# model also captions the seen held-out images, greedy: BLEU-4, CIDEr-D and how often the
+# captions name the right colours and shapes against chance, ops/caption_words.py; "d"),
+# LEARN_OUT (bench/learning-out: results.jsonl, one line per run, and table.md), LEARN_EXTRA
+# (TOML lines appended to every daemon config, e.g. to try a setting on all rows), UNIMOD_PYTHON (a Python with torch,
 # numpy and pillow; default the twin's venv) and LEARN_REFERENCE (the reference script).
 # Uses $CARGO_TARGET_DIR (target)/release binaries when present, else debug.
 set -euo pipefail
@@ -36,6 +39,7 @@ BATCH=${LEARN_BATCH:-32}
 SEEDS=${LEARN_SEEDS:-1 2}
 ROWS=${LEARN_ROWS:-a b c d r p}
 EVAL=${LEARN_EVAL:-200}
+CAPTION_ROWS=${LEARN_CAPTION_ROWS:-d}
 OUT=${LEARN_OUT:-bench/learning-out}
 PY=${UNIMOD_PYTHON:-$HOME/.cache/unimod/venv/bin/python}
 REFERENCE=${LEARN_REFERENCE:-../shared/bench/torch_unimo_reference.py}
@@ -63,6 +67,7 @@ row_config() { # ROW -> the TOML lines that make the row
     b) printf '[cmcl]\nhard_negatives = 0\ntfidf_negatives = 0\ntext_positives = 0\nimage_positives = 0\n' ;;
     c) printf '[cmcl]\ntext_positives = 0\nimage_positives = 0\n' ;;
     d) ;;
+    e) printf '[model.weights]\nitm = 0.0\n' ;;
     r) printf '[model.weights]\nitm = 0.0\nseq2seq = 0.0\ncaption = 0.0\n[cmcl]\nhard_negatives = 0\ntfidf_negatives = 0\ntext_positives = 0\nimage_positives = 0\n' ;;
     *) return 1 ;;
     esac
@@ -136,13 +141,23 @@ emit(out, [])
     local train_s=$((SECONDS - start))
     "$BIN/unimod" eval --config "$dir/unimod.toml" --pairs "$work/data/eval_pairs.jsonl" --json >"$dir/seen.json"
     "$BIN/unimod" eval --config "$dir/unimod.toml" --pairs "$work/data/eval_unseen.jsonl" --json >"$dir/unseen.json"
+    echo '{}' >"$dir/words.json"
+    if [[ " $CAPTION_ROWS " == *" $row "* ]]; then
+        "$BIN/unimod" caption --config "$dir/unimod.toml" --pairs "$work/data/eval_pairs.jsonl" --json >"$dir/captions.jsonl"
+        python3 ops/caption_words.py "$dir/captions.jsonl" --json >"$dir/words.json"
+    fi
     python3 - "$row" "$seed" "$STEPS" "$train_s" "$dir" <<'PY' | tee -a "$OUT/results.jsonl"
 import json, sys
 row, seed, steps, train_s, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 seen, unseen = (json.load(open(f"{d}/{n}.json")) for n in ("seen", "unseen"))
-print(json.dumps({"row": row, "seed": seed, "steps": steps, "train_s": train_s,
-                  "seen": {"i2t": seen["i2t"], "t2i": seen["t2i"]},
-                  "unseen": {"i2t": unseen["i2t"], "t2i": unseen["t2i"]}}))
+out = {"row": row, "seed": seed, "steps": steps, "train_s": train_s,
+       "seen": {"i2t": seen["i2t"], "t2i": seen["t2i"]},
+       "unseen": {"i2t": unseen["i2t"], "t2i": unseen["t2i"]}}
+words = json.load(open(f"{d}/words.json"))
+if words:
+    last = [json.loads(l) for l in open(f"{d}/captions.jsonl")][-1]
+    out["captions"] = {"bleu4": last["bleu4"], "cider": last["cider"], "words": words}
+print(json.dumps(out))
 PY
 }
 
@@ -185,10 +200,10 @@ for line in open(sys.argv[1]):
     if r["steps"] == int(sys.argv[2]):
         rows[r["row"]].append(r)
 names = {"a": "pairs only", "b": "+ single-modal", "c": "+ hard negatives", "d": "+ retrieved positives (defaults)",
-         "r": "reference's objectives (MLM+MRM+CMCL)", "p": "PyTorch reference"}
+         "r": "reference's objectives (MLM+MRM+CMCL)", "e": "defaults without ITM", "p": "PyTorch reference"}
 print(f"| row | seeds | i2t R@1 seen | i2t R@5 seen | t2i R@5 seen | i2t R@1 unseen | i2t R@5 unseen | t2i R@5 unseen | train s |")
 print("|---|---|---|---|---|---|---|---|---|")
-for key in "abcdrp":
+for key in "abcderp":
     rs = rows.get(key)
     if not rs:
         continue
