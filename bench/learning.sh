@@ -28,10 +28,11 @@
 # ("a b c d r p"), LEARN_EVAL (200 held-out pairs per split), LEARN_CAPTION_ROWS (rows whose
 # model also captions the seen held-out images, greedy: BLEU-4, CIDEr-D and how often the
 # captions name the right colours and shapes against chance, ops/caption_words.py; "d"),
-# LEARN_OUT (bench/learning-out: results.jsonl, one line per run, and table.md), LEARN_EXTRA
-# (TOML lines appended to every daemon config, e.g. to try a setting on all rows), UNIMOD_PYTHON (a Python with torch,
+# LEARN_OUT (bench/learning-out: results.jsonl, one line per run, and table.md), UNIMOD_PYTHON (a Python with torch,
 # numpy and pillow; default the twin's venv) and LEARN_REFERENCE (the reference script).
-# Uses $CARGO_TARGET_DIR (target)/release binaries when present, else debug.
+# UNIMOD_<SECTION>__<KEY> variables already in the environment apply to every daemon row (a
+# row's own overrides win). Uses $CARGO_TARGET_DIR (target)/release binaries when present,
+# else debug.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 STEPS=${LEARN_STEPS:-300}
@@ -60,27 +61,29 @@ for kind in text image pair; do
     "$BIN/unimod" produce --brokers "127.0.0.1:$port" --kind "$kind" --topic "learn.$kind" "$file" >/dev/null
 done
 
-row_config() { # ROW -> the TOML lines that make the row
+row_env() { # ROW -> the config overrides (UNIMOD_<SECTION>__<KEY>=value) that make the row
+    local no_extras="UNIMOD_CMCL__HARD_NEGATIVES=0 UNIMOD_CMCL__TFIDF_NEGATIVES=0 UNIMOD_CMCL__TEXT_POSITIVES=0 UNIMOD_CMCL__IMAGE_POSITIVES=0"
     case $1 in
     # The same pairs per step as the other rows (half the batch), and nothing else.
-    a) printf '[train]\nbatch_size = %d\n[train.mix]\ntext = 0.0\nimage = 0.0\npair = 1.0\n[cmcl]\nhard_negatives = 0\ntfidf_negatives = 0\ntext_positives = 0\nimage_positives = 0\n' $((BATCH / 2)) ;;
-    b) printf '[cmcl]\nhard_negatives = 0\ntfidf_negatives = 0\ntext_positives = 0\nimage_positives = 0\n' ;;
-    c) printf '[cmcl]\ntext_positives = 0\nimage_positives = 0\n' ;;
-    d) ;;
-    e) printf '[model.weights]\nitm = 0.0\n' ;;
-    r) printf '[model.weights]\nitm = 0.0\nseq2seq = 0.0\ncaption = 0.0\n[cmcl]\nhard_negatives = 0\ntfidf_negatives = 0\ntext_positives = 0\nimage_positives = 0\n' ;;
+    a) echo "UNIMOD_TRAIN__BATCH_SIZE=$((BATCH / 2)) UNIMOD_TRAIN__MIX__TEXT=0.0 UNIMOD_TRAIN__MIX__IMAGE=0.0 UNIMOD_TRAIN__MIX__PAIR=1.0 $no_extras" ;;
+    b) echo "$no_extras" ;;
+    c) echo "UNIMOD_CMCL__TEXT_POSITIVES=0 UNIMOD_CMCL__IMAGE_POSITIVES=0" ;;
+    d) echo "" ;;
+    e) echo "UNIMOD_MODEL__WEIGHTS__ITM=0.0" ;;
+    r) echo "UNIMOD_MODEL__WEIGHTS__ITM=0.0 UNIMOD_MODEL__WEIGHTS__SEQ2SEQ=0.0 UNIMOD_MODEL__WEIGHTS__CAPTION=0.0 $no_extras" ;;
     *) return 1 ;;
     esac
 }
 
 run_daemon() { # ROW SEED
-    local row=$1 seed=$2 dir=$work/$1-$2 mport
+    local row=$1 seed=$2 dir=$work/$1-$2 mport overrides
     mport=$(free_port)
     mkdir -p "$dir"
-    # Sections may repeat between the common part and the row's lines: merge by writing the
-    # row's lines through a tiny TOML merge (later keys win).
-    {
-        cat <<TOML
+    # The common config in the file; the row's settings as environment overrides, which every
+    # command below reads the same way (docs/configuration.md).
+    read -ra overrides <<<"$(row_env "$row")"
+    unimod() { env "${overrides[@]}" "$BIN/unimod" "$@"; }
+    cat >"$dir/unimod.toml" <<TOML
 [kafka]
 brokers = "127.0.0.1:$port"
 group_id = "learn-$row-$seed"
@@ -108,42 +111,16 @@ listen = "127.0.0.1:$mport"
 [log]
 format = "json"
 TOML
-        row_config "$row"
-        printf '%s\n' "${LEARN_EXTRA:-}"
-    } | python3 -c '
-import sys, tomllib
-def merge(a, b):
-    for k, v in b.items():
-        a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-    return a
-out, cur = {}, []
-for line in sys.stdin.read().splitlines():
-    if line.startswith("[") and cur:
-        merge(out, tomllib.loads("\n".join(cur))); cur = []
-    cur.append(line)
-merge(out, tomllib.loads("\n".join(cur)))
-def emit(d, path):
-    flat = {k: v for k, v in d.items() if not isinstance(v, dict) or k == "topics"}
-    if path: print("[" + ".".join(path) + "]")
-    for k, v in flat.items():
-        if isinstance(v, dict): print(k, "= {", ", ".join(f"{a} = \"{b}\"" for a, b in v.items()), "}")
-        elif isinstance(v, str): print(k, "=", "\"" + v + "\"")
-        elif isinstance(v, bool): print(k, "=", str(v).lower())
-        else: print(k, "=", v)
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "topics": emit(v, path + [k])
-emit(out, [])
-' >"$dir/unimod.toml"
-    "$BIN/unimod" check-config --config "$dir/unimod.toml" >/dev/null
+    unimod check-config --config "$dir/unimod.toml" >/dev/null
     local start=$SECONDS
-    "$BIN/unimod" run --config "$dir/unimod.toml" --max-steps "$STEPS" >"$dir/run.log" 2>&1 ||
+    unimod run --config "$dir/unimod.toml" --max-steps "$STEPS" >"$dir/run.log" 2>&1 ||
         { tail -5 "$dir/run.log" >&2; say "row $row seed $seed: unimod run failed"; return 1; }
     local train_s=$((SECONDS - start))
-    "$BIN/unimod" eval --config "$dir/unimod.toml" --pairs "$work/data/eval_pairs.jsonl" --json >"$dir/seen.json"
-    "$BIN/unimod" eval --config "$dir/unimod.toml" --pairs "$work/data/eval_unseen.jsonl" --json >"$dir/unseen.json"
+    unimod eval --config "$dir/unimod.toml" --pairs "$work/data/eval_pairs.jsonl" --json >"$dir/seen.json"
+    unimod eval --config "$dir/unimod.toml" --pairs "$work/data/eval_unseen.jsonl" --json >"$dir/unseen.json"
     echo '{}' >"$dir/words.json"
     if [[ " $CAPTION_ROWS " == *" $row "* ]]; then
-        "$BIN/unimod" caption --config "$dir/unimod.toml" --pairs "$work/data/eval_pairs.jsonl" --json >"$dir/captions.jsonl"
+        unimod caption --config "$dir/unimod.toml" --pairs "$work/data/eval_pairs.jsonl" --json >"$dir/captions.jsonl"
         python3 ops/caption_words.py "$dir/captions.jsonl" --json >"$dir/words.json"
     fi
     python3 - "$row" "$seed" "$STEPS" "$train_s" "$dir" <<'PY' | tee -a "$OUT/results.jsonl"
