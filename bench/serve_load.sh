@@ -6,7 +6,9 @@
 #   A. `unimod run` with serving off for SERVE_SECONDS: training steps/s;
 #   B. the same with `[serve] listen` on and SERVE_CLIENTS (8) clients sending requests
 #      back to back (captions of the stream's images, text embeddings and continuations, in
-#      turn): p50/p99 latency per route and the training steps/s meanwhile.
+#      turn): p50/p99 latency per route and the training steps/s meanwhile;
+#   A2. A again, so that a load drifting on a shared machine shows (the loss is computed
+#      against the mean of A and A2).
 #
 #   bench/serve_load.sh                     # 120 s per phase, tiny model
 #   SERVE_SECONDS=60 SERVE_SIZE=small bench/serve_load.sh
@@ -150,10 +152,14 @@ say "phase A: training alone, ${SECS}s ($PROFILE build, $SIZE)"
 a=$(phase alone 0)
 say "phase B: training while $CLIENTS clients call the serving routes, ${SECS}s"
 b=$(phase serving 1)
-python3 - "$a" "$b" "$PROFILE" "$SIZE" <<'PY'
+# Phase A again: on a shared machine the load drifts; A before and after B brackets it.
+say "phase A2: training alone again, ${SECS}s"
+a2=$(phase alone2 0)
+python3 - "$a" "$b" "$a2" "$PROFILE" "$SIZE" <<'PY'
 import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-lost = 1 - b["train_steps_per_s"] / a["train_steps_per_s"] if a["train_steps_per_s"] else None
-print(json.dumps({"profile": sys.argv[3], "size": sys.argv[4], "alone": a, "serving": b,
+a, b, a2 = (json.loads(x) for x in sys.argv[1:4])
+base = (a["train_steps_per_s"] + a2["train_steps_per_s"]) / 2
+lost = 1 - b["train_steps_per_s"] / base if base else None
+print(json.dumps({"profile": sys.argv[4], "size": sys.argv[5], "alone": a, "serving": b, "alone_again": a2,
                   "training_throughput_lost": round(lost, 3) if lost is not None else None}))
 PY

@@ -6,8 +6,13 @@
 #   scripts/test.sh [extra cargo test arguments]
 #
 # Environment: TANSU_BIN (the broker binary, default: tansu on the PATH), CARGO_TARGET_DIR,
-# UNIMOD_TEST_WGPU=1 (also build and run the wgpu tests on Mesa's llvmpipe; off by default:
-# they have not been built on this project's 2-core machines yet, see issue 8's note).
+# UNIMOD_TEST_WGPU (default 1: build everything with the `wgpu` feature and run the GPU code
+# path's tests on Mesa's software Vulkan driver, llvmpipe; 0: CPU only, no Vulkan needed).
+#
+# One feature set for every build here: the binaries, the workspace tests and the wgpu tests
+# all compile with `--features unimod/wgpu`, so burn and its dependencies are compiled once
+# per profile, not once per feature combination. The CPU tests are unaffected: the backend is
+# chosen by `train.device` (default "cpu") at run time.
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,8 +38,33 @@ if ((${#missing[@]})); then
 fi
 
 start=$SECONDS
-echo "test.sh: cargo test --workspace --locked --no-fail-fast $*"
-cargo test --workspace --locked --no-fail-fast "$@"
+target_dir=${CARGO_TARGET_DIR:-target}
+[[ $target_dir == /* ]] || target_dir=$PWD/$target_dir
+features=()
+if [[ ${UNIMOD_TEST_WGPU:-1} != 0 ]]; then
+    if ! ls /usr/lib/libvulkan.so.1 /usr/lib/*/libvulkan.so.1 /usr/lib64/libvulkan.so.1 2>/dev/null | grep -q .; then
+        printf 'test.sh: libvulkan.so.1 missing: run scripts/install-deps.sh (mesa-vulkan-drivers libvulkan1), or UNIMOD_TEST_WGPU=0\n' >&2
+        exit 2
+    fi
+    # The Vulkan loader and Mesa want a runtime directory.
+    if [[ -z ${XDG_RUNTIME_DIR:-} || ! -d ${XDG_RUNTIME_DIR:-} ]]; then
+        XDG_RUNTIME_DIR=$(mktemp -d)
+        export XDG_RUNTIME_DIR
+    fi
+    features=(--features unimod/wgpu,unimod-model/wgpu)
+fi
+
+# The binaries the end-to-end tests, the twin and the live-Prometheus check run (built once,
+# here, so that no test builds them again with other features).
+echo "test.sh: cargo build -p unimod -p unimod-e2e --bins ${features[*]}"
+cargo build --locked -p unimod -p unimod-e2e --bins "${features[@]}"
+export UNIMOD_BIN=$target_dir/debug/unimod UNIMOD_SYNTH_BIN=$target_dir/debug/unimod-synth
+
+# With the wgpu feature this includes the model's wgpu tests (model/tests/wgpu.rs: every
+# objective against the CPU backend, save on one backend and load on the other, one device
+# read per step) on llvmpipe.
+echo "test.sh: cargo test --workspace --locked --no-fail-fast ${features[*]} $*"
+cargo test --workspace --locked --no-fail-fast "${features[@]}" "$@"
 
 # The PyTorch twin (python/unimod_torch) against the daemon: exports, embeddings, recall,
 # warm starts. Fails (exit 2) when Python lacks torch: scripts/install-deps.sh installs it.
@@ -47,43 +77,18 @@ if [[ -x ops/check.sh ]]; then
 fi
 
 # The dashboard's and the rules' PromQL against a real Prometheus scraping a real
-# `unimod run` (needs the binaries that `cargo test` built, and prometheus on the PATH).
+# `unimod run` (the binaries built above, and prometheus on the PATH).
 if command -v prometheus >/dev/null 2>&1; then
-    echo "test.sh: cargo build -p unimod -p unimod-e2e --bins"
-    cargo build --locked -p unimod -p unimod-e2e --bins
     echo "test.sh: ops/test-live-prometheus.sh --daemon"
     ops/test-live-prometheus.sh --daemon
 else
     echo "test.sh: prometheus not installed; skipping the live-Prometheus test" >&2
 fi
-# The GPU code path on any machine (issue 8): the wgpu backend (CubeCL, fusion, autotune) on
-# Mesa's software Vulkan driver (llvmpipe) when there is no GPU. Builds only what it needs:
-# the model's wgpu test and the daemon binary with the `wgpu` feature (copied aside, so the
-# plain binary stays what the other tests use).
-if [[ ${UNIMOD_TEST_WGPU:-0} != 0 ]]; then
-    wgpu_start=$SECONDS
-    if ! ls /usr/lib/libvulkan.so.1 /usr/lib/*/libvulkan.so.1 /usr/lib64/libvulkan.so.1 2>/dev/null | grep -q .; then
-        printf 'test.sh: libvulkan.so.1 missing: run scripts/install-deps.sh (mesa-vulkan-drivers libvulkan1), or UNIMOD_TEST_WGPU=0\n' >&2
-        exit 2
-    fi
-    # The Vulkan loader and Mesa want a runtime directory.
-    if [[ -z ${XDG_RUNTIME_DIR:-} || ! -d ${XDG_RUNTIME_DIR:-} ]]; then
-        XDG_RUNTIME_DIR=$(mktemp -d)
-        export XDG_RUNTIME_DIR
-    fi
-    echo "test.sh: cargo test -p unimod-model --features wgpu --test wgpu"
-    cargo test --locked -p unimod-model --features wgpu --test wgpu
-    echo "test.sh: cargo build -p unimod --features wgpu --bin unimod"
-    cargo build --locked -p unimod --features wgpu --bin unimod
-    target_dir=${CARGO_TARGET_DIR:-target}
-    cp "$target_dir/debug/unimod" "$target_dir/debug/unimod-wgpu"
+# The GPU code path through the real daemon (issue 8): `unimod run` with train.device = "wgpu"
+# (CubeCL, fusion, autotune; llvmpipe when there is no GPU) trains 30 steps with a falling loss.
+if ((${#features[@]})); then
     echo "test.sh: e2e: unimod run on wgpu, 30 steps"
-    UNIMOD_BIN="$PWD/$target_dir/debug/unimod-wgpu"
-    [[ $target_dir == /* ]] && UNIMOD_BIN="$target_dir/debug/unimod-wgpu"
-    UNIMOD_BIN=$UNIMOD_BIN cargo test --locked -p unimod-e2e --test daemon -- --ignored --exact \
+    cargo test --locked -p unimod-e2e --test daemon -- --ignored --exact \
         gpu::wgpu_daemon_trains_30_steps_with_a_falling_loss --nocapture
-    # Put the plain binary back for whoever runs target/debug/unimod next.
-    cargo build --locked -p unimod --bin unimod
-    echo "test.sh: wgpu tests passed in $((SECONDS - wgpu_start)) s"
 fi
 echo "test.sh: all tests passed in $((SECONDS - start)) s"

@@ -175,90 +175,26 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
     });
 }
 
-/// `unimod produce`.
+/// `unimod produce` (needs no configuration file).
 pub fn produce(brokers: &str, kind: KindArg, topic: Option<String>, inputs: &[PathBuf]) -> Result<(), CliError> {
     init_logging(LogFormat::Human, "warn");
+    block_on(crate::commands::produce::produce(brokers, kind.into(), topic, inputs))
+}
+
+/// The frame of every offline command (`eval`, `embed`, `caption`, `generate`, `checkpoint
+/// ...`): loads the configuration (exit 2 naming the key), logs warnings only (stdout is the
+/// command's output), then runs `command`.
+pub fn offline<T>(config: &Path, command: impl FnOnce(Config) -> Result<T, CliError>) -> Result<T, CliError> {
+    let config = load_config(config)?;
+    init_logging(LogFormat::Human, "warn");
+    command(config)
+}
+
+/// Runs an async command on a fresh runtime and gives leftover blocking tasks (a client
+/// library's call to an unresponsive broker) [`RUNTIME_SHUTDOWN`] to end before returning.
+pub fn block_on<T>(command: impl std::future::Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
     let rt = runtime()?;
-    let result = rt.block_on(crate::commands::produce::produce(brokers, kind.into(), topic, inputs));
-    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
-    result
-}
-
-/// `unimod eval`.
-pub fn eval(config: &Path, pairs: &Path, checkpoint: Option<&str>, json: bool) -> Result<(), CliError> {
-    let config = load_config(config)?;
-    init_logging(LogFormat::Human, "warn");
-    let rt = runtime()?;
-    let result = rt.block_on(crate::commands::eval::eval_command(&config, pairs, checkpoint, json));
-    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
-    result
-}
-
-/// `unimod checkpoint list`.
-pub fn checkpoint_list(config: &Path, json: bool) -> Result<(), CliError> {
-    let config = load_config(config)?;
-    init_logging(LogFormat::Human, "warn");
-    crate::commands::checkpoint::list(&config, json)
-}
-
-/// `unimod checkpoint show`.
-pub fn checkpoint_show(config: &Path, id: &str) -> Result<(), CliError> {
-    let config = load_config(config)?;
-    init_logging(LogFormat::Human, "warn");
-    crate::commands::checkpoint::show(&config, id)
-}
-
-/// `unimod checkpoint export`.
-pub fn checkpoint_export(
-    config: &Path,
-    id: &str,
-    out: &Path,
-    format: crate::commands::checkpoint::ExportFormat,
-    cooldown: bool,
-) -> Result<(), CliError> {
-    let config = load_config(config)?;
-    init_logging(LogFormat::Human, "warn");
-    crate::commands::checkpoint::export(&config, id, out, format, cooldown)
-}
-
-/// `unimod caption`.
-pub fn caption(
-    config: &Path,
-    input: crate::commands::caption::CaptionInput,
-    checkpoint: Option<&str>,
-    args: crate::commands::caption::DecodeArgs,
-    json: bool,
-) -> Result<(), CliError> {
-    let config = load_config(config)?;
-    init_logging(LogFormat::Human, "warn");
-    let rt = runtime()?;
-    let result = rt.block_on(crate::commands::caption::caption_command(&config, input, checkpoint, args, json));
-    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
-    result
-}
-
-/// `unimod generate`.
-pub fn generate(
-    config: &Path,
-    prompt: &str,
-    checkpoint: Option<&str>,
-    args: crate::commands::caption::DecodeArgs,
-    json: bool,
-) -> Result<(), CliError> {
-    let config = load_config(config)?;
-    init_logging(LogFormat::Human, "warn");
-    let rt = runtime()?;
-    let result = rt.block_on(crate::commands::caption::generate_command(&config, prompt, checkpoint, args, json));
-    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
-    result
-}
-
-/// `unimod embed`.
-pub fn embed(config: &Path, pairs: &Path, checkpoint: Option<&str>) -> Result<(), CliError> {
-    let config = load_config(config)?;
-    init_logging(LogFormat::Human, "warn");
-    let rt = runtime()?;
-    let result = rt.block_on(crate::commands::embed::embed_command(&config, pairs, checkpoint));
+    let result = rt.block_on(command);
     rt.shutdown_timeout(RUNTIME_SHUTDOWN);
     result
 }

@@ -201,24 +201,29 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    use unimod::commands::{caption, checkpoint, embed, eval};
     let result = match cli.command {
         Command::Run { config, max_steps, max_seconds } => cli::run(&config, max_steps, max_seconds),
         Command::CheckConfig { config } => cli::check_config(&config),
         Command::Produce { brokers, kind, topic, inputs } => cli::produce(&brokers, kind, topic, &inputs),
-        Command::Eval { config, pairs, checkpoint, json } => cli::eval(&config, &pairs, checkpoint.as_deref(), json),
-        Command::Embed { config, pairs, checkpoint, json: _ } => cli::embed(&config, &pairs, checkpoint.as_deref()),
-        Command::Caption { config, checkpoint, pairs, decode, json, images } => {
-            unimod::commands::caption::caption_input(images, pairs)
-                .and_then(|input| cli::caption(&config, input, checkpoint.as_deref(), decode.into(), json))
+        Command::Eval { config, pairs, checkpoint, json } => cli::offline(&config, |c| {
+            cli::block_on(eval::eval_command(&c, &pairs, checkpoint.as_deref(), json))
+        }),
+        Command::Embed { config, pairs, checkpoint, json: _ } => {
+            cli::offline(&config, |c| cli::block_on(embed::embed_command(&c, &pairs, checkpoint.as_deref())))
         }
-        Command::Generate { config, checkpoint, prompt, decode, json } => {
-            cli::generate(&config, &prompt, checkpoint.as_deref(), decode.into(), json)
-        }
+        Command::Caption { config, checkpoint, pairs, decode, json, images } => cli::offline(&config, |c| {
+            let input = caption::caption_input(images, pairs)?;
+            cli::block_on(caption::caption_command(&c, input, checkpoint.as_deref(), decode.into(), json))
+        }),
+        Command::Generate { config, checkpoint, prompt, decode, json } => cli::offline(&config, |c| {
+            cli::block_on(caption::generate_command(&c, &prompt, checkpoint.as_deref(), decode.into(), json))
+        }),
         Command::Checkpoint { command } => match command {
-            CheckpointCommand::List { config, json } => cli::checkpoint_list(&config, json),
-            CheckpointCommand::Show { id, config, json: _ } => cli::checkpoint_show(&config, &id),
+            CheckpointCommand::List { config, json } => cli::offline(&config, |c| checkpoint::list(&c, json)),
+            CheckpointCommand::Show { id, config, json: _ } => cli::offline(&config, |c| checkpoint::show(&c, &id)),
             CheckpointCommand::Export { id, config, out, format, cooldown } => {
-                cli::checkpoint_export(&config, &id, &out, format, cooldown)
+                cli::offline(&config, |c| checkpoint::export(&c, &id, &out, format, cooldown))
             }
         },
     };

@@ -40,6 +40,10 @@ pub struct CheckpointJob {
     pub tokenizer_json: Arc<String>,
     /// Parameter count (for metadata).
     pub parameters: u64,
+    /// The trainer's change counter at the cut (steps, finished rejections): two jobs with the
+    /// same generation hold the same state, so a final checkpoint right after a periodic one
+    /// of the same generation is not written twice.
+    pub generation: u64,
 }
 
 /// A checkpoint is durable: its offsets may be committed to the consumer group.
@@ -53,15 +57,23 @@ pub struct Durable {
 
 type Reply = SyncSender<anyhow::Result<u64>>;
 
+/// What the trainer thread hands to the writer: a checkpoint to write, or (`None`) a barrier
+/// that the writer answers with the generation of the last checkpoint it made durable
+/// ([`NONE_DURABLE`] when none).
+type Request = (Option<CheckpointJob>, Option<Reply>);
+
+/// The barrier's answer when no checkpoint was made durable by this writer.
+const NONE_DURABLE: u64 = u64::MAX;
+
 /// The trainer thread's handle to the writer thread.
 pub struct CheckpointSink {
-    tx: SyncSender<(CheckpointJob, Option<Reply>)>,
+    tx: SyncSender<Request>,
 }
 
 impl CheckpointSink {
     /// Submits a periodic checkpoint unless the writer is still busy; returns whether it was taken.
     pub fn try_submit(&self, job: CheckpointJob) -> bool {
-        match self.tx.try_send((job, None)) {
+        match self.tx.try_send((Some(job), None)) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => false,
             Err(TrySendError::Disconnected(_)) => {
@@ -75,11 +87,23 @@ impl CheckpointSink {
     pub fn write_and_wait(&self, job: CheckpointJob) -> anyhow::Result<()> {
         let (reply_tx, reply_rx) = sync_channel(1);
         self.tx
-            .send((job, Some(reply_tx)))
+            .send((Some(job), Some(reply_tx)))
             .map_err(|_| anyhow::anyhow!("checkpoint writer is gone"))?;
         let id = reply_rx.recv().map_err(|_| anyhow::anyhow!("checkpoint writer stopped"))??;
         tracing::info!(checkpoint = id, "final checkpoint written");
         Ok(())
+    }
+
+    /// Waits until the writer has finished every job handed to it, and returns the
+    /// generation of the last checkpoint it made durable (`None` when none was, or the last
+    /// one failed: a failed write leaves the previous checkpoint current, not this state).
+    pub fn flush(&self) -> anyhow::Result<Option<u64>> {
+        let (reply_tx, reply_rx) = sync_channel(1);
+        self.tx
+            .send((None, Some(reply_tx)))
+            .map_err(|_| anyhow::anyhow!("checkpoint writer is gone"))?;
+        let generation = reply_rx.recv().map_err(|_| anyhow::anyhow!("checkpoint writer stopped"))??;
+        Ok((generation != NONE_DURABLE).then_some(generation))
     }
 }
 
@@ -94,7 +118,7 @@ pub fn spawn_writer(
 ) -> anyhow::Result<(CheckpointSink, std::thread::JoinHandle<()>)> {
     // Capacity 0 would block the trainer until the writer picks the job up; 1 lets the
     // trainer hand over one job and go on.
-    let (tx, rx) = sync_channel::<(CheckpointJob, Option<Reply>)>(1);
+    let (tx, rx) = sync_channel::<Request>(1);
     let handle = std::thread::Builder::new()
         .name("checkpoint-writer".into())
         .spawn(move || writer_loop(rx, store, keep, model_size, metrics, durable, failures_in_row))
@@ -103,7 +127,7 @@ pub fn spawn_writer(
 }
 
 fn writer_loop(
-    rx: Receiver<(CheckpointJob, Option<Reply>)>,
+    rx: Receiver<Request>,
     store: Arc<CheckpointStore>,
     keep: usize,
     model_size: String,
@@ -111,9 +135,19 @@ fn writer_loop(
     durable: mpsc::Sender<Durable>,
     failures_in_row: Arc<AtomicU64>,
 ) {
+    // The generation of the last checkpoint written, if the last write succeeded.
+    let mut durable_generation = NONE_DURABLE;
     while let Ok((job, reply)) = rx.recv() {
+        let Some(job) = job else {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(durable_generation));
+            }
+            continue;
+        };
         let started = Instant::now();
+        let generation = job.generation;
         let result = write_one(&store, keep, &model_size, job);
+        durable_generation = if result.is_ok() { generation } else { NONE_DURABLE };
         match &result {
             Ok((meta, offsets)) => {
                 failures_in_row.store(0, Ordering::Relaxed);

@@ -434,6 +434,7 @@ impl<B: AutodiffBackend> Worker<B> {
             replay: self.replay.encode(),
             tokenizer_json: Arc::clone(&self.tokenizer_json),
             parameters: self.trainer.num_params() as u64,
+            generation: self.generation,
         };
         if wait {
             self.sink.write_and_wait(job)?;
@@ -451,6 +452,14 @@ impl<B: AutodiffBackend> Worker<B> {
     }
 
     fn final_checkpoint(&mut self) -> anyhow::Result<()> {
+        // Nothing changed since a periodic checkpoint that is durable (it was taken in the
+        // same iteration: `--max-steps` on a multiple of `checkpoint_every_steps`): writing
+        // the same state again would only cost the drain a full write and push an older
+        // checkpoint out of `keep_checkpoints`.
+        if self.generation == self.checkpointed_generation && self.sink.flush()? == Some(self.generation) {
+            tracing::info!(step = self.step, "final checkpoint: the latest checkpoint already holds this state");
+            return Ok(());
+        }
         let mut last = Instant::now();
         self.checkpoint(true, &mut last)
     }

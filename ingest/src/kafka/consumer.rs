@@ -45,7 +45,7 @@ use super::config::{KafkaConfig, OffsetReset};
 use super::context::{ConsumerShared, IngestContext, PartitionReset, RebalanceEvent, ResetFeed, TopicPartition};
 use super::error::ConsumerError;
 use super::health::{BrokerHealth, HealthSnapshot};
-use super::metrics::KafkaMetrics;
+use crate::telemetry::KafkaMetrics;
 use super::queue::{lane, record_bytes, QueueBudget};
 use crate::offsets::PartitionOffsets;
 use crate::record::{RawRecord, RecordKind, SourcePos};

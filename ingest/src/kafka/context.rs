@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 
 use super::config::OffsetReset;
 use super::health::BrokerHealth;
-use super::metrics::KafkaMetrics;
+use crate::telemetry::KafkaMetrics;
 use crate::record::RecordKind;
 
 pub use crate::record::TopicPartition;

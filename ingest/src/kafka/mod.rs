@@ -5,15 +5,15 @@
 //!
 //! ```text
 //! let cfg: KafkaConfig = ...;                  // TOML [kafka]; cfg.validate()? names the bad key
-//! let metrics = KafkaMetrics::register(&registry)?;   // unimod_kafka_consumer_lag{topic,partition}
+//! let metrics = KafkaMetrics::register(&registry)?;   // crate::telemetry: lag, pending, resets
 //! let (tx, rx) = tokio::sync::mpsc::channel::<RawRecord>(cfg.queue_capacity);
-//! let consumer = KafkaConsumer::start(&cfg, start_offsets /* HashMap<(String,i32),i64> from the
-//!                                    checkpoint */, tx, metrics, cancel.child_token())?;
+//! let consumer = KafkaConsumer::start(&cfg, start_offsets /* StartOffsets: TopicPartition ->
+//!                                    next offset, from the checkpoint */, tx, metrics, cancel.child_token())?;
 //! // rx yields RawRecord in partition order; when it is full the consumer pauses (and resumes).
 //! // Or one channel per kind plus a byte budget (each kind paused on its own):
 //! // KafkaConsumer::start_lanes(&cfg, start_offsets, Lanes { senders, budget }, metrics, cancel)
 //! consumer.connected()                          // bool for /readyz
-//! consumer.commit(&[(topic, partition, next_offset)]).await?   // only after a durable checkpoint
+//! consumer.commit(&[PartitionOffsets { .. }]).await?   // only after a durable checkpoint
 //! consumer.rebalance_events() / assignment() / is_paused() / position(t, p) / waiting_in_kafka(kind)
 //! consumer.take_offset_resets()                 // partitions restarted after an out-of-range offset
 //! consumer.shutdown().await;                    // closes the client
@@ -36,7 +36,6 @@ pub mod context;
 pub mod dead_letter;
 pub mod error;
 pub mod health;
-pub mod metrics;
 pub mod produce;
 pub mod queue;
 
@@ -47,6 +46,6 @@ pub use context::{PartitionReset, RebalanceEvent, ResetFeed, TopicPartition};
 pub use dead_letter::{CopyOutcome, DeadLetterProducer, TopicCheck, HEADER_ERROR, HEADER_VALUE_DROPPED, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
 pub use error::{BadLine, ConsumerError, DeadLetterError, ProduceError};
 pub use health::{BrokerHealth, HealthSnapshot};
-pub use metrics::{KafkaMetrics, CONSUMER_LAG, OFFSET_RESETS, RECORDS_PENDING};
+pub use crate::telemetry::{KafkaMetrics, CONSUMER_LAG, OFFSET_RESETS, RECORDS_PENDING};
 pub use queue::QueueBudget;
 pub use produce::{produce, ProduceProgress, ProduceRequest, ProduceSummary};

@@ -336,6 +336,14 @@ async fn a_backlog_on_all_three_topics_is_trained_in_mix_proportions() -> anyhow
     let (t, i, p, _) = counts(&meta);
     let total = (t + i + p) as f64;
     assert_eq!(meta["step"].as_u64(), Some(50));
+    // Step 50 is also a periodic checkpoint (every 5 steps): the stop does not write the same
+    // state a second time.
+    let cfg = setup.config.display().to_string();
+    let (status, out, err) = setup.command(&["checkpoint", "list", "--config", &cfg, "--json"])?;
+    anyhow::ensure!(status.success(), "checkpoint list: {err}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+    let at_50 = list.iter().filter(|c| c["step"].as_u64() == Some(50)).count();
+    assert_eq!(at_50, 1, "checkpoints at step 50 (the last one periodic, then the stop): {out}");
     let shares = [t as f64 / total, i as f64 / total, p as f64 / total];
     // The harness's default mix: text 1, image 1, pair 2.
     let mix = [0.25, 0.25, 0.5];
