@@ -3,6 +3,7 @@
 //! bit-exact save/load, ViLBERT, and the non-finite guard.
 
 mod common;
+mod compat;
 mod contrastive_toy;
 mod export;
 mod gpu_step;
