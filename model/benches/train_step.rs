@@ -6,6 +6,9 @@
 //! `cargo bench -p unimod-model --bench train_step` (sizes from `UNIMOD_BENCH_SIZES`,
 //! default `tiny,small`). Criterion's throughput line is samples/s.
 
+// `criterion_group!` defines an undocumented public function.
+#![allow(missing_docs)]
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

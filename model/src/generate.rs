@@ -423,7 +423,7 @@ impl<B: Backend> Inference<B> {
             let rows = if plan.cmcl.texts.is_empty() {
                 Vec::new()
             } else {
-                to_rows(self.model.pooled_texts(&plan, &self.config, &self.settings, &self.device))
+                to_rows(self.model.pooled_texts(&plan, &self.settings, &self.device))
             };
             out.extend(index.iter().map(|i| i.and_then(|i| rows.get(i).cloned())));
         }
@@ -440,7 +440,7 @@ impl<B: Backend> Inference<B> {
             let rows = if plan.cmcl.images.is_empty() {
                 Vec::new()
             } else {
-                to_rows(self.model.pooled_images(&plan, &self.config, &self.settings, &self.device))
+                to_rows(self.model.pooled_images(&plan, &self.settings, &self.device))
             };
             out.extend(index.iter().map(|i| i.and_then(|i| rows.get(i).cloned())));
         }

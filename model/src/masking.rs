@@ -8,29 +8,29 @@ use rand::Rng;
 use crate::config::SpecialTokens;
 
 /// Fraction of maskable tokens masked for MLM (BERT, SpanBERT).
-pub const MLM_RATIO: f32 = 0.15;
+pub(crate) const MLM_RATIO: f32 = 0.15;
 /// Geometric parameter of span lengths (SpanBERT: p = 0.2, mean about 3.8 after clipping).
-pub const SPAN_P: f64 = 0.2;
+pub(crate) const SPAN_P: f64 = 0.2;
 /// Longest masked span (SpanBERT: 10).
-pub const MAX_SPAN: usize = 10;
+pub(crate) const MAX_SPAN: usize = 10;
 /// Fraction of a text used as the seq2seq target (UNIMO: about 25%).
-pub const SEQ2SEQ_RATIO: f32 = 0.25;
+pub(crate) const SEQ2SEQ_RATIO: f32 = 0.25;
 /// Share of the image area that masked region modelling hides (the area no visible region
 /// covers).
-pub const MRM_RATIO: f32 = 0.15;
+pub(crate) const MRM_RATIO: f32 = 0.15;
 /// A region covering more than this share of a masked region's own area is masked with it.
 /// MODEL.md's IoU rule (0.3-0.4) misses containment across the pyramid's scales (a 6x6 cell
 /// inside a 3x3 cell has IoU 0.25), so the coverage rule replaces it: no masked region lies
 /// more than a quarter inside a region that stays visible.
-pub const ANCHOR_COVERAGE: f32 = 0.25;
+pub(crate) const ANCHOR_COVERAGE: f32 = 0.25;
 
 /// A text corrupted for MLM.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MaskedText {
+pub(crate) struct MaskedText {
     /// Input ids after masking (same length as the original).
-    pub input: Vec<u32>,
+    pub(crate) input: Vec<u32>,
     /// `(position, original id)` of every masked position, ascending.
-    pub targets: Vec<(usize, u32)>,
+    pub(crate) targets: Vec<(usize, u32)>,
 }
 
 /// Draws a span length from a geometric distribution clipped to [1, `MAX_SPAN`].
@@ -53,7 +53,7 @@ fn random_token<R: Rng>(rng: &mut R, vocab: usize, special: &SpecialTokens) -> O
 /// of geometric length that never cross a special token; each span is replaced by `[MASK]`
 /// (80%), random tokens (10%) or kept (10%). At least one token is masked when any is
 /// maskable.
-pub fn span_mask<R: Rng>(
+pub(crate) fn span_mask<R: Rng>(
     tokens: &[u32],
     special: &SpecialTokens,
     vocab: usize,
@@ -114,19 +114,19 @@ pub fn span_mask<R: Rng>(
 /// A text rearranged for seq2seq generation with a prefix-LM mask:
 /// `[CLS] source [SEP] target`, where the target is the selected fragments in order.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Seq2SeqText {
+pub(crate) struct Seq2SeqText {
     /// The rearranged ids (same length as the original text).
-    pub input: Vec<u32>,
+    pub(crate) input: Vec<u32>,
     /// Length of the source block `[CLS] source [SEP]`; positions from here on are target.
-    pub source_len: usize,
+    pub(crate) source_len: usize,
     /// `(position, next id)`: the output at `position` predicts `next id` (the `[SEP]` of the
     /// source predicts the first target token; the last target token predicts `[SEP]`).
-    pub targets: Vec<(usize, u32)>,
+    pub(crate) targets: Vec<(usize, u32)>,
 }
 
 /// Chooses fragments covering about `ratio` of the inner tokens of `[CLS] w.. [SEP]` as the
 /// generation target. `None` when the text is too short or not framed by `[CLS]`/`[SEP]`.
-pub fn seq2seq_split<R: Rng>(
+pub(crate) fn seq2seq_split<R: Rng>(
     tokens: &[u32],
     special: &SpecialTokens,
     ratio: f32,
@@ -175,7 +175,8 @@ pub fn seq2seq_split<R: Rng>(
 
 /// Intersection over union of two boxes given as 5-d locations (the first four entries are
 /// `x1, y1, x2, y2`).
-pub fn iou(a: &[f32; 5], b: &[f32; 5]) -> f32 {
+#[cfg(test)]
+pub(crate) fn iou(a: &[f32; 5], b: &[f32; 5]) -> f32 {
     let inter = intersection(a, b);
     let union = box_area(a) + box_area(b) - inter;
     if union <= 0.0 {
@@ -199,7 +200,7 @@ fn intersection(a: &[f32; 5], b: &[f32; 5]) -> f32 {
 
 /// The share of box `inner`'s own area that lies inside box `outer` (0 when `inner` has no
 /// area). A 6x6 pyramid cell inside a 3x3 cell has coverage 1 (and IoU only 0.25).
-pub fn coverage(inner: &[f32; 5], outer: &[f32; 5]) -> f32 {
+pub(crate) fn coverage(inner: &[f32; 5], outer: &[f32; 5]) -> f32 {
     let area = box_area(inner);
     if area <= 0.0 {
         0.0
@@ -338,7 +339,7 @@ impl HiddenArea {
 /// brings the hidden share of the image (the area covered by regions but by no visible
 /// region) closer to `ratio`, else undone; at least one anchor is always kept. Regions
 /// without any area fall back to counting masked regions against `ratio`.
-pub fn anchor_mask<R: Rng>(
+pub(crate) fn anchor_mask<R: Rng>(
     locations: &[[f32; 5]],
     ratio: f32,
     threshold: f32,

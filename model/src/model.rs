@@ -46,7 +46,7 @@ impl<B: Backend> Backbone<B> {
     }
 
     /// Encodes one group.
-    pub fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
+    pub(crate) fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
         match self {
             Self::Unimo(u) => u.encode(input),
             Self::Vilbert(v) => v.encode(input),
@@ -132,52 +132,30 @@ impl<B: Backend> PretrainModel<B> {
     }
 
     /// Encodes one group with the backbone.
-    pub fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
+    pub(crate) fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
         self.backbone.encode(input)
     }
 
     /// Encodes every non-empty group of `plan`.
-    pub fn encode_plan(
-        &self,
-        plan: &Plan,
-        config: &ModelConfig,
-        settings: &TrainSettings,
-        device: &B::Device,
-    ) -> [Option<Encoded<B>>; 3] {
-        self.encode_layout(plan, &Layout::tight(plan, config, settings), config, device)
+    pub(crate) fn encode_plan(&self, plan: &Plan, settings: &TrainSettings, device: &B::Device) -> [Option<Encoded<B>>; 3] {
+        self.encode_layout(plan, &Layout::tight(plan, &self.config, settings), device)
     }
 
     /// Encodes the groups of `plan` padded to `layout` (a group of 0 rows is skipped).
-    pub fn encode_layout(
-        &self,
-        plan: &Plan,
-        layout: &Layout,
-        config: &ModelConfig,
-        device: &B::Device,
-    ) -> [Option<Encoded<B>>; 3] {
+    pub(crate) fn encode_layout(&self, plan: &Plan, layout: &Layout, device: &B::Device) -> [Option<Encoded<B>>; 3] {
         let enc = |g: usize| {
             let shape = layout.groups[g];
-            (shape.rows > 0).then(|| self.encode(&GroupTensors::with_shape(&plan.groups[g], shape, config, device)))
+            (shape.rows > 0).then(|| self.encode(&GroupTensors::with_shape(&plan.groups[g], shape, &self.config, device)))
         };
         [enc(0), enc(1), enc(2)]
-    }
-
-    /// The losses of every objective that has targets in `plan`, in reporting order.
-    pub fn losses(
-        &self,
-        plan: &Plan,
-        config: &ModelConfig,
-        settings: &TrainSettings,
-        device: &B::Device,
-    ) -> Vec<ObjectiveLoss<B>> {
-        self.losses_in(plan, &Layout::tight(plan, config, settings), config, device)
     }
 
     /// The losses of `plan` computed at the sizes of `layout` (which holds the plan): one
     /// entry per objective the layout computes, in reporting order, each the mean over the
     /// plan's real targets (padding is masked out; 0 when the plan has none).
-    pub fn losses_in(&self, plan: &Plan, layout: &Layout, config: &ModelConfig, device: &B::Device) -> Vec<ObjectiveLoss<B>> {
-        let encoded = self.encode_layout(plan, layout, config, device);
+    pub(crate) fn losses_in(&self, plan: &Plan, layout: &Layout, device: &B::Device) -> Vec<ObjectiveLoss<B>> {
+        let config = &self.config;
+        let encoded = self.encode_layout(plan, layout, device);
         let flat = Flat::new(&encoded);
         let mut out = Vec::new();
         let int = |v: Vec<i64>| {
@@ -322,8 +300,8 @@ impl<B: Backend> PretrainModel<B> {
     ///
     /// # Shapes
     /// - output: `[itm targets]`
-    pub fn match_logits(&self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 1> {
-        let encoded = self.encode_plan(plan, config, settings, device);
+    pub(crate) fn match_logits(&self, plan: &Plan, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 1> {
+        let encoded = self.encode_plan(plan, settings, device);
         self.itm_logits(&Flat::new(&encoded), plan, plan.itm.len(), device)
     }
 
@@ -332,8 +310,8 @@ impl<B: Backend> PretrainModel<B> {
     ///
     /// # Shapes
     /// - output: `[candidates, pooled]`
-    pub fn pooled_texts(&self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 2> {
-        let encoded = self.encode_plan(plan, config, settings, device);
+    pub(crate) fn pooled_texts(&self, plan: &Plan, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 2> {
+        let encoded = self.encode_plan(plan, settings, device);
         let texts = &plan.cmcl.texts;
         self.heads.text_embedding(Flat::new(&encoded).gather(texts, texts.len(), Part::Text, device))
     }
@@ -342,8 +320,8 @@ impl<B: Backend> PretrainModel<B> {
     ///
     /// # Shapes
     /// - output: `[candidates, pooled]`
-    pub fn pooled_images(&self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 2> {
-        let encoded = self.encode_plan(plan, config, settings, device);
+    pub(crate) fn pooled_images(&self, plan: &Plan, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 2> {
+        let encoded = self.encode_plan(plan, settings, device);
         let images = &plan.cmcl.images;
         self.heads.image_embedding(Flat::new(&encoded).gather(images, images.len(), Part::Visual, device))
     }

@@ -33,7 +33,7 @@ pub fn image_key(features: &[f32]) -> u64 {
 ///
 /// `image_keys[c]` is the [`image_key`] of image candidate `c`, `texts[c]` the ids of text
 /// candidate `c`; `pairs` index into both.
-pub fn share_positives(pairs: &mut [ContrastPair], image_keys: &[u64], texts: &[&[u32]]) {
+pub(crate) fn share_positives(pairs: &mut [ContrastPair], image_keys: &[u64], texts: &[&[u32]]) {
     let n = pairs.len();
     // Candidates by identity.
     let mut images_by_key: HashMap<u64, Vec<usize>> = HashMap::new();

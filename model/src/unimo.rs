@@ -56,7 +56,7 @@ impl<B: Backend> UnimoBackbone<B> {
     ///
     /// # Shapes
     /// - output visual: `[rows * n, hidden]`, text: `[rows * t, hidden]`
-    pub fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
+    pub(crate) fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
         let mut parts = Vec::with_capacity(2);
         if let (Some(f), Some(l)) = (&input.features, &input.locations) {
             parts.push(self.visual.forward(f.clone(), l.clone()));

@@ -81,7 +81,7 @@ impl<B: Backend> VilbertBackbone<B> {
     ///
     /// # Shapes
     /// - output visual: `[rows * n, visual_hidden]`, text: `[rows * t, hidden]`
-    pub fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
+    pub(crate) fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
         let solo = self.text_layers.len() - self.co_layers.len();
         let mut text = input.ids.as_ref().map(|ids| self.text.forward(ids.clone()));
         let mut visual = match (&input.features, &input.locations) {
