@@ -20,6 +20,9 @@ mod module;
 pub use module::PretrainModelRecord;
 
 /// The backbone of a [`PretrainModel`], one per architecture.
+// One per model, built once and never moved in a loop: boxing the larger variant would buy
+// nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Backbone<B: Backend> {
     /// UNIMO's single-stream Transformer.

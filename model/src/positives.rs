@@ -68,9 +68,8 @@ pub(crate) fn share_positives(pairs: &mut [ContrastPair], image_keys: &[u64], te
     }
     let mut group_texts: HashMap<usize, Vec<usize>> = HashMap::new();
     let mut group_images: HashMap<usize, Vec<usize>> = HashMap::new();
-    for p in 0..n {
+    for (p, pair) in pairs.iter().enumerate() {
         let g = root(&mut parent, p);
-        let pair = &pairs[p];
         let texts_of = group_texts.entry(g).or_default();
         texts_of.extend(&pair.positive_texts);
         texts_of.extend(texts_by_ids.get(texts[pair.caption]).into_iter().flatten());
@@ -78,9 +77,8 @@ pub(crate) fn share_positives(pairs: &mut [ContrastPair], image_keys: &[u64], te
         images_of.extend(&pair.positive_images);
         images_of.extend(images_by_key.get(&image_keys[pair.image]).into_iter().flatten());
     }
-    for p in 0..n {
+    for (p, pair) in pairs.iter_mut().enumerate() {
         let g = root(&mut parent, p);
-        let pair = &mut pairs[p];
         merge(&mut pair.positive_texts, &group_texts[&g]);
         merge(&mut pair.positive_images, &group_images[&g]);
     }

@@ -52,7 +52,10 @@ mod tests {
         assert_eq!(g.next_u64(), 0x6E78_9E6A_A1B9_65F4);
         assert_eq!(SplitMix64::mix(0), 0xE220_A839_7B1D_CDAF);
         let u = SplitMix64::new(0).unit();
-        assert_eq!(u, (0xE220_A839_7B1D_CDAF_u64 >> 40) as f32 / (1u64 << 24) as f32);
+        assert_eq!(
+            u,
+            (0xE220_A839_7B1D_CDAF_u64 >> 40) as f32 / (1u64 << 24) as f32
+        );
         assert!((0.0..1.0).contains(&u));
     }
 }

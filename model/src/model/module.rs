@@ -5,7 +5,9 @@
 //! present) and `heads`. burn's derive would instead name the variant (`backbone.Unimo.…`)
 //! and write an enum record, which old checkpoints do not match.
 
-use burn::module::{AutodiffModule, Devices, HasAutodiffModule, Module, ModuleMapper, ModuleVisitor};
+use burn::module::{
+    AutodiffModule, Devices, HasAutodiffModule, Module, ModuleMapper, ModuleVisitor,
+};
 use burn::prelude::*;
 use burn::record::Record;
 use burn::tensor::backend::AutodiffBackend;
