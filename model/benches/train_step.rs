@@ -6,9 +6,13 @@
 //! `cargo bench -p unimod-model --bench train_step` (sizes from `UNIMOD_BENCH_SIZES`,
 //! default `tiny,small`). Criterion's throughput line is samples/s.
 
+// `criterion_group!` defines an undocumented public function.
+#![allow(missing_docs)]
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use unimod_rng::SplitMix64;
 use unimod_model::{
     Arch, CpuBackend, Example, ModelConfig, ObjectiveWeights, SpecialTokens, TrainSettings, Trainer, VisualInput,
 };
@@ -27,29 +31,13 @@ const SPECIAL: SpecialTokens = SpecialTokens {
     img: 4,
 };
 
-/// A small deterministic generator, so the inputs do not depend on `rand`'s version.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
 fn batch() -> Vec<Example> {
-    let mut rng = SplitMix(0);
+    // SplitMix64, so that the inputs do not depend on `rand`'s version.
+    let mut rng = SplitMix64::new(0);
     (0..BATCH)
         .map(|_| {
             let mut text = vec![SPECIAL.cls];
-            text.extend((0..TEXT_LEN - 2).map(|_| 5 + (rng.next() % (VOCAB as u64 - 5)) as u32));
+            text.extend((0..TEXT_LEN - 2).map(|_| 5 + (rng.next_u64() % (VOCAB as u64 - 5)) as u32));
             text.push(SPECIAL.sep);
             let features: Vec<f32> = (0..OBJECTS * FEAT).map(|_| rng.unit() * 2.0 - 1.0).collect();
             let locations = (0..OBJECTS)

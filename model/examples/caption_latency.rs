@@ -44,7 +44,7 @@ fn main() {
                     .map(|i| {
                         let img = image(1.0 + i as f32);
                         let started = Instant::now();
-                        let out = caption(&model, &config, &img, &opts).expect("caption");
+                        let out = caption(&model, &img, &opts).expect("caption");
                         assert_eq!(out.ids.len(), LEN);
                         started.elapsed().as_secs_f64() * 1e3
                     })

@@ -5,11 +5,11 @@
 //! part may be empty. A bias is 0 where a query may attend and [`BLOCKED`] where it may not.
 
 /// Additive bias of a blocked query/key pair: large enough that `exp` underflows to exactly 0.
-pub const BLOCKED: f32 = -1.0e9;
+pub(crate) const BLOCKED: f32 = -1.0e9;
 
 /// Which entries of a sequence each query sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MaskKind {
+pub(crate) enum MaskKind {
     /// Every query sees every valid (non-pad) entry.
     Bidirectional,
     /// Prefix LM: the source (all visual rows and the first `source_len` text tokens) sees
@@ -25,17 +25,17 @@ pub enum MaskKind {
 
 /// One row of a batch as the mask builder sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MaskRow {
+pub(crate) struct MaskRow {
     /// Valid visual rows (the rest of the `N` slots are padding).
-    pub visual: usize,
+    pub(crate) visual: usize,
     /// Valid text tokens (the rest of the `T` slots are padding).
-    pub text: usize,
+    pub(crate) text: usize,
     /// Visibility rule.
-    pub kind: MaskKind,
+    pub(crate) kind: MaskKind,
 }
 
 /// Key-padding bias, `[rows x (n + t)]`: the bidirectional mask, shared by every query.
-pub fn padding_bias(rows: &[MaskRow], n: usize, t: usize) -> Vec<f32> {
+pub(crate) fn padding_bias(rows: &[MaskRow], n: usize, t: usize) -> Vec<f32> {
     let l = n + t;
     let mut bias = vec![BLOCKED; rows.len() * l];
     for (b, row) in rows.iter().enumerate() {
@@ -47,7 +47,7 @@ pub fn padding_bias(rows: &[MaskRow], n: usize, t: usize) -> Vec<f32> {
 }
 
 /// Full bias, `[rows x (n + t) x (n + t)]`, for masks where queries differ.
-pub fn full_bias(rows: &[MaskRow], n: usize, t: usize) -> Vec<f32> {
+pub(crate) fn full_bias(rows: &[MaskRow], n: usize, t: usize) -> Vec<f32> {
     let l = n + t;
     let mut bias = vec![BLOCKED; rows.len() * l * l];
     for (b, row) in rows.iter().enumerate() {

@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
+use crate::nn::embeddings::{TextEmbeddingConfig, VisualEmbeddingConfig};
+use crate::nn::transformer::TransformerLayerConfig;
 
 /// Which network is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -369,6 +371,44 @@ impl ModelConfig {
     /// Width of the shared (pooled, projected) space used by CMCL, ITM and retrieval.
     pub fn pooled_dim(&self) -> usize {
         self.visual_hidden()
+    }
+
+    /// The layers of the text stream (UNIMO: of the shared Transformer).
+    pub(crate) fn text_layer(&self) -> TransformerLayerConfig {
+        TransformerLayerConfig::new(self.hidden, self.heads, self.ffn)
+            .with_dropout(self.dropout)
+            .with_init_std(self.init_std)
+            .with_layer_norm_eps(self.layer_norm_eps)
+            .with_pre_ln(self.pre_ln)
+    }
+
+    /// The layers of ViLBERT's visual stream (UNIMO: the shared Transformer's).
+    pub(crate) fn visual_layer(&self) -> TransformerLayerConfig {
+        match self.vilbert {
+            Some(v) => TransformerLayerConfig {
+                d_model: v.visual_hidden,
+                heads: v.visual_heads,
+                d_ffn: v.visual_ffn,
+                ..self.text_layer()
+            },
+            None => self.text_layer(),
+        }
+    }
+
+    /// The text embedding.
+    pub(crate) fn text_embedding(&self) -> TextEmbeddingConfig {
+        TextEmbeddingConfig::new(self.vocab_size, self.max_text_len, self.hidden)
+            .with_dropout(self.dropout)
+            .with_init_std(self.init_std)
+            .with_layer_norm_eps(self.layer_norm_eps)
+    }
+
+    /// The visual embedding (at the width of the visual hidden states).
+    pub(crate) fn visual_embedding(&self) -> VisualEmbeddingConfig {
+        VisualEmbeddingConfig::new(self.feature_dim, self.visual_hidden())
+            .with_dropout(self.dropout)
+            .with_init_std(self.init_std)
+            .with_layer_norm_eps(self.layer_norm_eps)
     }
 }
 

@@ -94,12 +94,8 @@ fn backbone<'a, B: Backend>(model: &'a PretrainModel<B>, config: &ModelConfig) -
 }
 
 /// Captions `image`.
-pub fn caption<B: Backend>(
-    model: &PretrainModel<B>,
-    config: &ModelConfig,
-    image: &VisualInput,
-    opts: &DecodeOptions,
-) -> Result<Generated, ModelError> {
+pub fn caption<B: Backend>(model: &PretrainModel<B>, image: &VisualInput, opts: &DecodeOptions) -> Result<Generated, ModelError> {
+    let config = model.config();
     backbone(model, config)?;
     if let Some(problem) = image.problem(config.feature_dim) {
         return Err(ModelError::Input(problem));
@@ -119,12 +115,8 @@ pub fn caption<B: Backend>(
 /// Continues a prompt given as token ids (`[CLS] w.. [SEP]` or bare words; ids outside the
 /// vocabulary are an error). Long prompts keep their last words, leaving room for at least
 /// one generated token.
-pub fn continue_text<B: Backend>(
-    model: &PretrainModel<B>,
-    config: &ModelConfig,
-    prompt: &[u32],
-    opts: &DecodeOptions,
-) -> Result<Generated, ModelError> {
+pub fn continue_text<B: Backend>(model: &PretrainModel<B>, prompt: &[u32], opts: &DecodeOptions) -> Result<Generated, ModelError> {
+    let config = model.config();
     backbone(model, config)?;
     let sp = config.special;
     if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= config.vocab_size) {
@@ -359,7 +351,6 @@ const EMBED_CHUNK: usize = 64;
 #[derive(Debug, Clone)]
 pub struct Inference<B: Backend> {
     model: PretrainModel<B>,
-    config: ModelConfig,
     settings: TrainSettings,
     device: B::Device,
     step: u64,
@@ -374,7 +365,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         let device = model.devices().into_iter().next().unwrap_or_default();
         Inference {
             model,
-            config: self.config().clone(),
             settings: self.settings().clone(),
             device,
             step,
@@ -390,21 +380,21 @@ impl<B: Backend> Inference<B> {
 
     /// The model configuration.
     pub fn config(&self) -> &ModelConfig {
-        &self.config
+        self.model.config()
     }
 
     /// Captions `image`.
     pub fn caption(&self, image: &VisualInput, opts: &DecodeOptions) -> Result<Generated, ModelError> {
-        caption(&self.model, &self.config, image, opts)
+        caption(&self.model, image, opts)
     }
 
     /// Continues `prompt` (token ids).
     pub fn continue_text(&self, prompt: &[u32], opts: &DecodeOptions) -> Result<Generated, ModelError> {
-        continue_text(&self.model, &self.config, prompt, opts)
+        continue_text(&self.model, prompt, opts)
     }
 
     fn contrastive(&self) -> Result<(), ModelError> {
-        if self.config.arch == Arch::Unimo {
+        if self.config().arch == Arch::Unimo {
             Ok(())
         } else {
             Err(ModelError::Unsupported(
@@ -419,11 +409,11 @@ impl<B: Backend> Inference<B> {
         self.contrastive()?;
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(EMBED_CHUNK) {
-            let (plan, index) = Plan::for_texts(chunk, &self.config);
+            let (plan, index) = Plan::for_texts(chunk, self.config());
             let rows = if plan.cmcl.texts.is_empty() {
                 Vec::new()
             } else {
-                to_rows(self.model.pooled_texts(&plan, &self.config, &self.settings, &self.device))
+                to_rows(self.model.pooled_texts(&plan, &self.settings, &self.device))
             };
             out.extend(index.iter().map(|i| i.and_then(|i| rows.get(i).cloned())));
         }
@@ -436,11 +426,11 @@ impl<B: Backend> Inference<B> {
         self.contrastive()?;
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(EMBED_CHUNK) {
-            let (plan, index) = Plan::for_images(chunk, &self.config);
+            let (plan, index) = Plan::for_images(chunk, self.config());
             let rows = if plan.cmcl.images.is_empty() {
                 Vec::new()
             } else {
-                to_rows(self.model.pooled_images(&plan, &self.config, &self.settings, &self.device))
+                to_rows(self.model.pooled_images(&plan, &self.settings, &self.device))
             };
             out.extend(index.iter().map(|i| i.and_then(|i| rows.get(i).cloned())));
         }

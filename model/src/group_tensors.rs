@@ -8,23 +8,22 @@ use crate::attention_mask::{full_bias, padding_bias, MaskKind, MaskRow};
 use crate::config::ModelConfig;
 use crate::plan::Group;
 use crate::layout::GroupShape;
-use crate::settings::TrainSettings;
 
 /// Padded tensors of one encoder call.
 #[derive(Debug, Clone)]
-pub struct GroupTensors<B: Backend> {
+pub(crate) struct GroupTensors<B: Backend> {
     /// Rows in the call.
-    pub rows: usize,
+    pub(crate) rows: usize,
     /// Padded visual length (0 without images).
-    pub n: usize,
+    pub(crate) n: usize,
     /// Padded text length (0 without texts).
-    pub t: usize,
+    pub(crate) t: usize,
     /// Token ids, `[rows, t]`.
-    pub ids: Option<Tensor<B, 2, Int>>,
+    pub(crate) ids: Option<Tensor<B, 2, Int>>,
     /// Visual features, `[rows, n, feature_dim]`.
-    pub features: Option<Tensor<B, 3>>,
+    pub(crate) features: Option<Tensor<B, 3>>,
     /// Visual locations, `[rows, n, 5]`.
-    pub locations: Option<Tensor<B, 3>>,
+    pub(crate) locations: Option<Tensor<B, 3>>,
     mask_rows: Vec<MaskRow>,
     full_mask: bool,
     device: B::Device,
@@ -32,14 +31,15 @@ pub struct GroupTensors<B: Backend> {
 
 impl<B: Backend> GroupTensors<B> {
     /// Pads `group` to bucketed lengths and uploads it to `device`.
-    pub fn new(group: &Group, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(group: &Group, config: &ModelConfig, settings: &crate::settings::TrainSettings, device: &B::Device) -> Self {
         Self::with_shape(group, GroupShape::of(group, config, settings), config, device)
     }
 
     /// Pads `group` to `shape` (which must hold it: at least its rows and lengths) and
     /// uploads it. Padding rows hold one visible pad token and/or one zero visual row, so
     /// that every row attends to something; nothing reads their outputs.
-    pub fn with_shape(group: &Group, shape: GroupShape, config: &ModelConfig, device: &B::Device) -> Self {
+    pub(crate) fn with_shape(group: &Group, shape: GroupShape, config: &ModelConfig, device: &B::Device) -> Self {
         let GroupShape { rows, n, t, full_mask } = shape;
         debug_assert!(rows >= group.rows(), "{rows} < {}", group.rows());
         let ids = (t > 0).then(|| {
@@ -93,18 +93,18 @@ impl<B: Backend> GroupTensors<B> {
 
     /// Attention bias over the joint sequence `[visual; text]`: `[rows, 1, 1, n + t]` when
     /// every row is bidirectional, `[rows, 1, n + t, n + t]` otherwise.
-    pub fn joint_bias(&self) -> Tensor<B, 4> {
+    pub(crate) fn joint_bias(&self) -> Tensor<B, 4> {
         self.bias_of(&self.mask_rows, self.n, self.t, self.full_mask)
     }
 
     /// Self-attention bias of the text part alone (ViLBERT's text stream).
-    pub fn text_bias(&self) -> Tensor<B, 4> {
+    pub(crate) fn text_bias(&self) -> Tensor<B, 4> {
         let rows: Vec<MaskRow> = self.mask_rows.iter().map(|r| MaskRow { visual: 0, ..*r }).collect();
         self.bias_of(&rows, 0, self.t, self.full_mask)
     }
 
     /// Key-padding bias of the visual part alone, `[rows, 1, 1, n]`.
-    pub fn visual_keys(&self) -> Tensor<B, 4> {
+    pub(crate) fn visual_keys(&self) -> Tensor<B, 4> {
         let rows: Vec<MaskRow> = self
             .mask_rows
             .iter()
@@ -118,7 +118,7 @@ impl<B: Backend> GroupTensors<B> {
     }
 
     /// Key-padding bias of the text part alone, `[rows, 1, 1, t]`.
-    pub fn text_keys(&self) -> Tensor<B, 4> {
+    pub(crate) fn text_keys(&self) -> Tensor<B, 4> {
         let rows: Vec<MaskRow> = self
             .mask_rows
             .iter()
@@ -149,13 +149,13 @@ impl<B: Backend> GroupTensors<B> {
 
 /// Hidden states of one encoder call, flattened so that rows can be gathered by index.
 #[derive(Debug, Clone)]
-pub struct Encoded<B: Backend> {
+pub(crate) struct Encoded<B: Backend> {
     /// Visual states, `[rows * n, visual_hidden]`.
-    pub visual: Option<Tensor<B, 2>>,
+    pub(crate) visual: Option<Tensor<B, 2>>,
     /// Text states, `[rows * t, text_hidden]`.
-    pub text: Option<Tensor<B, 2>>,
+    pub(crate) text: Option<Tensor<B, 2>>,
     /// Padded visual length (row stride of `visual`).
-    pub n: usize,
+    pub(crate) n: usize,
     /// Padded text length (row stride of `text`).
-    pub t: usize,
+    pub(crate) t: usize,
 }

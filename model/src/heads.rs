@@ -2,6 +2,7 @@
 //! classification, the contrastive projections with their learnable temperature, and the
 //! image-text matching classifier.
 
+use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
@@ -16,6 +17,60 @@ pub const INIT_TEMPERATURE: f64 = 0.07;
 pub const MIN_TEMPERATURE: f64 = 0.001;
 /// Largest temperature.
 pub const MAX_TEMPERATURE: f64 = 0.5;
+
+/// Configuration of the [`Heads`]; `From<&ModelConfig>` gives the one of a model.
+#[derive(Config, Debug)]
+pub struct HeadsConfig {
+    /// Width of the text hidden states.
+    pub d_text: usize,
+    /// Width of the visual hidden states.
+    pub d_visual: usize,
+    /// Width of the shared (pooled, projected) space.
+    pub d_pooled: usize,
+    /// Vocabulary size (the MLM output bias).
+    pub vocab_size: usize,
+    /// Width of a visual feature row (the region regression target).
+    pub feature_dim: usize,
+    /// Detector classes of the region KL head (0: no such head).
+    #[config(default = 0)]
+    pub region_classes: usize,
+    /// Standard deviation of the normal weight initialisation.
+    #[config(default = 0.02)]
+    pub init_std: f64,
+    /// LayerNorm epsilon.
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
+}
+
+impl From<&ModelConfig> for HeadsConfig {
+    fn from(config: &ModelConfig) -> Self {
+        Self::new(config.hidden, config.visual_hidden(), config.pooled_dim(), config.vocab_size, config.feature_dim)
+            .with_region_classes(config.region_classes)
+            .with_init_std(config.init_std)
+            .with_layer_norm_eps(config.layer_norm_eps)
+    }
+}
+
+impl HeadsConfig {
+    /// The heads with fresh weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Heads<B> {
+        let (ht, hv, p) = (self.d_text, self.d_visual, self.d_pooled);
+        let std = self.init_std;
+        Heads {
+            mlm_transform: init::linear(ht, ht, std, device),
+            mlm_norm: LayerNormConfig::new(ht).with_epsilon(self.layer_norm_eps).init(device),
+            mlm_bias: Param::from_tensor(Tensor::zeros([self.vocab_size], device)),
+            mrm_feature: init::linear(hv, self.feature_dim, std, device),
+            mrm_classes: (self.region_classes > 0).then(|| init::linear(hv, self.region_classes, std, device)),
+            project_text: init::linear(ht, p, std, device),
+            project_image: init::linear(hv, p, std, device),
+            logit_scale: Param::from_tensor(Tensor::from_floats([(1.0 / INIT_TEMPERATURE).ln() as f32], device)),
+            itm_text: init::linear(ht, p, std, device),
+            itm_image: init::linear(hv, p, std, device),
+            itm: init::linear(p, 1, std, device),
+        }
+    }
+}
 
 /// All pretraining heads.
 #[derive(Module, Debug)]
@@ -44,27 +99,6 @@ pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 impl<B: Backend> Heads<B> {
-    /// Heads for `config` with fresh weights.
-    pub fn new(config: &ModelConfig, device: &B::Device) -> Self {
-        let (ht, hv, p) = (config.hidden, config.visual_hidden(), config.pooled_dim());
-        let std = config.init_std;
-        Self {
-            mlm_transform: init::linear(ht, ht, std, device),
-            mlm_norm: LayerNormConfig::new(ht)
-                .with_epsilon(config.layer_norm_eps)
-                .init(device),
-            mlm_bias: Param::from_tensor(Tensor::zeros([config.vocab_size], device)),
-            mrm_feature: init::linear(hv, config.feature_dim, std, device),
-            mrm_classes: (config.region_classes > 0).then(|| init::linear(hv, config.region_classes, std, device)),
-            project_text: init::linear(ht, p, std, device),
-            project_image: init::linear(hv, p, std, device),
-            logit_scale: Param::from_tensor(Tensor::from_floats([(1.0 / INIT_TEMPERATURE).ln() as f32], device)),
-            itm_text: init::linear(ht, p, std, device),
-            itm_image: init::linear(hv, p, std, device),
-            itm: init::linear(p, 1, std, device),
-        }
-    }
-
     /// Vocabulary logits, output tied to the word embeddings.
     ///
     /// # Shapes

@@ -72,7 +72,7 @@ pub struct Layout {
 impl GroupShape {
     /// The exact shape of `group`: its rows, lengths rounded up to the buckets, and a
     /// per-query mask only when some row needs one.
-    pub fn of(group: &Group, config: &ModelConfig, settings: &TrainSettings) -> Self {
+    pub(crate) fn of(group: &Group, config: &ModelConfig, settings: &TrainSettings) -> Self {
     let rows = group.rows();
     let max_t = group.texts.iter().map(Vec::len).max().unwrap_or(0);
     let max_n = group.images.iter().map(|i| i.rows()).max().unwrap_or(0);
@@ -95,7 +95,7 @@ impl GroupShape {
 
 impl Layout {
     /// The exact sizes of `plan`, with lengths bucketed ([`ShapePolicy::Tight`]).
-    pub fn tight(plan: &Plan, config: &ModelConfig, settings: &TrainSettings) -> Self {
+    pub(crate) fn tight(plan: &Plan, config: &ModelConfig, settings: &TrainSettings) -> Self {
         let mut groups = [GroupShape::default(); 3];
         for (g, shape) in groups.iter_mut().enumerate() {
             *shape = GroupShape::of(&plan.groups[g], config, settings);
@@ -242,7 +242,7 @@ impl Shapes {
     }
 
     /// The layout of `plan` under the policy (recorded as seen).
-    pub fn layout(&mut self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings) -> Layout {
+    pub(crate) fn layout(&mut self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings) -> Layout {
         let tight = Layout::tight(plan, config, settings);
         let layout = match self.policy {
             ShapePolicy::Tight => tight,

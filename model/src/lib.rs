@@ -7,22 +7,22 @@
 //! [`Trainer::embed_texts`] (UNIMO) or [`Trainer::match_scores`] (both; ViLBERT's
 //! alignment prediction) for retrieval. Nothing here knows about Kafka or storage.
 
-pub mod attention_mask;
+pub(crate) mod attention_mask;
 pub mod backend;
 pub mod config;
 pub mod error;
 pub mod generate;
 pub mod example;
 pub mod export;
-pub mod group_tensors;
+pub(crate) mod group_tensors;
 pub mod heads;
 pub mod layout;
-pub mod masking;
+pub(crate) mod masking;
 pub mod model;
 pub mod nn;
 pub mod objectives;
 pub mod optimizer;
-pub mod plan;
+pub(crate) mod plan;
 pub mod positives;
 pub mod readback;
 pub mod retrieval;
@@ -41,3 +41,6 @@ pub use settings::TrainSettings;
 pub use trainer::{StepReport, Trainer, TrainerState};
 
 pub use backend::CpuBackend;
+
+#[cfg(test)]
+mod tests;

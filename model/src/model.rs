@@ -8,19 +8,82 @@ use burn::tensor::TensorData;
 use crate::config::{Arch, ModelConfig, Objective};
 use crate::group_tensors::{Encoded, GroupTensors};
 use crate::layout::Layout;
-use crate::heads::Heads;
+use crate::heads::{Heads, HeadsConfig};
 use crate::objectives::{contrastive, matching, region, token};
 use crate::plan::{Plan, Slot, JOINT};
 use crate::settings::TrainSettings;
-use crate::unimo::UnimoBackbone;
-use crate::vilbert::VilbertBackbone;
+use crate::unimo::{UnimoBackbone, UnimoBackboneConfig};
+use crate::vilbert::{VilbertBackbone, VilbertBackboneConfig};
 
-/// A backbone with its pretraining heads. Exactly one backbone is present.
+mod module;
+
+pub use module::PretrainModelRecord;
+
+/// The backbone of a [`PretrainModel`], one per architecture.
+// One per model, built once and never moved in a loop: boxing the larger variant would buy
+// nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
+pub enum Backbone<B: Backend> {
+    /// UNIMO's single-stream Transformer.
+    Unimo(UnimoBackbone<B>),
+    /// ViLBERT's two streams with co-attention.
+    Vilbert(VilbertBackbone<B>),
+}
+
+impl<B: Backend> Backbone<B> {
+    /// The backbone of `config` with fresh weights.
+    pub fn new(config: &ModelConfig, device: &B::Device) -> Self {
+        match config.arch {
+            Arch::Unimo => Self::Unimo(UnimoBackboneConfig::from(config).init(device)),
+            Arch::Vilbert => Self::Vilbert(VilbertBackboneConfig::from(config).init(device)),
+        }
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> Arch {
+        match self {
+            Self::Unimo(_) => Arch::Unimo,
+            Self::Vilbert(_) => Arch::Vilbert,
+        }
+    }
+
+    /// Encodes one group.
+    pub(crate) fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
+        match self {
+            Self::Unimo(u) => u.encode(input),
+            Self::Vilbert(v) => v.encode(input),
+        }
+    }
+
+    /// The word embedding matrix, `[vocab, hidden]` (the tied MLM output).
+    pub fn word_weight(&self) -> Tensor<B, 2> {
+        match self {
+            Self::Unimo(u) => u.text.word.weight.val(),
+            Self::Vilbert(v) => v.text.word.weight.val(),
+        }
+    }
+}
+
+/// A backbone with its pretraining heads, and the configuration they were built from.
+///
+/// Its [`Module`] implementation is written out (`model/module.rs`) to keep the parameter
+/// paths and record layout of older checkpoints.
+#[derive(Debug)]
 pub struct PretrainModel<B: Backend> {
-    unimo: Option<UnimoBackbone<B>>,
-    vilbert: Option<VilbertBackbone<B>>,
+    backbone: Backbone<B>,
     heads: Heads<B>,
+    config: ModelConfig,
+}
+
+impl<B: Backend> Clone for PretrainModel<B> {
+    fn clone(&self) -> Self {
+        Self {
+            backbone: self.backbone.clone(),
+            heads: self.heads.clone(),
+            config: self.config.clone(),
+        }
+    }
 }
 
 /// The loss of one objective with its count of valid targets.
@@ -44,14 +107,10 @@ enum Part {
 impl<B: Backend> PretrainModel<B> {
     /// A model for `config` with fresh weights.
     pub fn new(config: &ModelConfig, device: &B::Device) -> Self {
-        let (unimo, vilbert) = match config.arch {
-            Arch::Unimo => (Some(UnimoBackbone::new(config, device)), None),
-            Arch::Vilbert => (None, Some(VilbertBackbone::new(config, device))),
-        };
         let model = Self {
-            unimo,
-            vilbert,
-            heads: Heads::new(config, device),
+            backbone: Backbone::new(config, device),
+            heads: HeadsConfig::from(config).init(device),
+            config: config.clone(),
         };
         // burn initialises parameters lazily, and a clone of an uninitialised parameter
         // draws its own values: materialise them now, so that clones (saved states, eval
@@ -65,66 +124,41 @@ impl<B: Backend> PretrainModel<B> {
         &self.heads
     }
 
-    /// Encodes one group with the backbone.
-    pub fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
-        match (&self.unimo, &self.vilbert) {
-            (Some(u), _) => u.encode(input),
-            (None, Some(v)) => v.encode(input),
-            (None, None) => unreachable!("a PretrainModel always has a backbone"),
-        }
+    /// The backbone.
+    pub fn backbone(&self) -> &Backbone<B> {
+        &self.backbone
     }
 
-    /// The word embedding matrix, `[vocab, hidden]` (the tied MLM output).
-    fn word_weight(&self) -> Tensor<B, 2> {
-        match (&self.unimo, &self.vilbert) {
-            (Some(u), _) => u.text.word.weight.val(),
-            (None, Some(v)) => v.text.word.weight.val(),
-            (None, None) => unreachable!("a PretrainModel always has a backbone"),
-        }
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Encodes one group with the backbone.
+    pub(crate) fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
+        self.backbone.encode(input)
     }
 
     /// Encodes every non-empty group of `plan`.
-    pub fn encode_plan(
-        &self,
-        plan: &Plan,
-        config: &ModelConfig,
-        settings: &TrainSettings,
-        device: &B::Device,
-    ) -> [Option<Encoded<B>>; 3] {
-        self.encode_layout(plan, &Layout::tight(plan, config, settings), config, device)
+    pub(crate) fn encode_plan(&self, plan: &Plan, settings: &TrainSettings, device: &B::Device) -> [Option<Encoded<B>>; 3] {
+        self.encode_layout(plan, &Layout::tight(plan, &self.config, settings), device)
     }
 
     /// Encodes the groups of `plan` padded to `layout` (a group of 0 rows is skipped).
-    pub fn encode_layout(
-        &self,
-        plan: &Plan,
-        layout: &Layout,
-        config: &ModelConfig,
-        device: &B::Device,
-    ) -> [Option<Encoded<B>>; 3] {
+    pub(crate) fn encode_layout(&self, plan: &Plan, layout: &Layout, device: &B::Device) -> [Option<Encoded<B>>; 3] {
         let enc = |g: usize| {
             let shape = layout.groups[g];
-            (shape.rows > 0).then(|| self.encode(&GroupTensors::with_shape(&plan.groups[g], shape, config, device)))
+            (shape.rows > 0).then(|| self.encode(&GroupTensors::with_shape(&plan.groups[g], shape, &self.config, device)))
         };
         [enc(0), enc(1), enc(2)]
-    }
-
-    /// The losses of every objective that has targets in `plan`, in reporting order.
-    pub fn losses(
-        &self,
-        plan: &Plan,
-        config: &ModelConfig,
-        settings: &TrainSettings,
-        device: &B::Device,
-    ) -> Vec<ObjectiveLoss<B>> {
-        self.losses_in(plan, &Layout::tight(plan, config, settings), config, device)
     }
 
     /// The losses of `plan` computed at the sizes of `layout` (which holds the plan): one
     /// entry per objective the layout computes, in reporting order, each the mean over the
     /// plan's real targets (padding is masked out; 0 when the plan has none).
-    pub fn losses_in(&self, plan: &Plan, layout: &Layout, config: &ModelConfig, device: &B::Device) -> Vec<ObjectiveLoss<B>> {
-        let encoded = self.encode_layout(plan, layout, config, device);
+    pub(crate) fn losses_in(&self, plan: &Plan, layout: &Layout, device: &B::Device) -> Vec<ObjectiveLoss<B>> {
+        let config = &self.config;
+        let encoded = self.encode_layout(plan, layout, device);
         let flat = Flat::new(&encoded);
         let mut out = Vec::new();
         let int = |v: Vec<i64>| {
@@ -154,7 +188,7 @@ impl<B: Backend> PretrainModel<B> {
             for (l, t) in labels.iter_mut().zip(targets.iter()) {
                 *l = t.label as i64;
             }
-            let logits = self.heads.token_logits(hidden, self.word_weight());
+            let logits = self.heads.token_logits(hidden, self.backbone.word_weight());
             out.push(ObjectiveLoss {
                 objective,
                 loss: token::masked_cross_entropy(logits, int(labels), float(ones_then_zeros(targets.len(), padded)), targets.len()),
@@ -269,8 +303,8 @@ impl<B: Backend> PretrainModel<B> {
     ///
     /// # Shapes
     /// - output: `[itm targets]`
-    pub fn match_logits(&self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 1> {
-        let encoded = self.encode_plan(plan, config, settings, device);
+    pub(crate) fn match_logits(&self, plan: &Plan, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 1> {
+        let encoded = self.encode_plan(plan, settings, device);
         self.itm_logits(&Flat::new(&encoded), plan, plan.itm.len(), device)
     }
 
@@ -279,8 +313,8 @@ impl<B: Backend> PretrainModel<B> {
     ///
     /// # Shapes
     /// - output: `[candidates, pooled]`
-    pub fn pooled_texts(&self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 2> {
-        let encoded = self.encode_plan(plan, config, settings, device);
+    pub(crate) fn pooled_texts(&self, plan: &Plan, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 2> {
+        let encoded = self.encode_plan(plan, settings, device);
         let texts = &plan.cmcl.texts;
         self.heads.text_embedding(Flat::new(&encoded).gather(texts, texts.len(), Part::Text, device))
     }
@@ -289,8 +323,8 @@ impl<B: Backend> PretrainModel<B> {
     ///
     /// # Shapes
     /// - output: `[candidates, pooled]`
-    pub fn pooled_images(&self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 2> {
-        let encoded = self.encode_plan(plan, config, settings, device);
+    pub(crate) fn pooled_images(&self, plan: &Plan, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 2> {
+        let encoded = self.encode_plan(plan, settings, device);
         let images = &plan.cmcl.images;
         self.heads.image_embedding(Flat::new(&encoded).gather(images, images.len(), Part::Visual, device))
     }
@@ -372,6 +406,9 @@ impl<B: Backend> Flat<B> {
 impl<B: Backend> PretrainModel<B> {
     /// The UNIMO backbone (`None` for ViLBERT), for generation.
     pub fn unimo(&self) -> Option<&UnimoBackbone<B>> {
-        self.unimo.as_ref()
+        match &self.backbone {
+            Backbone::Unimo(u) => Some(u),
+            Backbone::Vilbert(_) => None,
+        }
     }
 }

@@ -17,47 +17,47 @@ use crate::objectives::caption;
 use crate::positives;
 
 /// Index of the text-row group.
-pub const TEXT: usize = 0;
+pub(crate) const TEXT: usize = 0;
 /// Index of the image-row group.
-pub const IMAGE: usize = 1;
+pub(crate) const IMAGE: usize = 1;
 /// Index of the joint (image then text) group.
-pub const JOINT: usize = 2;
+pub(crate) const JOINT: usize = 2;
 
 /// One image's rows after truncation and masking.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ImageRows {
+pub(crate) struct ImageRows {
     /// Row-major features (masked rows zeroed), `rows x feature_dim`.
-    pub features: Vec<f32>,
+    pub(crate) features: Vec<f32>,
     /// Locations, one per row.
-    pub locations: Vec<[f32; 5]>,
+    pub(crate) locations: Vec<[f32; 5]>,
 }
 
 impl ImageRows {
     /// Number of rows.
-    pub fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.locations.len()
     }
 }
 
 /// The rows of one encoder call.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Group {
+pub(crate) struct Group {
     /// Text of each row (text and joint groups).
-    pub texts: Vec<Vec<u32>>,
+    pub(crate) texts: Vec<Vec<u32>>,
     /// Image of each row (image and joint groups).
-    pub images: Vec<ImageRows>,
+    pub(crate) images: Vec<ImageRows>,
     /// Visibility rule of each row.
-    pub kinds: Vec<MaskKind>,
+    pub(crate) kinds: Vec<MaskKind>,
 }
 
 impl Group {
     /// Number of rows.
-    pub fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.kinds.len()
     }
 
     /// The mask description of each row.
-    pub fn mask_rows(&self) -> Vec<MaskRow> {
+    pub(crate) fn mask_rows(&self) -> Vec<MaskRow> {
         (0..self.rows())
             .map(|r| MaskRow {
                 visual: self.images.get(r).map_or(0, ImageRows::rows),
@@ -89,91 +89,91 @@ impl Group {
 
 /// A position in one group's rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slot {
+pub(crate) struct Slot {
     /// Group index ([`TEXT`], [`IMAGE`] or [`JOINT`]).
-    pub group: usize,
+    pub(crate) group: usize,
     /// Row in the group.
-    pub row: usize,
+    pub(crate) row: usize,
     /// Position in the row's text (token targets) or visual rows (region targets).
-    pub pos: usize,
+    pub(crate) pos: usize,
 }
 
 /// A token to predict (MLM or seq2seq).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenTarget {
+pub(crate) struct TokenTarget {
     /// Where the prediction is read.
-    pub slot: Slot,
+    pub(crate) slot: Slot,
     /// The id to predict.
-    pub label: u32,
+    pub(crate) label: u32,
 }
 
 /// A masked region to reconstruct.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RegionTarget {
+pub(crate) struct RegionTarget {
     /// Where the prediction is read.
-    pub slot: Slot,
+    pub(crate) slot: Slot,
     /// The original feature row.
-    pub feature: Vec<f32>,
+    pub(crate) feature: Vec<f32>,
     /// The detector's class distribution, when given and matching the model's class count.
-    pub classes: Option<Vec<f32>>,
+    pub(crate) classes: Option<Vec<f32>>,
 }
 
 /// Positives of one pair in the contrastive loss.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContrastPair {
+pub(crate) struct ContrastPair {
     /// Index of the pair's image among the image candidates.
-    pub image: usize,
+    pub(crate) image: usize,
     /// Index of the caption among the text candidates.
-    pub caption: usize,
+    pub(crate) caption: usize,
     /// Text candidates that are positives for the image (caption and retrieved texts).
-    pub positive_texts: Vec<usize>,
+    pub(crate) positive_texts: Vec<usize>,
     /// Image candidates that are positives for the caption (image and retrieved images).
-    pub positive_images: Vec<usize>,
+    pub(crate) positive_images: Vec<usize>,
 }
 
 /// The contrastive loss's candidates (pooled from rows) and group structure.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ContrastPlan {
+pub(crate) struct ContrastPlan {
     /// Rows whose pooled `[CLS]` is a text candidate.
-    pub texts: Vec<Slot>,
+    pub(crate) texts: Vec<Slot>,
     /// Rows whose pooled `[IMG]` is an image candidate.
-    pub images: Vec<Slot>,
+    pub(crate) images: Vec<Slot>,
     /// One entry per pair.
-    pub pairs: Vec<ContrastPair>,
+    pub(crate) pairs: Vec<ContrastPair>,
 }
 
 /// An image-text matching example: a joint row and whether its caption belongs to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MatchTarget {
+pub(crate) struct MatchTarget {
     /// Row in the joint group.
-    pub row: usize,
+    pub(crate) row: usize,
     /// True for the real caption.
-    pub matched: bool,
+    pub(crate) matched: bool,
 }
 
 /// Everything one micro-batch needs, on the CPU.
 #[derive(Debug, Clone, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Text, image and joint rows.
-    pub groups: [Group; 3],
+    pub(crate) groups: [Group; 3],
     /// MLM targets.
-    pub mlm: Vec<TokenTarget>,
+    pub(crate) mlm: Vec<TokenTarget>,
     /// Seq2seq targets.
-    pub seq2seq: Vec<TokenTarget>,
+    pub(crate) seq2seq: Vec<TokenTarget>,
     /// Image-to-text seq2seq (caption) targets.
-    pub caption: Vec<TokenTarget>,
+    pub(crate) caption: Vec<TokenTarget>,
     /// MRM targets.
-    pub mrm: Vec<RegionTarget>,
+    pub(crate) mrm: Vec<RegionTarget>,
     /// CMCL structure.
-    pub cmcl: ContrastPlan,
+    pub(crate) cmcl: ContrastPlan,
     /// ITM rows.
-    pub itm: Vec<MatchTarget>,
+    pub(crate) itm: Vec<MatchTarget>,
     /// Examples used.
-    pub samples: usize,
+    pub(crate) samples: usize,
     /// Text tokens of the examples used (primary texts only).
-    pub tokens: usize,
+    pub(crate) tokens: usize,
     /// Examples dropped as unusable (ids outside the vocabulary, bad visual shapes, empty).
-    pub dropped: usize,
+    pub(crate) dropped: usize,
 }
 
 /// Truncates a text to `max` tokens keeping its last token (`[SEP]`); `None` if any id is
@@ -244,7 +244,7 @@ fn mask_regions<R: Rng>(
 
 impl Plan {
     /// Plans one micro-batch for `config`'s objectives.
-    pub fn build<R: Rng>(examples: &[Example], config: &ModelConfig, rng: &mut R) -> Plan {
+    pub(crate) fn build<R: Rng>(examples: &[Example], config: &ModelConfig, rng: &mut R) -> Plan {
         let mut plan = Plan::default();
         let special = config.special;
         let (mlm, s2s, mrm) = (
@@ -425,7 +425,7 @@ impl Plan {
     /// Joint rows, one per `(image, text)` combination in order, each an unmasked
     /// bidirectional row with an ITM target (labelled matched; the label is unused when
     /// scoring), for [`crate::model::PretrainModel::match_logits`].
-    pub fn for_matching(pairs: &[(&ImageRows, &[u32])]) -> Plan {
+    pub(crate) fn for_matching(pairs: &[(&ImageRows, &[u32])]) -> Plan {
         let mut plan = Plan::default();
         for (image, ids) in pairs {
             let row = plan.groups[JOINT].push_joint((*image).clone(), ids.to_vec());
@@ -436,18 +436,18 @@ impl Plan {
 
     /// Each text truncated to the model's limit, or `None` when unusable (empty, ids
     /// outside the vocabulary), as every plan cleans its inputs.
-    pub fn clean_texts(texts: &[Vec<u32>], config: &ModelConfig) -> Vec<Option<Vec<u32>>> {
+    pub(crate) fn clean_texts(texts: &[Vec<u32>], config: &ModelConfig) -> Vec<Option<Vec<u32>>> {
         texts.iter().map(|t| clean_text(t, config)).collect()
     }
 
     /// Each image truncated to the model's limit, or `None` when unusable
     /// ([`VisualInput::problem`]).
-    pub fn clean_images(images: &[VisualInput], config: &ModelConfig) -> Vec<Option<ImageRows>> {
+    pub(crate) fn clean_images(images: &[VisualInput], config: &ModelConfig) -> Vec<Option<ImageRows>> {
         images.iter().map(|i| clean_image(i, config)).collect()
     }
 
     /// A plan that only encodes texts, for pooled text embeddings (no masking).
-    pub fn for_texts(texts: &[Vec<u32>], config: &ModelConfig) -> (Plan, Vec<Option<usize>>) {
+    pub(crate) fn for_texts(texts: &[Vec<u32>], config: &ModelConfig) -> (Plan, Vec<Option<usize>>) {
         let mut plan = Plan::default();
         let mut index = Vec::with_capacity(texts.len());
         for t in texts {
@@ -461,7 +461,7 @@ impl Plan {
     }
 
     /// A plan that only encodes images, for pooled image embeddings (no masking).
-    pub fn for_images(images: &[VisualInput], config: &ModelConfig) -> (Plan, Vec<Option<usize>>) {
+    pub(crate) fn for_images(images: &[VisualInput], config: &ModelConfig) -> (Plan, Vec<Option<usize>>) {
         let mut plan = Plan::default();
         let mut index = Vec::with_capacity(images.len());
         for i in images {

@@ -33,7 +33,7 @@ pub fn image_key(features: &[f32]) -> u64 {
 ///
 /// `image_keys[c]` is the [`image_key`] of image candidate `c`, `texts[c]` the ids of text
 /// candidate `c`; `pairs` index into both.
-pub fn share_positives(pairs: &mut [ContrastPair], image_keys: &[u64], texts: &[&[u32]]) {
+pub(crate) fn share_positives(pairs: &mut [ContrastPair], image_keys: &[u64], texts: &[&[u32]]) {
     let n = pairs.len();
     // Candidates by identity.
     let mut images_by_key: HashMap<u64, Vec<usize>> = HashMap::new();
@@ -68,9 +68,8 @@ pub fn share_positives(pairs: &mut [ContrastPair], image_keys: &[u64], texts: &[
     }
     let mut group_texts: HashMap<usize, Vec<usize>> = HashMap::new();
     let mut group_images: HashMap<usize, Vec<usize>> = HashMap::new();
-    for p in 0..n {
+    for (p, pair) in pairs.iter().enumerate() {
         let g = root(&mut parent, p);
-        let pair = &pairs[p];
         let texts_of = group_texts.entry(g).or_default();
         texts_of.extend(&pair.positive_texts);
         texts_of.extend(texts_by_ids.get(texts[pair.caption]).into_iter().flatten());
@@ -78,9 +77,8 @@ pub fn share_positives(pairs: &mut [ContrastPair], image_keys: &[u64], texts: &[
         images_of.extend(&pair.positive_images);
         images_of.extend(images_by_key.get(&image_keys[pair.image]).into_iter().flatten());
     }
-    for p in 0..n {
+    for (p, pair) in pairs.iter_mut().enumerate() {
         let g = root(&mut parent, p);
-        let pair = &mut pairs[p];
         merge(&mut pair.positive_texts, &group_texts[&g]);
         merge(&mut pair.positive_images, &group_images[&g]);
     }

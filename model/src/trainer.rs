@@ -192,7 +192,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             report.dropped += plan.dropped;
             let layout = self.shapes.layout(&plan, &self.config, &self.settings);
             let model = self.model.as_ref().expect("the model is present between steps");
-            let losses = model.losses_in(&plan, &layout, &self.config, &self.device);
+            let losses = model.losses_in(&plan, &layout, &self.device);
             let mut total: Option<Tensor<B, 1>> = None;
             let mut these = [0usize; K];
             let mut values: [Option<Tensor<B::InnerBackend, 1>>; K] = Default::default();
@@ -337,7 +337,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let rows = if plan.cmcl.images.is_empty() {
                 Vec::new()
             } else {
-                to_rows(model.pooled_images(&plan, &self.config, &self.settings, &self.device))
+                to_rows(model.pooled_images(&plan, &self.settings, &self.device))
             };
             out.extend(index.iter().map(|i| self.row_or_zero(&rows, *i)));
         }
@@ -354,7 +354,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let rows = if plan.cmcl.texts.is_empty() {
                 Vec::new()
             } else {
-                to_rows(model.pooled_texts(&plan, &self.config, &self.settings, &self.device))
+                to_rows(model.pooled_texts(&plan, &self.settings, &self.device))
             };
             out.extend(index.iter().map(|i| self.row_or_zero(&rows, *i)));
         }
@@ -397,7 +397,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .filter_map(|&(i, j)| Some((clean_images[i].as_ref()?, clean_texts[j].as_deref()?)))
                 .collect();
             let plan = Plan::for_matching(&pairs);
-            let logits: Vec<f32> = readback::to_host(model.match_logits(&plan, &self.config, &self.settings, &self.device));
+            let logits: Vec<f32> = readback::to_host(model.match_logits(&plan, &self.settings, &self.device));
             for (&(i, j), &v) in part.iter().zip(&logits) {
                 scores[i][j] = v;
             }

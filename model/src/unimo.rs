@@ -1,13 +1,46 @@
 //! UNIMO's backbone: text and visual embeddings feeding one shared Transformer over
 //! `[IMG] objects [CLS] text [SEP]` (pairs) or over either modality alone.
 
+use burn::config::Config;
 use burn::module::Module;
 use burn::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::group_tensors::{Encoded, GroupTensors};
-use crate::nn::embeddings::{TextEmbedding, VisualEmbedding};
-use crate::nn::transformer::{Encoder, StreamDims};
+use crate::nn::embeddings::{TextEmbedding, TextEmbeddingConfig, VisualEmbedding, VisualEmbeddingConfig};
+use crate::nn::transformer::{Encoder, EncoderCache, EncoderConfig};
+
+/// Configuration of a [`UnimoBackbone`]; `From<&ModelConfig>` gives the one of a model.
+#[derive(Config, Debug)]
+pub struct UnimoBackboneConfig {
+    /// Text embedding.
+    pub text: TextEmbeddingConfig,
+    /// Visual embedding (at the Transformer's width).
+    pub visual: VisualEmbeddingConfig,
+    /// The shared Transformer.
+    pub encoder: EncoderConfig,
+}
+
+impl From<&ModelConfig> for UnimoBackboneConfig {
+    fn from(config: &ModelConfig) -> Self {
+        Self::new(
+            config.text_embedding(),
+            config.visual_embedding(),
+            EncoderConfig::new(config.text_layer(), config.layers),
+        )
+    }
+}
+
+impl UnimoBackboneConfig {
+    /// The backbone with fresh weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> UnimoBackbone<B> {
+        UnimoBackbone {
+            text: self.text.init(device),
+            visual: self.visual.init(device),
+            encoder: self.encoder.init(device),
+        }
+    }
+}
 
 /// The single-stream UNIMO network (without pretraining heads).
 #[derive(Module, Debug)]
@@ -19,30 +52,11 @@ pub struct UnimoBackbone<B: Backend> {
 }
 
 impl<B: Backend> UnimoBackbone<B> {
-    /// Builds the backbone of `config` with fresh weights.
-    pub fn new(config: &ModelConfig, device: &B::Device) -> Self {
-        let (std, eps, p) = (config.init_std, config.layer_norm_eps, config.dropout);
-        let dims = StreamDims {
-            hidden: config.hidden,
-            heads: config.heads,
-            ffn: config.ffn,
-            dropout: p,
-            std,
-            eps,
-            pre_ln: config.pre_ln,
-        };
-        Self {
-            text: TextEmbedding::new(config.vocab_size, config.max_text_len, config.hidden, p, std, eps, device),
-            visual: VisualEmbedding::new(config.feature_dim, config.hidden, p, std, eps, device),
-            encoder: Encoder::new(config.layers, dims, device),
-        }
-    }
-
     /// Encodes one group; visual rows come first, then text.
     ///
     /// # Shapes
     /// - output visual: `[rows * n, hidden]`, text: `[rows * t, hidden]`
-    pub fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
+    pub(crate) fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
         let mut parts = Vec::with_capacity(2);
         if let (Some(f), Some(l)) = (&input.features, &input.locations) {
             parts.push(self.visual.forward(f.clone(), l.clone()));
@@ -81,7 +95,7 @@ impl<B: Backend> UnimoBackbone<B> {
         ids: Option<Tensor<B, 2, Int>>,
         text_start: usize,
         bias: Tensor<B, 4>,
-        cache: &mut crate::nn::transformer::EncoderCache<B>,
+        cache: &mut EncoderCache<B>,
     ) -> Tensor<B, 3> {
         let mut parts = Vec::with_capacity(2);
         if let Some((f, l)) = visual {

@@ -3,15 +3,65 @@
 //! layer, one visual layer and one co-attention block. Text-only rows run the text stream
 //! without co-attention, image-only rows the visual stream alone.
 
+use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{LayerNorm, LayerNormConfig};
+use burn::nn::LayerNorm;
 use burn::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::group_tensors::{Encoded, GroupTensors};
-use crate::nn::co_attention::CoAttentionBlock;
-use crate::nn::embeddings::{TextEmbedding, VisualEmbedding};
-use crate::nn::transformer::{StreamDims, TransformerLayer};
+use crate::nn::co_attention::{CoAttentionBlock, CoAttentionConfig};
+use crate::nn::embeddings::{TextEmbedding, TextEmbeddingConfig, VisualEmbedding, VisualEmbeddingConfig};
+use crate::nn::transformer::{TransformerLayer, TransformerLayerConfig};
+
+/// Configuration of a [`VilbertBackbone`]; `From<&ModelConfig>` gives the one of a model.
+#[derive(Config, Debug)]
+pub struct VilbertBackboneConfig {
+    /// Text embedding.
+    pub text: TextEmbeddingConfig,
+    /// Visual embedding (at the visual stream's width).
+    pub visual: VisualEmbeddingConfig,
+    /// Each layer of the text stream.
+    pub text_layer: TransformerLayerConfig,
+    /// Each layer of the visual stream.
+    pub visual_layer: TransformerLayerConfig,
+    /// Text-stream layers.
+    pub layers: usize,
+    /// Co-attention blocks (at most `layers`); the visual stream has one layer per block.
+    pub co_layers: usize,
+}
+
+impl From<&ModelConfig> for VilbertBackboneConfig {
+    /// # Panics
+    /// When `config` carries no ViLBERT dims (a validated ViLBERT config always does).
+    fn from(config: &ModelConfig) -> Self {
+        let v = config.vilbert.expect("validated: vilbert configs carry their dims");
+        Self::new(
+            config.text_embedding(),
+            config.visual_embedding(),
+            config.text_layer(),
+            config.visual_layer(),
+            config.layers,
+            v.co_layers,
+        )
+    }
+}
+
+impl VilbertBackboneConfig {
+    /// The backbone with fresh weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> VilbertBackbone<B> {
+        let co = CoAttentionConfig::new(self.text_layer.clone(), self.visual_layer.clone());
+        VilbertBackbone {
+            text: self.text.init(device),
+            visual: self.visual.init(device),
+            text_layers: (0..self.layers).map(|_| self.text_layer.init(device)).collect(),
+            visual_layers: (0..self.co_layers).map(|_| self.visual_layer.init(device)).collect(),
+            co_layers: (0..self.co_layers).map(|_| co.init(device)).collect(),
+            text_norm: self.text_layer.final_norm(device),
+            visual_norm: self.visual_layer.final_norm(device),
+        }
+    }
+}
 
 /// The two-stream ViLBERT network (without pretraining heads).
 #[derive(Module, Debug)]
@@ -27,48 +77,11 @@ pub struct VilbertBackbone<B: Backend> {
 }
 
 impl<B: Backend> VilbertBackbone<B> {
-    /// Builds the backbone of `config` (which must carry ViLBERT dims) with fresh weights.
-    pub fn new(config: &ModelConfig, device: &B::Device) -> Self {
-        let v = config.vilbert.expect("validated: vilbert configs carry their dims");
-        let (std, eps, p) = (config.init_std, config.layer_norm_eps, config.dropout);
-        let text_dims = StreamDims {
-            hidden: config.hidden,
-            heads: config.heads,
-            ffn: config.ffn,
-            dropout: p,
-            std,
-            eps,
-            pre_ln: config.pre_ln,
-        };
-        let visual_dims = StreamDims {
-            hidden: v.visual_hidden,
-            heads: v.visual_heads,
-            ffn: v.visual_ffn,
-            ..text_dims
-        };
-        let norm = |d: usize| {
-            config
-                .pre_ln
-                .then(|| LayerNormConfig::new(d).with_epsilon(eps).init(device))
-        };
-        Self {
-            text: TextEmbedding::new(config.vocab_size, config.max_text_len, config.hidden, p, std, eps, device),
-            visual: VisualEmbedding::new(config.feature_dim, v.visual_hidden, p, std, eps, device),
-            text_layers: (0..config.layers).map(|_| TransformerLayer::new(text_dims, device)).collect(),
-            visual_layers: (0..v.co_layers).map(|_| TransformerLayer::new(visual_dims, device)).collect(),
-            co_layers: (0..v.co_layers)
-                .map(|_| CoAttentionBlock::new(text_dims, visual_dims, device))
-                .collect(),
-            text_norm: norm(config.hidden),
-            visual_norm: norm(v.visual_hidden),
-        }
-    }
-
     /// Encodes one group: text only, image only, or both streams with co-attention.
     ///
     /// # Shapes
     /// - output visual: `[rows * n, visual_hidden]`, text: `[rows * t, hidden]`
-    pub fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
+    pub(crate) fn encode(&self, input: &GroupTensors<B>) -> Encoded<B> {
         let solo = self.text_layers.len() - self.co_layers.len();
         let mut text = input.ids.as_ref().map(|ids| self.text.forward(ids.clone()));
         let mut visual = match (&input.features, &input.locations) {

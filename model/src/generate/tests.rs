@@ -139,14 +139,14 @@ fn beam_search_is_the_same_with_and_without_the_cache() {
     let img = image(0.7, 6);
     for beam in [1, 3] {
         let opts = DecodeOptions { beam, max_len: 8, ..DecodeOptions::default() };
-        let a = caption(&model, &config, &img, &opts).expect("cached");
-        let b = caption(&model, &config, &img, &DecodeOptions { use_cache: false, ..opts.clone() }).expect("uncached");
+        let a = caption(&model, &img, &opts).expect("cached");
+        let b = caption(&model, &img, &DecodeOptions { use_cache: false, ..opts.clone() }).expect("uncached");
         assert_eq!(a.ids, b.ids, "beam {beam}");
         assert!((a.log_prob - b.log_prob).abs() < 1e-3, "{} vs {}", a.log_prob, b.log_prob);
         assert!(!a.ids.is_empty() && a.ids.len() <= 8);
         assert!(a.ids.iter().all(|&id| !SPECIAL.contains(id)), "special tokens are banned: {:?}", a.ids);
-        let p = continue_text(&model, &config, &[SPECIAL.cls, 13, 31, SPECIAL.sep], &opts).expect("cached");
-        let q = continue_text(&model, &config, &[13, 31], &DecodeOptions { use_cache: false, ..opts }).expect("uncached");
+        let p = continue_text(&model, &[SPECIAL.cls, 13, 31, SPECIAL.sep], &opts).expect("cached");
+        let q = continue_text(&model, &[13, 31], &DecodeOptions { use_cache: false, ..opts }).expect("uncached");
         assert_eq!(p.ids, q.ids);
     }
 }
@@ -166,11 +166,11 @@ fn outputs_respect_the_length_limits() {
     let model = PretrainModel::<B>::new(&config, &Default::default());
     // A prompt that fills the text budget still yields at most the remaining positions.
     let long: Vec<u32> = (0..40).map(|i| 10 + i % 40).collect();
-    let g = continue_text(&model, &config, &long, &DecodeOptions { max_len: 30, no_repeat_ngram: 0, min_len: 30, ..DecodeOptions::default() })
+    let g = continue_text(&model, &long, &DecodeOptions { max_len: 30, no_repeat_ngram: 0, min_len: 30, ..DecodeOptions::default() })
         .expect("long prompt");
     assert!(g.ids.len() <= 3, "{}", g.ids.len());
-    assert!(continue_text(&model, &config, &[SPECIAL.cls, SPECIAL.sep], &DecodeOptions::default()).is_err());
-    assert!(continue_text(&model, &config, &[999], &DecodeOptions::default()).is_err());
+    assert!(continue_text(&model, &[SPECIAL.cls, SPECIAL.sep], &DecodeOptions::default()).is_err());
+    assert!(continue_text(&model, &[999], &DecodeOptions::default()).is_err());
 }
 
 #[test]
@@ -178,7 +178,7 @@ fn vilbert_has_no_generation_head() {
     let mut config = ModelConfig::custom(Arch::Vilbert, 2, 32, 2, 60, FEAT, SPECIAL).expect("config");
     config.max_objects = 8;
     let model = PretrainModel::<B>::new(&config, &Default::default());
-    let err = caption(&model, &config, &image(1.0, 3), &DecodeOptions::default()).expect_err("vilbert");
+    let err = caption(&model, &image(1.0, 3), &DecodeOptions::default()).expect_err("vilbert");
     assert!(err.to_string().contains("ViLBERT has no generation head"), "{err}");
-    assert!(continue_text(&model, &config, &[10, 11], &DecodeOptions::default()).is_err());
+    assert!(continue_text(&model, &[10, 11], &DecodeOptions::default()).is_err());
 }

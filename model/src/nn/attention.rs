@@ -1,12 +1,50 @@
 //! Multi-head attention with an additive bias mask; queries and keys may come from different
 //! streams (self-attention in UNIMO, co-attention in ViLBERT).
 
+use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
 use super::init;
+
+/// Configuration of an [`Attention`] layer: queries of width `d_query` attend to keys and
+/// values of width `d_kv` through an inner width `d_inner` split into `heads`; the output has
+/// width `d_query`.
+#[derive(Config, Debug)]
+pub struct AttentionConfig {
+    /// Width of the queries and of the output.
+    pub d_query: usize,
+    /// Width of the stream the keys and values come from.
+    pub d_kv: usize,
+    /// Inner width of queries, keys and values (a multiple of `heads`).
+    pub d_inner: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Dropout probability on the attention weights.
+    #[config(default = 0.1)]
+    pub dropout: f64,
+    /// Standard deviation of the normal weight initialisation.
+    #[config(default = 0.02)]
+    pub init_std: f64,
+}
+
+impl AttentionConfig {
+    /// The layer with fresh weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Attention<B> {
+        let std = self.init_std;
+        Attention {
+            query: init::linear(self.d_query, self.d_inner, std, device),
+            key: init::linear(self.d_kv, self.d_inner, std, device),
+            value: init::linear(self.d_kv, self.d_inner, std, device),
+            output: init::linear(self.d_inner, self.d_query, std, device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            heads: self.heads,
+            head_dim: self.d_inner / self.heads,
+        }
+    }
+}
 
 /// Multi-head scaled dot-product attention.
 #[derive(Module, Debug)]
@@ -21,28 +59,6 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// Queries of width `d_query` attend to keys/values of width `d_kv` through an inner width
-    /// `inner` split into `heads`; the output has width `d_query`.
-    pub fn new(
-        d_query: usize,
-        d_kv: usize,
-        inner: usize,
-        heads: usize,
-        dropout: f64,
-        std: f64,
-        device: &B::Device,
-    ) -> Self {
-        Self {
-            query: init::linear(d_query, inner, std, device),
-            key: init::linear(d_kv, inner, std, device),
-            value: init::linear(d_kv, inner, std, device),
-            output: init::linear(inner, d_query, std, device),
-            dropout: DropoutConfig::new(dropout).init(),
-            heads,
-            head_dim: inner / heads,
-        }
-    }
-
     /// # Shapes
     /// - `query`: `[batch, lq, d_query]`
     /// - `context`: `[batch, lk, d_kv]`
@@ -71,6 +87,34 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+/// Configuration of an [`AttentionBlock`]: the attention, its LayerNorm (of width
+/// `attention.d_query`) and the placement of that norm.
+#[derive(Config, Debug)]
+pub struct AttentionBlockConfig {
+    /// The attention; its dropout also applies to the residual branch.
+    pub attention: AttentionConfig,
+    /// LayerNorm epsilon.
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
+    /// Pre-LN (normalise the branch's input) instead of post-LN (normalise the sum).
+    #[config(default = false)]
+    pub pre_ln: bool,
+}
+
+impl AttentionBlockConfig {
+    /// The block with fresh weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> AttentionBlock<B> {
+        AttentionBlock {
+            attention: self.attention.init(device),
+            norm: LayerNormConfig::new(self.attention.d_query)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device),
+            dropout: DropoutConfig::new(self.attention.dropout).init(),
+            pre_ln: self.pre_ln,
+        }
+    }
+}
+
 /// Attention wrapped with its residual connection and LayerNorm (post-LN or pre-LN).
 #[derive(Module, Debug)]
 pub struct AttentionBlock<B: Backend> {
@@ -81,27 +125,6 @@ pub struct AttentionBlock<B: Backend> {
 }
 
 impl<B: Backend> AttentionBlock<B> {
-    /// See [`Attention::new`]; `eps` is the LayerNorm epsilon.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        d_query: usize,
-        d_kv: usize,
-        inner: usize,
-        heads: usize,
-        dropout: f64,
-        std: f64,
-        eps: f64,
-        pre_ln: bool,
-        device: &B::Device,
-    ) -> Self {
-        Self {
-            attention: Attention::new(d_query, d_kv, inner, heads, dropout, std, device),
-            norm: LayerNormConfig::new(d_query).with_epsilon(eps).init(device),
-            dropout: DropoutConfig::new(dropout).init(),
-            pre_ln,
-        }
-    }
-
     /// Self-attention when `context` is `None`, cross-attention to `context` otherwise.
     /// (With pre-LN, the context is expected already normalised by its own stream.)
     ///

@@ -1,12 +1,38 @@
 //! ViLBERT's co-attention block: each stream's queries attend to the other stream's keys and
 //! values, then go through the stream's own residual, LayerNorm and feed-forward.
 
+use burn::config::Config;
 use burn::module::Module;
 use burn::prelude::*;
 
 use super::attention::AttentionBlock;
 use super::feed_forward::FeedForwardBlock;
-use super::transformer::StreamDims;
+use super::transformer::TransformerLayerConfig;
+
+/// Configuration of a [`CoAttentionBlock`] joining a text stream and a visual stream. The
+/// co-attention runs at the visual width with the visual stream's heads (ViLBERT's
+/// `bi_hidden_size`).
+#[derive(Config, Debug)]
+pub struct CoAttentionConfig {
+    /// The text stream.
+    pub text: TransformerLayerConfig,
+    /// The visual stream.
+    pub visual: TransformerLayerConfig,
+}
+
+impl CoAttentionConfig {
+    /// The block with fresh weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> CoAttentionBlock<B> {
+        let (text, visual) = (&self.text, &self.visual);
+        let (inner, heads) = (visual.d_model, visual.heads);
+        CoAttentionBlock {
+            text_attends_visual: text.attention(visual.d_model, inner, heads).init(device),
+            visual_attends_text: visual.attention(text.d_model, inner, heads).init(device),
+            text_ffn: text.feed_forward().init(device),
+            visual_ffn: visual.feed_forward().init(device),
+        }
+    }
+}
 
 /// One co-attention block joining a text stream and a visual stream.
 #[derive(Module, Debug)]
@@ -18,25 +44,6 @@ pub struct CoAttentionBlock<B: Backend> {
 }
 
 impl<B: Backend> CoAttentionBlock<B> {
-    /// The co-attention runs at the visual width with the visual stream's heads (ViLBERT's
-    /// `bi_hidden_size`).
-    pub fn new(text: StreamDims, visual: StreamDims, device: &B::Device) -> Self {
-        let inner = visual.hidden;
-        let heads = visual.heads;
-        Self {
-            text_attends_visual: AttentionBlock::new(
-                text.hidden, visual.hidden, inner, heads, text.dropout, text.std, text.eps, text.pre_ln, device,
-            ),
-            visual_attends_text: AttentionBlock::new(
-                visual.hidden, text.hidden, inner, heads, visual.dropout, visual.std, visual.eps, visual.pre_ln, device,
-            ),
-            text_ffn: FeedForwardBlock::new(text.hidden, text.ffn, text.dropout, text.std, text.eps, text.pre_ln, device),
-            visual_ffn: FeedForwardBlock::new(
-                visual.hidden, visual.ffn, visual.dropout, visual.std, visual.eps, visual.pre_ln, device,
-            ),
-        }
-    }
-
     /// # Shapes
     /// - `text`: `[batch, t, text_hidden]`, `visual`: `[batch, n, visual_hidden]`
     /// - `visual_keys`: `[batch, 1, 1, n]` (visual padding), `text_keys`: `[batch, 1, 1, t]`

@@ -1,29 +1,75 @@
 //! Transformer encoder layer and stack (post-LN as in UNIMO, or pre-LN).
 
+use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
-use super::attention::AttentionBlock;
-use super::feed_forward::FeedForwardBlock;
+use super::attention::{AttentionBlock, AttentionBlockConfig, AttentionConfig};
+use super::feed_forward::{FeedForwardBlock, FeedForwardConfig};
 
-/// Dimensions of one Transformer stream.
-#[derive(Debug, Clone, Copy)]
-pub struct StreamDims {
+/// Configuration of a [`TransformerLayer`]; also describes a Transformer stream (its width,
+/// heads, dropout, initialisation and LayerNorm) where other blocks join two streams.
+#[derive(Config, Debug)]
+pub struct TransformerLayerConfig {
     /// Hidden width.
-    pub hidden: usize,
+    pub d_model: usize,
     /// Attention heads.
     pub heads: usize,
     /// Feed-forward width.
-    pub ffn: usize,
-    /// Dropout probability.
+    pub d_ffn: usize,
+    /// Dropout probability (attention weights and residual branches).
+    #[config(default = 0.1)]
     pub dropout: f64,
-    /// Initialisation standard deviation.
-    pub std: f64,
+    /// Standard deviation of the normal weight initialisation.
+    #[config(default = 0.02)]
+    pub init_std: f64,
     /// LayerNorm epsilon.
-    pub eps: f64,
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
     /// Pre-LN instead of post-LN.
+    #[config(default = false)]
     pub pre_ln: bool,
+}
+
+impl TransformerLayerConfig {
+    /// An attention block whose queries come from this stream and whose keys and values
+    /// come from a stream of width `d_kv`, through `d_inner` split into `heads`.
+    pub fn attention(&self, d_kv: usize, d_inner: usize, heads: usize) -> AttentionBlockConfig {
+        AttentionBlockConfig::new(
+            AttentionConfig::new(self.d_model, d_kv, d_inner, heads)
+                .with_dropout(self.dropout)
+                .with_init_std(self.init_std),
+        )
+        .with_layer_norm_eps(self.layer_norm_eps)
+        .with_pre_ln(self.pre_ln)
+    }
+
+    /// This stream's feed-forward block.
+    pub fn feed_forward(&self) -> FeedForwardConfig {
+        FeedForwardConfig::new(self.d_model, self.d_ffn)
+            .with_dropout(self.dropout)
+            .with_init_std(self.init_std)
+            .with_layer_norm_eps(self.layer_norm_eps)
+            .with_pre_ln(self.pre_ln)
+    }
+
+    /// The LayerNorm that closes a pre-LN stack of this stream (`None` for post-LN).
+    pub fn final_norm<B: Backend>(&self, device: &B::Device) -> Option<LayerNorm<B>> {
+        self.pre_ln.then(|| {
+            LayerNormConfig::new(self.d_model)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        })
+    }
+
+    /// The layer with fresh weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> TransformerLayer<B> {
+        TransformerLayer {
+            attention: self.attention(self.d_model, self.d_model, self.heads).init(device),
+            ffn: self.feed_forward().init(device),
+        }
+    }
 }
 
 /// One encoder layer: self-attention block then feed-forward block.
@@ -34,20 +80,29 @@ pub struct TransformerLayer<B: Backend> {
 }
 
 impl<B: Backend> TransformerLayer<B> {
-    /// A layer of the given stream dimensions.
-    pub fn new(d: StreamDims, device: &B::Device) -> Self {
-        Self {
-            attention: AttentionBlock::new(
-                d.hidden, d.hidden, d.hidden, d.heads, d.dropout, d.std, d.eps, d.pre_ln, device,
-            ),
-            ffn: FeedForwardBlock::new(d.hidden, d.ffn, d.dropout, d.std, d.eps, d.pre_ln, device),
-        }
-    }
-
     /// # Shapes
     /// - `x`: `[batch, len, hidden]`, `bias`: `[batch, 1, len or 1, len]` -> `[batch, len, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         self.ffn.forward(self.attention.forward(x, None, bias))
+    }
+}
+
+/// Configuration of an [`Encoder`]: `layers` identical layers.
+#[derive(Config, Debug)]
+pub struct EncoderConfig {
+    /// Each layer.
+    pub layer: TransformerLayerConfig,
+    /// Number of layers.
+    pub layers: usize,
+}
+
+impl EncoderConfig {
+    /// The stack with fresh weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Encoder<B> {
+        Encoder {
+            layers: (0..self.layers).map(|_| self.layer.init(device)).collect(),
+            final_norm: self.layer.final_norm(device),
+        }
     }
 }
 
@@ -59,16 +114,6 @@ pub struct Encoder<B: Backend> {
 }
 
 impl<B: Backend> Encoder<B> {
-    /// `layers` layers of the given dimensions.
-    pub fn new(layers: usize, d: StreamDims, device: &B::Device) -> Self {
-        Self {
-            layers: (0..layers).map(|_| TransformerLayer::new(d, device)).collect(),
-            final_norm: d
-                .pre_ln
-                .then(|| LayerNormConfig::new(d.hidden).with_epsilon(d.eps).init(device)),
-        }
-    }
-
     /// # Shapes
     /// - `x`: `[batch, len, hidden]`, `bias`: `[batch, 1, len or 1, len]` -> `[batch, len, hidden]`
     pub fn forward(&self, mut x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {

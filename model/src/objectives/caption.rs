@@ -23,7 +23,7 @@ pub fn next_token_targets(ids: &[u32]) -> Vec<(usize, u32)> {
 
 /// Adds one image-to-text joint row per pair (unmasked image, whole caption) and its
 /// next-token targets to `plan.caption`.
-pub fn plan_captions<'a>(plan: &mut Plan, pairs: impl IntoIterator<Item = (&'a ImageRows, &'a [u32])>) {
+pub(crate) fn plan_captions<'a>(plan: &mut Plan, pairs: impl IntoIterator<Item = (&'a ImageRows, &'a [u32])>) {
     for (image, ids) in pairs {
         let targets = next_token_targets(ids);
         if targets.is_empty() {
@@ -45,7 +45,7 @@ pub fn plan_captions<'a>(plan: &mut Plan, pairs: impl IntoIterator<Item = (&'a I
 /// and the target `wk+1..wm` (`1 <= k < m`), laid out like [`crate::masking::seq2seq_split`]:
 /// the source's `[SEP]` predicts `wk+1`, the last target token predicts `[SEP]`. `None` when
 /// the text has fewer than two inner tokens or is not framed by `[CLS]`/`[SEP]`.
-pub fn continuation_split<R: Rng>(tokens: &[u32], special: &SpecialTokens, rng: &mut R) -> Option<Seq2SeqText> {
+pub(crate) fn continuation_split<R: Rng>(tokens: &[u32], special: &SpecialTokens, rng: &mut R) -> Option<Seq2SeqText> {
     let n = tokens.len();
     if n < 4 || tokens[0] != special.cls || tokens[n - 1] != special.sep {
         return None;

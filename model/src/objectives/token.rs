@@ -49,6 +49,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // burn's slices: one range per dimension
     fn padding_rows_change_nothing() {
         let device = Default::default();
         let logits = Tensor::<NdArray, 2>::from_floats([[0.0, 0.0], [2.0, 0.0], [9.0, -9.0]], &device);

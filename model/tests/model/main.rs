@@ -3,12 +3,10 @@
 //! bit-exact save/load, ViLBERT, and the non-finite guard.
 
 mod common;
+mod compat;
 mod contrastive_toy;
 mod export;
-mod gpu_step;
 mod generation;
 mod matching;
-mod masks;
 mod save_load;
 mod training;
-mod vilbert;

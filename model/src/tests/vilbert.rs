@@ -1,13 +1,13 @@
 //! ViLBERT: stream shapes, co-attention wiring, and its objectives learning a fixed batch.
 
 use burn::prelude::*;
-use unimod_model::attention_mask::MaskKind;
-use unimod_model::group_tensors::GroupTensors;
-use unimod_model::model::PretrainModel;
-use unimod_model::plan::{Group, ImageRows};
-use unimod_model::{Arch, Trainer};
+use crate::attention_mask::MaskKind;
+use crate::group_tensors::GroupTensors;
+use crate::model::PretrainModel;
+use crate::plan::{Group, ImageRows};
+use crate::{Arch, Trainer};
 
-use crate::common::{image, loss, mixed_batch, settings, text, tiny, Eval, Train};
+use super::common::{image, loss, mixed_batch, settings, text, tiny, Eval, Train};
 
 fn rows(t: Tensor<Eval, 2>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().expect("f32")
@@ -66,7 +66,7 @@ fn vilbert_objectives_learn_a_fixed_batch() {
     let names: Vec<&str> = history[0].losses.iter().map(|l| l.0).collect();
     assert_eq!(names, ["total", "mlm", "mrm", "itm"]);
     for name in names {
-        let mean = |r: &[unimod_model::StepReport]| r.iter().filter_map(|x| loss(x, name)).sum::<f32>() / r.len() as f32;
+        let mean = |r: &[crate::StepReport]| r.iter().filter_map(|x| loss(x, name)).sum::<f32>() / r.len() as f32;
         let (first, last) = (mean(&history[..8]), mean(&history[52..]));
         eprintln!("vilbert {name}: {first:.4} -> {last:.4}");
         assert!(last < 0.8 * first, "{name}: {first} -> {last}");

@@ -3,11 +3,11 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use unimod_model::layout::Shapes;
-use unimod_model::plan::Plan;
-use unimod_model::{readback, Arch, Example, ShapePolicy, StepReport, TrainSettings, Trainer};
+use crate::layout::Shapes;
+use crate::plan::Plan;
+use crate::{readback, Arch, Example, ShapePolicy, StepReport, TrainSettings, Trainer};
 
-use crate::common::{image, image_example, mixed_batch, settings, text, text_example, tiny, Train};
+use super::common::{image, image_example, mixed_batch, settings, text, text_example, tiny, Train};
 
 fn reads_during<T>(f: impl FnOnce() -> T) -> (T, u64) {
     let before = readback::reads_on_this_thread();

@@ -3,13 +3,13 @@
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use unimod_model::attention_mask::MaskKind;
-use unimod_model::group_tensors::{Encoded, GroupTensors};
-use unimod_model::model::PretrainModel;
-use unimod_model::plan::{Group, ImageRows};
-use unimod_model::Arch;
+use crate::attention_mask::MaskKind;
+use crate::group_tensors::{Encoded, GroupTensors};
+use crate::model::PretrainModel;
+use crate::plan::{Group, ImageRows};
+use crate::Arch;
 
-use crate::common::{image, settings, text, tiny, Eval, FEAT};
+use super::common::{image, settings, text, tiny, Eval, FEAT};
 
 fn rows_of(t: Tensor<Eval, 2>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().expect("f32 data")
