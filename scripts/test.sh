@@ -42,7 +42,11 @@ target_dir=${CARGO_TARGET_DIR:-target}
 [[ $target_dir == /* ]] || target_dir=$PWD/$target_dir
 features=()
 if [[ ${UNIMOD_TEST_WGPU:-1} != 0 ]]; then
-    if ! ls /usr/lib/libvulkan.so.1 /usr/lib/*/libvulkan.so.1 /usr/lib64/libvulkan.so.1 2>/dev/null | grep -q .; then
+    vulkan=
+    for f in /usr/lib/libvulkan.so.1 /usr/lib/*/libvulkan.so.1 /usr/lib64/libvulkan.so.1; do
+        [[ -e $f ]] && vulkan=$f
+    done
+    if [[ -z $vulkan ]]; then
         printf 'test.sh: libvulkan.so.1 missing: run scripts/install-deps.sh (mesa-vulkan-drivers libvulkan1), or UNIMOD_TEST_WGPU=0\n' >&2
         exit 2
     fi
