@@ -56,6 +56,10 @@ if [[ ${UNIMOD_TEST_WGPU:-1} != 0 ]]; then
         export XDG_RUNTIME_DIR
     fi
     features=(--features unimod/wgpu,unimod-model/wgpu)
+    # These tests check that the GPU path computes the right thing, not how fast: CubeCL's
+    # least autotuning effort (on llvmpipe every candidate kernel is benchmarked on the CPU,
+    # minutes per new shape at the default level). An explicit setting wins.
+    export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
 fi
 
 # The binaries the end-to-end tests, the twin and the live-Prometheus check run (built once,

@@ -57,7 +57,9 @@ async fn wgpu_daemon_trains_30_steps_with_a_falling_loss() -> anyhow::Result<()>
             }
             signatures = metric(&text, "unimod_train_shape_signatures").unwrap_or(signatures);
         }
-        if daemon.log_text().contains("stopped cleanly") || started.elapsed() > Duration::from_secs(900) {
+        // llvmpipe runs every kernel on the CPU and autotunes each new shape: 30 steps took
+        // about 15 minutes beside a build on this project's 2-core machines.
+        if daemon.log_text().contains("stopped cleanly") || started.elapsed() > Duration::from_secs(1800) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
