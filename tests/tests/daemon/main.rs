@@ -174,7 +174,12 @@ async fn trains_the_stream_reports_ready_and_drains_on_sigterm() -> anyhow::Resu
     assert!(status.success(), "exit status {status}; log:\n{}", daemon.log_tail(3000));
     assert!(saw_503, "/readyz never answered 503 during the drain");
     let log = daemon.log_text();
-    assert!(log.contains("final checkpoint written"), "no final checkpoint in log");
+    // Written at the stop, or already durable: an idle daemon's periodic checkpoint may hold
+    // the final state, and then the stop does not write it again.
+    assert!(
+        log.contains("final checkpoint written") || log.contains("the latest checkpoint already holds this state"),
+        "no final checkpoint in log"
+    );
     let last = setup.latest_checkpoint()?.expect("a checkpoint exists");
     assert_eq!(counts(&last), want, "final checkpoint counts");
 
