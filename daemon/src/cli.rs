@@ -142,19 +142,16 @@ pub fn check_config(path: &Path) -> Result<(), CliError> {
 pub fn run(path: &Path, max_steps: Option<u64>, max_seconds: Option<u64>) -> Result<(), CliError> {
     let config = load_config(path)?;
     init_logging(config.log.format, &config.log.level);
-    let rt = runtime()?;
     let shutdown = CancellationToken::new();
     let opts = crate::run::RunOptions { max_steps, max_seconds: max_seconds.map(Duration::from_secs) };
-    let result = rt.block_on(async {
+    // block_on: a blocking call stuck in a client library (a commit to an unresponsive
+    // broker) must not keep the process alive after the drain.
+    block_on(async {
         spawn_signal_handler(shutdown.clone());
-        crate::run::run(config, opts, shutdown).await
-    });
-    // A blocking call stuck in a client library (a commit to an unresponsive broker) must not
-    // keep the process alive after the drain: give such tasks a moment, then exit regardless.
-    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
-    result.map_err(|e| match e.downcast::<crate::run::StartupError>() {
-        Ok(s) => CliError::usage(s.to_string()),
-        Err(e) => CliError::runtime(e),
+        crate::run::run(config, opts, shutdown).await.map_err(|e| match e.downcast::<crate::run::StartupError>() {
+            Ok(s) => CliError::usage(s.to_string()),
+            Err(e) => CliError::runtime(e),
+        })
     })
 }
 

@@ -96,7 +96,7 @@ fn merge(list: &mut Vec<usize>, more: &[usize]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Arch, ModelConfig, SpecialTokens};
+    use crate::config::{Arch, ModelConfig};
     use crate::example::{Example, VisualInput};
     use crate::plan::Plan;
     use rand::rngs::StdRng;
@@ -154,7 +154,7 @@ mod tests {
     /// replayed copy.
     #[test]
     fn plan_never_uses_the_same_image_or_a_copy_as_a_negative() {
-        const SPECIAL: SpecialTokens = SpecialTokens { pad: 1, cls: 0, sep: 2, mask: 3, img: 4 };
+        use crate::tests::common::SPECIAL;
         let config = ModelConfig::preset(Arch::Unimo, "tiny", 100, 4, SPECIAL).expect("tiny");
         let image = |seed: f32| VisualInput {
             dim: 4,

@@ -4,13 +4,12 @@
 use burn::backend::NdArray;
 
 use super::*;
-use crate::config::SpecialTokens;
+use crate::tests::common::SPECIAL;
 use crate::group_tensors::GroupTensors;
 use crate::plan::Group;
 
 type B = NdArray;
 
-const SPECIAL: SpecialTokens = SpecialTokens { pad: 1, cls: 0, sep: 2, mask: 3, img: 4 };
 const FEAT: usize = 6;
 
 fn config(pre_ln: bool) -> ModelConfig {

@@ -4,13 +4,7 @@ use super::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-const SPECIAL: SpecialTokens = SpecialTokens {
-    pad: 1,
-    cls: 0,
-    sep: 2,
-    mask: 3,
-    img: 4,
-};
+use crate::tests::common::SPECIAL;
 
 fn text(n: usize) -> Vec<u32> {
     let mut t = vec![SPECIAL.cls];

@@ -4,11 +4,12 @@
 
 mod gpu_step;
 mod masks;
+mod memory;
 mod vilbert;
 
 /// The integration tests' fixtures (`tests/model/fixtures.rs`).
 #[allow(dead_code)]
-mod common {
+pub(crate) mod common {
     use crate::{Arch, Example, ModelConfig, SpecialTokens, StepReport, TrainSettings, VisualInput};
 
     include!("../../tests/model/fixtures.rs");
