@@ -211,16 +211,16 @@ mod tests {
         let mut m = ImageMemory::new(settings, 2);
         m.insert(10, &unit([1.0, 0.0]));
         m.insert(11, &unit([0.0, 1.0]));
-        let mem = m.tensors::<NdArray>(&device).unwrap();
+        let mem = m.tensors::<NdArray>(&device).expect("a filled window");
         // Pair 0 is close to slot 0, pair 1 is between both (below 0.9), row 2 is padding.
         let anchors: Vec<f32> = [unit([1.0, 0.1]), unit([1.0, 1.0]), unit([0.0, 1.0])].concat();
         let anchors = Tensor::<NdArray, 2>::from_data(TensorData::new(anchors, [3, 2]), &device);
         let r = retrieve(anchors, &mem, 2);
-        let pos: Vec<f32> = r.positive_bias.into_data().to_vec().unwrap();
+        let pos: Vec<f32> = r.positive_bias.into_data().to_vec().expect("f32 data");
         assert_eq!(pos, vec![0.0, BLOCKED, BLOCKED, BLOCKED, BLOCKED, BLOCKED, BLOCKED, BLOCKED, BLOCKED]);
-        let cand: Vec<f32> = r.candidate_bias.into_data().to_vec().unwrap();
+        let cand: Vec<f32> = r.candidate_bias.into_data().to_vec().expect("f32 data");
         assert_eq!(cand, vec![0.0, BLOCKED, BLOCKED]);
-        let sims: Vec<f32> = r.similarities.into_data().to_vec().unwrap();
+        let sims: Vec<f32> = r.similarities.into_data().to_vec().expect("f32 data");
         assert!((sims[0] - unit([1.0, 0.1])[0]).abs() < 1e-6, "{sims:?}");
         assert_eq!(&sims[1..], &[-2.0, -2.0]);
     }

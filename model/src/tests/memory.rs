@@ -64,11 +64,11 @@ fn a_window_that_retrieves_nothing_leaves_the_loss_unchanged_and_a_retrieval_cha
     // A threshold above any cosine: the window is there, nothing is retrieved.
     let unreachable = run(with_window(1.5));
     assert!(unreachable.image_positives.is_empty());
-    let (a, b) = (loss(&without, "cmcl").unwrap(), loss(&unreachable, "cmcl").unwrap());
+    let (a, b) = (loss(&without, "cmcl").expect("cmcl"), loss(&unreachable, "cmcl").expect("cmcl"));
     assert!((a - b).abs() < 1e-6, "cmcl {a} vs {b}");
     let retrieved = run(with_window(-1.0));
     assert_eq!(retrieved.image_positives.len(), 4);
-    let c = loss(&retrieved, "cmcl").unwrap();
+    let c = loss(&retrieved, "cmcl").expect("cmcl");
     assert!((a - c).abs() > 1e-4, "a retrieved positive changes the loss: {a} vs {c}");
 }
 
