@@ -37,7 +37,11 @@ pub struct ImageMemorySettings {
 
 impl Default for ImageMemorySettings {
     fn default() -> Self {
-        Self { capacity: 0, positives: 1, min_similarity: 0.9 }
+        Self {
+            capacity: 0,
+            positives: 1,
+            min_similarity: 0.9,
+        }
     }
 }
 
@@ -81,8 +85,18 @@ pub(crate) struct MemoryTensors<B: Backend> {
 impl ImageMemory {
     /// An empty window of `settings.capacity` slots of width `dim`.
     pub(crate) fn new(settings: ImageMemorySettings, dim: usize) -> Self {
-        let capacity = if settings.enabled() { settings.capacity } else { 0 };
-        Self { settings, dim, embeddings: vec![0.0; capacity * dim], keys: vec![None; capacity], next: 0 }
+        let capacity = if settings.enabled() {
+            settings.capacity
+        } else {
+            0
+        };
+        Self {
+            settings,
+            dim,
+            embeddings: vec![0.0; capacity * dim],
+            keys: vec![None; capacity],
+            next: 0,
+        }
     }
 
     /// Whether image-only rows should be read back for the window.
@@ -101,9 +115,16 @@ impl ImageMemory {
             return None;
         }
         let c = self.keys.len();
-        let bias: Vec<f32> = self.keys.iter().map(|k| if k.is_some() { 0.0 } else { BLOCKED }).collect();
+        let bias: Vec<f32> = self
+            .keys
+            .iter()
+            .map(|k| if k.is_some() { 0.0 } else { BLOCKED })
+            .collect();
         Some(MemoryTensors {
-            embeddings: Tensor::from_data(TensorData::new(self.embeddings.clone(), [c, self.dim]), device),
+            embeddings: Tensor::from_data(
+                TensorData::new(self.embeddings.clone(), [c, self.dim]),
+                device,
+            ),
             empty_bias: Tensor::from_data(TensorData::new(bias, [c]), device),
             k: self.settings.k(),
             min_similarity: self.settings.min_similarity,
@@ -113,7 +134,10 @@ impl ImageMemory {
     /// Keeps `embedding` for the image `key`: in place when that image is kept already, else
     /// in the next slot (ring order). Non-finite embeddings are not kept.
     pub(crate) fn insert(&mut self, key: u64, embedding: &[f32]) {
-        if self.keys.is_empty() || embedding.len() != self.dim || embedding.iter().any(|x| !x.is_finite()) {
+        if self.keys.is_empty()
+            || embedding.len() != self.dim
+            || embedding.iter().any(|x| !x.is_finite())
+        {
             return;
         }
         let slot = match self.keys.iter().position(|k| *k == Some(key)) {
@@ -147,33 +171,54 @@ pub(crate) struct Retrieval<B: Backend> {
 /// # Shapes
 /// - `anchors`: `[p, pooled]` (L2-normalised pair-image embeddings, no gradient needed),
 ///   `real`: the first `real` anchors are pairs, the rest padding.
-pub(crate) fn retrieve<B: Backend>(anchors: Tensor<B, 2>, memory: &MemoryTensors<B>, real: usize) -> Retrieval<B> {
+pub(crate) fn retrieve<B: Backend>(
+    anchors: Tensor<B, 2>,
+    memory: &MemoryTensors<B>,
+    real: usize,
+) -> Retrieval<B> {
     let [p, _] = anchors.dims();
     let c = memory.embeddings.dims()[0];
     let device = anchors.device();
     let k = memory.k.clamp(1, c);
-    let sims = anchors.matmul(memory.embeddings.clone().transpose()) + memory.empty_bias.clone().unsqueeze_dim(0);
+    let sims = anchors.matmul(memory.embeddings.clone().transpose())
+        + memory.empty_bias.clone().unsqueeze_dim(0);
     // Each pair's k largest similarities, by k maxima (`topk` has no autodiff op in burn
     // 0.21; k is small), and the k-th raised to the threshold.
     let mut rest = sims.clone();
     let mut maxima = Vec::with_capacity(k);
     for _ in 0..k {
         let m = rest.clone().max_dim(1);
-        rest = rest.clone().mask_fill(rest.greater_equal(m.clone().expand([p, c])), 2.0 * BLOCKED);
+        rest = rest
+            .clone()
+            .mask_fill(rest.greater_equal(m.clone().expand([p, c])), 2.0 * BLOCKED);
         maxima.push(m);
     }
     let top = Tensor::cat(maxima, 1);
-    let bar = top.clone().narrow(1, k - 1, 1).clamp_min(memory.min_similarity);
+    let bar = top
+        .clone()
+        .narrow(1, k - 1, 1)
+        .clamp_min(memory.min_similarity);
     let mut real_rows = vec![0.0f32; p];
     real_rows[..real.min(p)].fill(1.0);
-    let real_rows = Tensor::<B, 1>::from_data(TensorData::new(real_rows, [p]), &device).unsqueeze_dim::<2>(1);
+    let real_rows =
+        Tensor::<B, 1>::from_data(TensorData::new(real_rows, [p]), &device).unsqueeze_dim::<2>(1);
     let chosen = sims.greater_equal(bar.expand([p, c])).float() * real_rows.clone();
     let any = chosen.clone().sum_dim(0).greater_elem(0.0).float();
     let to_bias = |m: Tensor<B, 2>| m.neg().add_scalar(1.0).mul_scalar(BLOCKED);
-    let kept = top.clone().greater_equal_elem(memory.min_similarity).float() * real_rows;
+    let kept = top
+        .clone()
+        .greater_equal_elem(memory.min_similarity)
+        .float()
+        * real_rows;
     // kept ? top : -2
-    let similarities = (top.add_scalar(2.0) * kept).sub_scalar(2.0).reshape([p * k]);
-    Retrieval { positive_bias: to_bias(chosen), candidate_bias: to_bias(any), similarities }
+    let similarities = (top.add_scalar(2.0) * kept)
+        .sub_scalar(2.0)
+        .reshape([p * k]);
+    Retrieval {
+        positive_bias: to_bias(chosen),
+        candidate_bias: to_bias(any),
+        similarities,
+    }
 }
 
 #[cfg(test)]
@@ -188,7 +233,11 @@ mod tests {
 
     #[test]
     fn the_window_keeps_one_slot_per_image_in_ring_order() {
-        let settings = ImageMemorySettings { capacity: 2, positives: 1, min_similarity: 0.5 };
+        let settings = ImageMemorySettings {
+            capacity: 2,
+            positives: 1,
+            min_similarity: 0.5,
+        };
         let mut m = ImageMemory::new(settings, 2);
         assert!(m.tensors::<NdArray>(&Default::default()).is_none());
         m.insert(1, &[1.0, 0.0]);
@@ -197,17 +246,35 @@ mod tests {
         m.insert(2, &[1.0, 0.0]);
         m.insert(3, &[0.6, 0.8]);
         assert_eq!(m.len(), 2);
-        assert_eq!(m.keys, vec![Some(3), Some(2)], "the oldest slot is replaced");
+        assert_eq!(
+            m.keys,
+            vec![Some(3), Some(2)],
+            "the oldest slot is replaced"
+        );
         m.insert(4, &[f32::NAN, 0.0]);
-        assert_eq!(m.keys, vec![Some(3), Some(2)], "non-finite embeddings are not kept");
-        let off = ImageMemory::new(ImageMemorySettings { capacity: 0, ..settings }, 2);
+        assert_eq!(
+            m.keys,
+            vec![Some(3), Some(2)],
+            "non-finite embeddings are not kept"
+        );
+        let off = ImageMemory::new(
+            ImageMemorySettings {
+                capacity: 0,
+                ..settings
+            },
+            2,
+        );
         assert!(!off.collects());
     }
 
     #[test]
     fn retrieval_takes_the_nearest_above_the_threshold_for_real_pairs_only() {
         let device = Default::default();
-        let settings = ImageMemorySettings { capacity: 3, positives: 1, min_similarity: 0.9 };
+        let settings = ImageMemorySettings {
+            capacity: 3,
+            positives: 1,
+            min_similarity: 0.9,
+        };
         let mut m = ImageMemory::new(settings, 2);
         m.insert(10, &unit([1.0, 0.0]));
         m.insert(11, &unit([0.0, 1.0]));
@@ -217,7 +284,10 @@ mod tests {
         let anchors = Tensor::<NdArray, 2>::from_data(TensorData::new(anchors, [3, 2]), &device);
         let r = retrieve(anchors, &mem, 2);
         let pos: Vec<f32> = r.positive_bias.into_data().to_vec().expect("f32 data");
-        assert_eq!(pos, vec![0.0, BLOCKED, BLOCKED, BLOCKED, BLOCKED, BLOCKED, BLOCKED, BLOCKED, BLOCKED]);
+        assert_eq!(
+            pos,
+            vec![0.0, BLOCKED, BLOCKED, BLOCKED, BLOCKED, BLOCKED, BLOCKED, BLOCKED, BLOCKED]
+        );
         let cand: Vec<f32> = r.candidate_bias.into_data().to_vec().expect("f32 data");
         assert_eq!(cand, vec![0.0, BLOCKED, BLOCKED]);
         let sims: Vec<f32> = r.similarities.into_data().to_vec().expect("f32 data");
