@@ -17,7 +17,6 @@ pub mod export;
 pub(crate) mod group_tensors;
 pub mod heads;
 pub mod layout;
-pub mod memory;
 pub(crate) mod masking;
 pub mod model;
 pub mod nn;
@@ -38,7 +37,6 @@ pub use generate::{DecodeOptions, Generated, Inference};
 pub use example::{Example, ExampleKind, VisualInput};
 pub use retrieval::cosine_top_k;
 pub use layout::ShapePolicy;
-pub use memory::ImageMemorySettings;
 pub use settings::TrainSettings;
 pub use trainer::{StepReport, Trainer, TrainerState};
 

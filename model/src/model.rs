@@ -10,8 +10,7 @@ use crate::group_tensors::{Encoded, GroupTensors};
 use crate::layout::Layout;
 use crate::heads::{Heads, HeadsConfig};
 use crate::objectives::{contrastive, matching, region, token};
-use crate::memory::{self, MemoryTensors};
-use crate::plan::{Plan, Slot, IMAGE, JOINT};
+use crate::plan::{Plan, Slot, JOINT};
 use crate::settings::TrainSettings;
 use crate::unimo::{UnimoBackbone, UnimoBackboneConfig};
 use crate::vilbert::{VilbertBackbone, VilbertBackboneConfig};
@@ -98,18 +97,6 @@ pub struct ObjectiveLoss<B: Backend> {
     pub count: usize,
 }
 
-/// What one micro-batch's forward pass gives the step.
-pub(crate) struct StepOutputs<B: Backend> {
-    /// One entry per objective the layout computes, in reporting order.
-    pub(crate) losses: Vec<ObjectiveLoss<B>>,
-    /// `[pairs * k]`: the retrieved image positives' similarities, -2 where none
-    /// ([`memory::Retrieval::similarities`]); with a window only.
-    pub(crate) similarities: Option<Tensor<B, 1>>,
-    /// `[image rows, pooled]`: the embeddings of the plan's image-only rows, in
-    /// `plan.image_only` order (padding after), no gradient; when collected.
-    pub(crate) image_only: Option<Tensor<B, 2>>,
-}
-
 /// Which part of a row's hidden states a slot points into.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Part {
@@ -169,29 +156,11 @@ impl<B: Backend> PretrainModel<B> {
     /// The losses of `plan` computed at the sizes of `layout` (which holds the plan): one
     /// entry per objective the layout computes, in reporting order, each the mean over the
     /// plan's real targets (padding is masked out; 0 when the plan has none).
-    ///
-    /// With `memory` (the image window, [`crate::memory`]), CMCL retrieves each pair's image
-    /// positives from it on the device; with `collect`, the embeddings of the plan's
-    /// image-only rows are returned for the window.
-    pub(crate) fn step_outputs(
-        &self,
-        plan: &Plan,
-        layout: &Layout,
-        device: &B::Device,
-        memory: Option<&MemoryTensors<B>>,
-        collect: bool,
-    ) -> StepOutputs<B> {
+    pub(crate) fn losses_in(&self, plan: &Plan, layout: &Layout, device: &B::Device) -> Vec<ObjectiveLoss<B>> {
         let config = &self.config;
         let encoded = self.encode_layout(plan, layout, device);
         let flat = Flat::new(&encoded);
         let mut out = Vec::new();
-        let mut similarities = None;
-        let mut image_only = None;
-        let image_rows = layout.groups[IMAGE].rows;
-        if collect && !plan.image_only.is_empty() && config.uses(Objective::Cmcl) && image_rows > 0 {
-            let slots: Vec<Slot> = plan.image_only.iter().map(|&(row, _)| Slot { group: IMAGE, row, pos: 0 }).collect();
-            image_only = Some(self.heads.image_embedding(flat.gather(&slots, image_rows, Part::Visual, device)).detach());
-        }
         let int = |v: Vec<i64>| {
             let n = v.len();
             Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), device)
@@ -287,31 +256,14 @@ impl<B: Backend> PretrainModel<B> {
             t2i.resize(p, vec![0]);
             let scale = self.heads.logit_scale();
             let a = contrastive::masked_group_info_nce(
-                images.clone().select(0, image_anchors.clone()),
+                images.clone().select(0, image_anchors),
                 texts.clone(),
                 scale.clone(),
                 &i2t,
                 real_texts,
                 pairs.len(),
             );
-            let extra = memory.map(|m| {
-                let r = memory::retrieve(images.clone().select(0, image_anchors.clone()).detach(), m, pairs.len());
-                similarities = Some(r.similarities);
-                contrastive::ExtraCandidates {
-                    candidates: m.embeddings.clone(),
-                    positive_bias: r.positive_bias,
-                    candidate_bias: r.candidate_bias,
-                }
-            });
-            let b = contrastive::masked_group_info_nce_with_extra(
-                texts.select(0, text_anchors),
-                images,
-                scale,
-                &t2i,
-                real_images,
-                pairs.len(),
-                extra,
-            );
+            let b = contrastive::masked_group_info_nce(texts.select(0, text_anchors), images, scale, &t2i, real_images, pairs.len());
             out.push(ObjectiveLoss {
                 objective: Objective::Cmcl,
                 loss: (a + b).div_scalar(2.0),
@@ -331,7 +283,7 @@ impl<B: Backend> PretrainModel<B> {
                 count: plan.itm.len(),
             });
         }
-        StepOutputs { losses: out, similarities, image_only }
+        out
     }
 
     /// The ITM head over the pooled `[CLS]` and `[IMG]` states of the plan's matching rows,

@@ -168,9 +168,6 @@ pub(crate) struct Plan {
     pub(crate) cmcl: ContrastPlan,
     /// ITM rows.
     pub(crate) itm: Vec<MatchTarget>,
-    /// Image-group rows of image-only examples and their images' keys
-    /// ([`positives::image_key`]), for the image window ([`crate::memory`]).
-    pub(crate) image_only: Vec<(usize, u64)>,
     /// Examples used.
     pub(crate) samples: usize,
     /// Text tokens of the examples used (primary texts only).
@@ -312,7 +309,6 @@ impl Plan {
                         let targets = mask_regions(&mut image, source, config, IMAGE, row, rng);
                         plan.groups[IMAGE].push_image(image);
                         plan.mrm.extend(targets);
-                        plan.image_only.push((row, positives::image_key(&source.features)));
                     }
                 }
                 Some(ExampleKind::Pair) => {

@@ -18,7 +18,6 @@ use crate::error::ModelError;
 use crate::example::{Example, VisualInput};
 use crate::model::PretrainModel;
 use crate::layout::Shapes;
-use crate::memory::ImageMemory;
 use crate::optimizer::{grad_norm_squared, scale_grads_by, MatrixDecayAdamW};
 use crate::plan::Plan;
 use crate::readback;
@@ -65,20 +64,6 @@ pub struct StepReport {
     pub tokens: usize,
     /// Examples dropped as unusable (ids outside the vocabulary, wrong feature width, ...).
     pub dropped: usize,
-    /// The cosine similarity of every image positive retrieved from the window of an applied
-    /// step ([`crate::memory`]; empty without one).
-    pub image_positives: Vec<f32>,
-}
-
-/// What a micro-batch adds to the step's read after its losses.
-#[derive(Default)]
-struct Extras {
-    /// Retrieved similarities (`pairs * k` values).
-    similarities: usize,
-    /// The image keys of the image-only rows, and the values of their embeddings (padded rows
-    /// included).
-    image_only: Vec<u64>,
-    image_only_values: usize,
 }
 
 /// A model with its optimizer, trained one step at a time.
@@ -90,7 +75,6 @@ pub struct Trainer<B: AutodiffBackend> {
     device: B::Device,
     steps_applied: u64,
     shapes: Shapes,
-    memory: ImageMemory,
 }
 
 fn optimizer<B: AutodiffBackend>(settings: &TrainSettings) -> Adam<B> {
@@ -122,7 +106,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         let model = PretrainModel::new(&config, &device);
         Ok(Self {
             optimizer: optimizer::<B>(&settings),
-            memory: ImageMemory::new(settings.image_memory, config.pooled_dim()),
             config,
             model: Some(model),
             shapes: Shapes::new(settings.shape_policy),
@@ -161,11 +144,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.model()
     }
 
-    /// Image-only examples held in the image window ([`crate::memory`]).
-    pub fn image_window_len(&self) -> usize {
-        self.memory.len()
-    }
-
     /// Distinct tensor-shape signatures ([`crate::layout::Layout`]s) of the steps so far
     /// (this process; not saved).
     pub fn shape_signatures(&self) -> usize {
@@ -201,19 +179,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             samples: 0,
             tokens: 0,
             dropped: 0,
-            image_positives: Vec::new(),
         };
         let mut accumulator = GradientsAccumulator::<PretrainModel<B>>::new();
         // Per micro-batch with targets: the loss of each objective (0 when absent) and the
         // weighted total, detached, on the device; and the target counts (host-side).
         let mut packed: Vec<Tensor<B::InnerBackend, 1>> = Vec::new();
         let mut counts: Vec<[usize; K]> = Vec::new();
-        // The image window: retrieval on the device from the window as it was at the step's
-        // start; this step's image-only embeddings come back in the one read.
-        let cmcl = self.config.uses(Objective::Cmcl);
-        let window = if cmcl { self.memory.tensors::<B>(&self.device) } else { None };
-        let collect = cmcl && self.memory.collects();
-        let mut extras: Vec<Extras> = Vec::new();
         for examples in micro_batches {
             let plan = Plan::build(examples, &self.config, &mut rng);
             report.samples += plan.samples;
@@ -221,8 +192,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             report.dropped += plan.dropped;
             let layout = self.shapes.layout(&plan, &self.config, &self.settings);
             let model = self.model.as_ref().expect("the model is present between steps");
-            let outputs = model.step_outputs(&plan, &layout, &self.device, window.as_ref(), collect);
-            let losses = outputs.losses;
+            let losses = model.losses_in(&plan, &layout, &self.device);
             let mut total: Option<Tensor<B, 1>> = None;
             let mut these = [0usize; K];
             let mut values: [Option<Tensor<B::InnerBackend, 1>>; K] = Default::default();
@@ -249,20 +219,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .map(|v| v.unwrap_or_else(|| Tensor::zeros([1], &inner_device)))
                 .collect();
             parts.push(total.clone().detach().inner());
-            let mut extra = Extras::default();
-            if let Some(sims) = outputs.similarities {
-                extra.similarities = sims.dims()[0];
-                parts.push(sims.detach().inner());
-            }
-            if let Some(rows) = outputs.image_only {
-                let [r, d] = rows.dims();
-                extra.image_only = plan.image_only.iter().map(|&(_, key)| key).collect();
-                extra.image_only_values = r * d;
-                parts.push(rows.detach().inner().reshape([r * d]));
-            }
             packed.push(Tensor::cat(parts, 0));
             counts.push(these);
-            extras.push(extra);
             let grads = GradientsParams::from_grads(total.backward(), model);
             accumulator.accumulate(model, grads);
         }
@@ -285,32 +243,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             let values = readback::to_host(Tensor::cat(packed, 0));
             let norm = values.last().copied().unwrap_or(f32::NAN).sqrt();
             report.grad_norm = norm;
-            let expected: usize = extras.iter().map(|e| K + 1 + e.similarities + e.image_only_values).sum::<usize>() + 1;
-            report.nonfinite = values.len() != expected || !norm.is_finite();
-            let mut at = 0;
-            let mut similarities = Vec::new();
-            let mut embeddings: Vec<(u64, &[f32])> = Vec::new();
-            for (these, extra) in counts.iter().zip(&extras) {
-                let Some(v) = values.get(at..at + K + 1) else { break };
-                at += K + 1;
+            report.nonfinite = values.len() != counts.len() * (K + 1) + 1 || !norm.is_finite();
+            for (m, these) in counts.iter().enumerate() {
+                let Some(v) = values.get(m * (K + 1)..(m + 1) * (K + 1)) else { continue };
                 if v.iter().any(|x| !x.is_finite()) {
                     report.nonfinite = true;
-                } else {
-                    for k in 0..K {
-                        sums[k].0 += v[k] as f64 * these[k] as f64;
-                        sums[k].1 += these[k];
-                    }
+                    continue;
                 }
-                if let Some(s) = values.get(at..at + extra.similarities) {
-                    // -2 marks "no positive"; a cosine is >= -1.
-                    similarities.extend(s.iter().copied().filter(|&x| x >= -1.5));
+                for k in 0..K {
+                    sums[k].0 += v[k] as f64 * these[k] as f64;
+                    sums[k].1 += these[k];
                 }
-                at += extra.similarities;
-                if let Some(rows) = values.get(at..at + extra.image_only_values) {
-                    let d = self.config.pooled_dim();
-                    embeddings.extend(extra.image_only.iter().copied().zip(rows.chunks(d)));
-                }
-                at += extra.image_only_values;
             }
             if report.nonfinite {
                 let (model, moments) = before;
@@ -319,10 +262,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             } else {
                 self.steps_applied += 1;
                 report.applied = true;
-                report.image_positives = similarities;
-                for (key, embedding) in embeddings {
-                    self.memory.insert(key, embedding);
-                }
             }
         }
         let mut total = 0.0f64;
@@ -378,7 +317,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         let optimizer = optimizer::<B>(&settings).load_record(optim_record);
         B::seed(&device, settings.seed ^ state.steps_applied);
         Ok(Self {
-            memory: ImageMemory::new(settings.image_memory, config.pooled_dim()),
             config,
             shapes: Shapes::new(settings.shape_policy),
             settings,

@@ -343,12 +343,9 @@ pub struct CmclConfig {
     /// Minimum cosine between the pooled embeddings of a pair's image and an image-only record
     /// for the record to be a positive (docs/configuration.md says how it was chosen).
     pub image_min_similarity: f32,
-    /// No longer used: the image window's embeddings come from the step that trains each
-    /// image-only record (an entry is replaced when its image is trained again), so there is
-    /// nothing to recompute. Accepted so that existing configuration files still load; `run`
-    /// warns when it is set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image_refresh_steps: Option<u64>,
+    /// Recompute the image window's embeddings with the current weights every this many
+    /// steps (0 = keep the embeddings computed when each image arrived).
+    pub image_refresh_steps: u64,
 }
 
 impl Default for CmclConfig {
@@ -361,7 +358,7 @@ impl Default for CmclConfig {
             image_positives: 1,
             text_min_similarity: 0.95,
             image_min_similarity: 0.9,
-            image_refresh_steps: None,
+            image_refresh_steps: 100,
         }
     }
 }

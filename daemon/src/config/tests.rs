@@ -129,12 +129,3 @@ fn a_device_this_build_lacks_is_rejected_naming_the_key() {
         }
     }
 }
-
-#[test]
-fn the_retired_image_refresh_key_still_loads() {
-    // `cmcl.image_refresh_steps` recomputed the image window with extra passes; the window
-    // now comes from the step itself. Files that set it keep loading (`run` warns).
-    let c = parse(&format!("{MINIMAL}\n[cmcl]\nimage_refresh_steps = 100\n"), &[]).expect("accepted");
-    assert_eq!(c.cmcl.image_refresh_steps, Some(100));
-    assert_eq!(parse(MINIMAL, &[]).expect("minimal").cmcl.image_refresh_steps, None);
-}

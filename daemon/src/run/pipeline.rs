@@ -150,11 +150,6 @@ impl Pipeline {
             max_failed_checkpoints: config.storage.max_failed_checkpoints.saturating_mul(2),
         };
         let resumed = restored_from.is_some();
-        if use_cmcl && config.cmcl.image_refresh_steps.is_some() {
-            tracing::warn!(
-                "cmcl.image_refresh_steps is no longer used (the image window keeps the embeddings of the step that trains each image-only record); remove it"
-            );
-        }
         let worker = Worker {
             schedule: Schedule::new(t.learning_rate, t.warmup_steps, t.rewarm_steps, resumed.then_some(step)),
             cmcl: use_cmcl.then(|| CmclData::new(config.cmcl.clone(), Arc::clone(&tokenizer), t.seed ^ step, shared.metrics.cmcl.clone())),

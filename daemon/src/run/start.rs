@@ -158,13 +158,6 @@ pub(crate) fn train_settings(config: &Config) -> TrainSettings {
             Ok(DeviceChoice::Cpu) | Err(_) => unimod_model::ShapePolicy::Tight,
             Ok(_) => unimod_model::ShapePolicy::Static,
         },
-        // UNIMO's retrieved image positives: the window of image-only records, kept by the
-        // step itself (unimod_model::memory).
-        image_memory: unimod_model::ImageMemorySettings {
-            capacity: config.cmcl.window,
-            positives: config.cmcl.image_positives,
-            min_similarity: config.cmcl.image_min_similarity,
-        },
         ..TrainSettings::default()
     }
 }
