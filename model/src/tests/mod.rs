@@ -4,7 +4,6 @@
 
 mod gpu_step;
 mod masks;
-mod memory;
 mod vilbert;
 
 /// The integration tests' fixtures (`tests/model/fixtures.rs`).
