@@ -195,11 +195,7 @@ async fn sigterm_drains_within_budget_with_a_backlog_and_a_slow_model() -> anyho
     assert!(status.success(), "exit {status}; log:\n{}", daemon.log_tail(4000));
     assert!(drained < Duration::from_secs(budget + 2), "drain took {drained:?}, budget {budget} s");
     let log = daemon.log_text();
-    assert!(
-        log.contains("final checkpoint written") || log.contains("the latest checkpoint already holds this state"),
-        "no final checkpoint:\n{}",
-        daemon.log_tail(3000)
-    );
+    assert!(crate::harness::logged_final_checkpoint(&log), "no final checkpoint:\n{}", daemon.log_tail(3000));
     let finals = setup.latest_checkpoint()?.expect("final checkpoint");
     assert!(counts(&finals).0 < 3000, "the backlog was abandoned, not trained: {:?}", counts(&finals));
 

@@ -316,6 +316,12 @@ pub(crate) fn counts(meta: &serde_json::Value) -> (u64, u64, u64, u64) {
     (g("text"), g("image"), g("pair"), g("rejected"))
 }
 
+/// Whether a daemon's log shows its stop made the final state durable: written then, or
+/// already held by the latest checkpoint (the stop then does not write it again).
+pub(crate) fn logged_final_checkpoint(log: &str) -> bool {
+    log.contains("final checkpoint written") || log.contains("the latest checkpoint already holds this state")
+}
+
 /// Latest checkpoint metadata through the running daemon's HTTP port.
 pub(crate) async fn latest_over_http(setup: &Setup) -> Option<serde_json::Value> {
     let (status, body) = http_get(&setup.url("/v1/checkpoints/latest")).await?;
