@@ -26,6 +26,9 @@ pub(crate) struct GroupTensors<B: Backend> {
     pub(crate) locations: Option<Tensor<B, 3>>,
     mask_rows: Vec<MaskRow>,
     full_mask: bool,
+    /// `[rows, n]` key-padding bias made on the device ([`GroupTensors::visual_only`]),
+    /// used instead of `mask_rows`.
+    row_bias: Option<Tensor<B, 2>>,
     device: B::Device,
 }
 
@@ -87,13 +90,38 @@ impl<B: Backend> GroupTensors<B> {
             locations,
             mask_rows,
             full_mask,
+            row_bias: None,
             device: device.clone(),
+        }
+    }
+
+    /// A group of bidirectional visual-only rows already on the device, with their key
+    /// padding given as a `[rows, n]` bias (0 on a row's regions, [`crate::attention_mask::BLOCKED`]
+    /// past them): rows whose lengths only the device knows (retrieved images,
+    /// [`crate::memory`]).
+    pub(crate) fn visual_only(features: Tensor<B, 3>, locations: Tensor<B, 3>, row_bias: Tensor<B, 2>) -> Self {
+        let [rows, n, _] = features.dims();
+        let device = features.device();
+        Self {
+            rows,
+            n,
+            t: 0,
+            ids: None,
+            features: Some(features),
+            locations: Some(locations),
+            mask_rows: Vec::new(),
+            full_mask: false,
+            row_bias: Some(row_bias),
+            device,
         }
     }
 
     /// Attention bias over the joint sequence `[visual; text]`: `[rows, 1, 1, n + t]` when
     /// every row is bidirectional, `[rows, 1, n + t, n + t]` otherwise.
     pub(crate) fn joint_bias(&self) -> Tensor<B, 4> {
+        if let Some(bias) = &self.row_bias {
+            return bias.clone().reshape([self.rows, 1, 1, self.n]);
+        }
         self.bias_of(&self.mask_rows, self.n, self.t, self.full_mask)
     }
 
@@ -105,6 +133,9 @@ impl<B: Backend> GroupTensors<B> {
 
     /// Key-padding bias of the visual part alone, `[rows, 1, 1, n]`.
     pub(crate) fn visual_keys(&self) -> Tensor<B, 4> {
+        if let Some(bias) = &self.row_bias {
+            return bias.clone().reshape([self.rows, 1, 1, self.n]);
+        }
         let rows: Vec<MaskRow> = self
             .mask_rows
             .iter()

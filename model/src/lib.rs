@@ -17,6 +17,7 @@ pub mod export;
 pub(crate) mod group_tensors;
 pub mod heads;
 pub mod layout;
+pub mod memory;
 pub(crate) mod masking;
 pub mod model;
 pub mod nn;
@@ -37,6 +38,7 @@ pub use generate::{DecodeOptions, Generated, Inference};
 pub use example::{Example, ExampleKind, VisualInput};
 pub use retrieval::cosine_top_k;
 pub use layout::ShapePolicy;
+pub use memory::ImageMemorySettings;
 pub use settings::TrainSettings;
 pub use trainer::{StepReport, Trainer, TrainerState};
 

@@ -9,8 +9,9 @@ use crate::config::{Arch, ModelConfig, Objective};
 use crate::group_tensors::{Encoded, GroupTensors};
 use crate::layout::Layout;
 use crate::heads::{Heads, HeadsConfig};
+use crate::memory::{self, MemoryTensors};
 use crate::objectives::{contrastive, matching, region, token};
-use crate::plan::{Plan, Slot, JOINT};
+use crate::plan::{Plan, Slot, IMAGE, JOINT};
 use crate::settings::TrainSettings;
 use crate::unimo::{UnimoBackbone, UnimoBackboneConfig};
 use crate::vilbert::{VilbertBackbone, VilbertBackboneConfig};
@@ -97,6 +98,20 @@ pub struct ObjectiveLoss<B: Backend> {
     pub count: usize,
 }
 
+/// What one micro-batch's forward pass gives the step besides its losses: for UNIMO's image
+/// window ([`crate::memory`]), on the device, without gradient.
+pub(crate) struct WindowOutputs<B: Backend> {
+    /// `[pairs * k]`: the retrieved positives' similarities, -2 where none
+    /// ([`memory::Retrieval::similarities`]); with a window only.
+    pub(crate) similarities: Option<Tensor<B, 1>>,
+    /// The retrieved slots, their embeddings as this step computed them, and whether each
+    /// may replace the kept one ([`memory::ImageMemory::refresh`]); with a window only.
+    pub(crate) refresh: Option<(Tensor<B, 1, Int>, Tensor<B, 2>, Tensor<B, 1>)>,
+    /// `[image rows, pooled]`: the embeddings of the plan's image-only rows, in
+    /// `plan.image_only` order (padding after); when collected.
+    pub(crate) image_only: Option<Tensor<B, 2>>,
+}
+
 /// Which part of a row's hidden states a slot points into.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Part {
@@ -156,11 +171,29 @@ impl<B: Backend> PretrainModel<B> {
     /// The losses of `plan` computed at the sizes of `layout` (which holds the plan): one
     /// entry per objective the layout computes, in reporting order, each the mean over the
     /// plan's real targets (padding is masked out; 0 when the plan has none).
-    pub(crate) fn losses_in(&self, plan: &Plan, layout: &Layout, device: &B::Device) -> Vec<ObjectiveLoss<B>> {
+    ///
+    /// With UNIMO's image window: with `memory`, CMCL
+    /// retrieves each pair's image positives from it on the device and encodes them in this
+    /// pass; with `collect`, the embeddings of the plan's image-only rows are returned for
+    /// the window.
+    pub(crate) fn step_outputs(
+        &self,
+        plan: &Plan,
+        layout: &Layout,
+        device: &B::Device,
+        memory: Option<&MemoryTensors<B>>,
+        collect: bool,
+    ) -> (Vec<ObjectiveLoss<B>>, WindowOutputs<B>) {
         let config = &self.config;
         let encoded = self.encode_layout(plan, layout, device);
         let flat = Flat::new(&encoded);
         let mut out = Vec::new();
+        let mut window = WindowOutputs { similarities: None, refresh: None, image_only: None };
+        let image_rows = layout.groups[IMAGE].rows;
+        if collect && !plan.image_only.is_empty() && config.uses(Objective::Cmcl) && image_rows > 0 {
+            let slots: Vec<Slot> = plan.image_only.iter().map(|&(row, _, _)| Slot { group: IMAGE, row, pos: 0 }).collect();
+            window.image_only = Some(self.heads.image_embedding(flat.gather(&slots, image_rows, Part::Visual, device)).detach());
+        }
         let int = |v: Vec<i64>| {
             let n = v.len();
             Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), device)
@@ -256,14 +289,45 @@ impl<B: Backend> PretrainModel<B> {
             t2i.resize(p, vec![0]);
             let scale = self.heads.logit_scale();
             let a = contrastive::masked_group_info_nce(
-                images.clone().select(0, image_anchors),
+                images.clone().select(0, image_anchors.clone()),
                 texts.clone(),
                 scale.clone(),
                 &i2t,
                 real_texts,
                 pairs.len(),
             );
-            let b = contrastive::masked_group_info_nce(texts.select(0, text_anchors), images, scale, &t2i, real_images, pairs.len());
+            let extra = match memory {
+                Some(m) if !pairs.is_empty() => {
+                    let anchors = images.clone().select(0, image_anchors.clone()).detach();
+                    let r = memory::retrieve(anchors, m, pairs.len());
+                    let features = m.features.clone().select(0, r.indices.clone());
+                    let locations = m.locations.clone().select(0, r.indices.clone());
+                    let bias = m.row_bias.clone().select(0, r.indices.clone());
+                    let encoded = self.encode(&GroupTensors::visual_only(features, locations, bias));
+                    let rows = r.indices.dims()[0];
+                    let visual = encoded.visual.expect("visual rows were encoded");
+                    let hidden = visual.dims()[1];
+                    let img = visual.reshape([rows, encoded.n, hidden]).narrow(1, 0, 1).reshape([rows, hidden]);
+                    let candidates = self.heads.image_embedding(img);
+                    window.similarities = Some(r.similarities);
+                    window.refresh = Some((r.indices, candidates.clone().detach(), r.filled));
+                    Some(contrastive::ExtraCandidates {
+                        candidates,
+                        positive_bias: r.positive_bias,
+                        candidate_bias: r.candidate_bias,
+                    })
+                }
+                _ => None,
+            };
+            let b = contrastive::masked_group_info_nce_with_extra(
+                texts.select(0, text_anchors),
+                images,
+                scale,
+                &t2i,
+                real_images,
+                pairs.len(),
+                extra,
+            );
             out.push(ObjectiveLoss {
                 objective: Objective::Cmcl,
                 loss: (a + b).div_scalar(2.0),
@@ -283,7 +347,7 @@ impl<B: Backend> PretrainModel<B> {
                 count: plan.itm.len(),
             });
         }
-        out
+        (out, window)
     }
 
     /// The ITM head over the pooled `[CLS]` and `[IMG]` states of the plan's matching rows,

@@ -168,6 +168,10 @@ pub(crate) struct Plan {
     pub(crate) cmcl: ContrastPlan,
     /// ITM rows.
     pub(crate) itm: Vec<MatchTarget>,
+    /// Image-group rows of image-only examples, with their images' keys
+    /// ([`positives::image_key`]) and unmasked rows, for UNIMO's image window
+    /// ([`crate::memory`]; with CMCL only).
+    pub(crate) image_only: Vec<(usize, u64, ImageRows)>,
     /// Examples used.
     pub(crate) samples: usize,
     /// Text tokens of the examples used (primary texts only).
@@ -306,6 +310,9 @@ impl Plan {
                     plan.samples += 1;
                     if mrm && image.rows() > 1 {
                         let row = plan.groups[IMAGE].rows();
+                        if cmcl {
+                            plan.image_only.push((row, positives::image_key(&source.features), image.clone()));
+                        }
                         let targets = mask_regions(&mut image, source, config, IMAGE, row, rng);
                         plan.groups[IMAGE].push_image(image);
                         plan.mrm.extend(targets);

@@ -1,6 +1,7 @@
 //! Training settings that are not part of the model: optimizer, clipping, shape buckets, seed.
 
 pub use crate::layout::ShapePolicy;
+use crate::memory::ImageMemorySettings;
 
 /// Settings of the training step (not saved in the model config; the daemon owns them).
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +24,9 @@ pub struct TrainSettings {
     /// How row and target counts are padded ([`ShapePolicy::Static`] for the JIT backends:
     /// few distinct shapes; [`ShapePolicy::Tight`] for the CPU: least work).
     pub shape_policy: ShapePolicy,
+    /// The window of image-only examples that UNIMO's image positives are retrieved from
+    /// ([`crate::memory`]; off by default).
+    pub image_memory: ImageMemorySettings,
 }
 
 impl Default for TrainSettings {
@@ -36,6 +40,7 @@ impl Default for TrainSettings {
             max_grad_norm: 1.0,
             seed: 0,
             shape_policy: ShapePolicy::Tight,
+            image_memory: ImageMemorySettings::default(),
         }
     }
 }

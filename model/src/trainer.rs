@@ -18,8 +18,9 @@ use crate::error::ModelError;
 use crate::example::{Example, VisualInput};
 use crate::model::PretrainModel;
 use crate::layout::Shapes;
+use crate::memory::ImageMemory;
 use crate::optimizer::{grad_norm_squared, scale_grads_by, MatrixDecayAdamW};
-use crate::plan::Plan;
+use crate::plan::{ImageRows, Plan};
 use crate::readback;
 use crate::settings::TrainSettings;
 
@@ -64,6 +65,21 @@ pub struct StepReport {
     pub tokens: usize,
     /// Examples dropped as unusable (ids outside the vocabulary, wrong feature width, ...).
     pub dropped: usize,
+    /// The cosine similarity of every image positive retrieved from UNIMO's image window in
+    /// an applied step ([`crate::memory`]; empty without one).
+    pub image_positives: Vec<f32>,
+}
+
+/// What a micro-batch leaves for the image window until the step's read shows whether its
+/// update was applied.
+struct WindowUpdate<B: Backend> {
+    /// Values of this micro-batch's retrieved similarities in the step's read.
+    similarities: usize,
+    /// Retrieved slots and their fresh embeddings ([`ImageMemory::refresh`]).
+    refresh: Option<(Tensor<B, 1, Int>, Tensor<B, 2>, Tensor<B, 1>)>,
+    /// Image-only examples (key, unmasked rows) and their embeddings, one row each.
+    images: Vec<(u64, ImageRows)>,
+    embeddings: Option<Tensor<B, 2>>,
 }
 
 /// A model with its optimizer, trained one step at a time.
@@ -75,6 +91,13 @@ pub struct Trainer<B: AutodiffBackend> {
     device: B::Device,
     steps_applied: u64,
     shapes: Shapes,
+    /// UNIMO's window of image-only examples (empty unless `settings.image_memory` is on).
+    memory: ImageMemory<B::InnerBackend>,
+}
+
+fn image_memory<B: Backend>(config: &ModelConfig, settings: &TrainSettings) -> ImageMemory<B> {
+    let on = if config.uses(Objective::Cmcl) { settings.image_memory } else { Default::default() };
+    ImageMemory::new(on, config.pooled_dim(), config.feature_dim, config.max_objects)
 }
 
 fn optimizer<B: AutodiffBackend>(settings: &TrainSettings) -> Adam<B> {
@@ -106,6 +129,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let model = PretrainModel::new(&config, &device);
         Ok(Self {
             optimizer: optimizer::<B>(&settings),
+            memory: image_memory(&config, &settings),
             config,
             model: Some(model),
             shapes: Shapes::new(settings.shape_policy),
@@ -144,6 +168,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.model()
     }
 
+    /// Image-only examples held in UNIMO's image window ([`crate::memory`]).
+    pub fn image_window_len(&self) -> usize {
+        self.memory.len()
+    }
+
     /// Distinct tensor-shape signatures ([`crate::layout::Layout`]s) of the steps so far
     /// (this process; not saved).
     pub fn shape_signatures(&self) -> usize {
@@ -179,12 +208,23 @@ impl<B: AutodiffBackend> Trainer<B> {
             samples: 0,
             tokens: 0,
             dropped: 0,
+            image_positives: Vec::new(),
         };
         let mut accumulator = GradientsAccumulator::<PretrainModel<B>>::new();
         // Per micro-batch with targets: the loss of each objective (0 when absent) and the
         // weighted total, detached, on the device; and the target counts (host-side).
         let mut packed: Vec<Tensor<B::InnerBackend, 1>> = Vec::new();
         let mut counts: Vec<[usize; K]> = Vec::new();
+        // The image window as it was at the step's start: retrieval reads it on the device;
+        // what the step computed for it is written after the read, if the update is applied.
+        let window = self.memory.tensors::<B>(
+            &self.settings.object_buckets,
+            Tensor::from_inner,
+            Tensor::from_inner,
+            &self.device,
+        );
+        let collect = self.memory.collects();
+        let mut updates: Vec<WindowUpdate<B::InnerBackend>> = Vec::new();
         for examples in micro_batches {
             let plan = Plan::build(examples, &self.config, &mut rng);
             report.samples += plan.samples;
@@ -192,7 +232,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             report.dropped += plan.dropped;
             let layout = self.shapes.layout(&plan, &self.config, &self.settings);
             let model = self.model.as_ref().expect("the model is present between steps");
-            let losses = model.losses_in(&plan, &layout, &self.device);
+            let (losses, outputs) = model.step_outputs(&plan, &layout, &self.device, window.as_ref(), collect);
             let mut total: Option<Tensor<B, 1>> = None;
             let mut these = [0usize; K];
             let mut values: [Option<Tensor<B::InnerBackend, 1>>; K] = Default::default();
@@ -219,6 +259,20 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .map(|v| v.unwrap_or_else(|| Tensor::zeros([1], &inner_device)))
                 .collect();
             parts.push(total.clone().detach().inner());
+            let mut update = WindowUpdate {
+                similarities: 0,
+                refresh: outputs.refresh.map(|(i, e, v)| (i.inner(), e.inner(), v.inner())),
+                images: Vec::new(),
+                embeddings: outputs.image_only.map(|e| e.inner()),
+            };
+            if let Some(sims) = outputs.similarities {
+                update.similarities = sims.dims()[0];
+                parts.push(sims.detach().inner());
+            }
+            if update.embeddings.is_some() {
+                update.images = plan.image_only.iter().map(|(_, key, rows)| (*key, rows.clone())).collect();
+            }
+            updates.push(update);
             packed.push(Tensor::cat(parts, 0));
             counts.push(these);
             let grads = GradientsParams::from_grads(total.backward(), model);
@@ -243,17 +297,26 @@ impl<B: AutodiffBackend> Trainer<B> {
             let values = readback::to_host(Tensor::cat(packed, 0));
             let norm = values.last().copied().unwrap_or(f32::NAN).sqrt();
             report.grad_norm = norm;
-            report.nonfinite = values.len() != counts.len() * (K + 1) + 1 || !norm.is_finite();
-            for (m, these) in counts.iter().enumerate() {
-                let Some(v) = values.get(m * (K + 1)..(m + 1) * (K + 1)) else { continue };
+            let expected: usize = updates.iter().map(|u| K + 1 + u.similarities).sum::<usize>() + 1;
+            report.nonfinite = values.len() != expected || !norm.is_finite();
+            let mut at = 0;
+            let mut similarities = Vec::new();
+            for (these, update) in counts.iter().zip(&updates) {
+                let Some(v) = values.get(at..at + K + 1) else { break };
+                at += K + 1;
                 if v.iter().any(|x| !x.is_finite()) {
                     report.nonfinite = true;
-                    continue;
+                } else {
+                    for k in 0..K {
+                        sums[k].0 += v[k] as f64 * these[k] as f64;
+                        sums[k].1 += these[k];
+                    }
                 }
-                for k in 0..K {
-                    sums[k].0 += v[k] as f64 * these[k] as f64;
-                    sums[k].1 += these[k];
+                if let Some(s) = values.get(at..at + update.similarities) {
+                    // -2 marks "no positive"; a cosine is >= -1.
+                    similarities.extend(s.iter().copied().filter(|&x| x >= -1.5));
                 }
+                at += update.similarities;
             }
             if report.nonfinite {
                 let (model, moments) = before;
@@ -262,6 +325,15 @@ impl<B: AutodiffBackend> Trainer<B> {
             } else {
                 self.steps_applied += 1;
                 report.applied = true;
+                report.image_positives = similarities;
+                for update in updates {
+                    if let Some((indices, fresh, valid)) = update.refresh {
+                        self.memory.refresh(indices, fresh, valid);
+                    }
+                    if let Some(embeddings) = update.embeddings {
+                        self.memory.insert(&update.images, embeddings);
+                    }
+                }
             }
         }
         let mut total = 0.0f64;
@@ -317,6 +389,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let optimizer = optimizer::<B>(&settings).load_record(optim_record);
         B::seed(&device, settings.seed ^ state.steps_applied);
         Ok(Self {
+            memory: image_memory(&config, &settings),
             config,
             shapes: Shapes::new(settings.shape_policy),
             settings,

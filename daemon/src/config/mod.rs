@@ -343,9 +343,10 @@ pub struct CmclConfig {
     /// Minimum cosine between the pooled embeddings of a pair's image and an image-only record
     /// for the record to be a positive (docs/configuration.md says how it was chosen).
     pub image_min_similarity: f32,
-    /// Recompute the image window's embeddings with the current weights every this many
-    /// steps (0 = keep the embeddings computed when each image arrived).
-    pub image_refresh_steps: u64,
+    /// No longer used (accepted so that older config files still load; `run` warns when it
+    /// is set): the image window's embeddings now come from the training steps themselves,
+    /// and a retrieved entry is re-embedded by the step that retrieves it.
+    pub image_refresh_steps: Option<u64>,
 }
 
 impl Default for CmclConfig {
@@ -358,7 +359,7 @@ impl Default for CmclConfig {
             image_positives: 1,
             text_min_similarity: 0.95,
             image_min_similarity: 0.9,
-            image_refresh_steps: 100,
+            image_refresh_steps: None,
         }
     }
 }

@@ -68,6 +68,11 @@ pub(super) async fn restore_or_start<B: AutodiffBackend>(
         },
     };
     let tokenizer = Arc::new(tokenizer);
+    if config.cmcl.image_refresh_steps.is_some() {
+        tracing::warn!(
+            "cmcl.image_refresh_steps is no longer used and is ignored: the image window's embeddings come from the training steps (docs/configuration.md)"
+        );
+    }
     let trainer = model::<B>(config, restored.as_ref(), &tokenizer, device)?;
     let (step, counts, progress_offsets, replay) = match &restored {
         Some(r) => (
@@ -158,6 +163,8 @@ pub(crate) fn train_settings(config: &Config) -> TrainSettings {
             Ok(DeviceChoice::Cpu) | Err(_) => unimod_model::ShapePolicy::Tight,
             Ok(_) => unimod_model::ShapePolicy::Static,
         },
+        // UNIMO's image window (the trainer turns it off for a model without CMCL).
+        image_memory: crate::train::cmcl::image_memory(&config.cmcl),
         ..TrainSettings::default()
     }
 }

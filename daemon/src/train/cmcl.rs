@@ -4,11 +4,14 @@
 //!   vocabulary is learned from the stream and never exchanges words of the same meaning), and
 //!   captions of *other* images close to its caption by TF-IDF, from a bounded window of
 //!   recent pair captions;
-//! - extra positives retrieved online from bounded windows of recent single-modal items:
-//!   text-only records by TF-IDF cosine (`cmcl.text_min_similarity`), image-only records by
-//!   cosine of the pooled embeddings (`cmcl.image_min_similarity`). The window's image
-//!   embeddings are recomputed with the current weights every `cmcl.image_refresh_steps`
-//!   steps, so retrieval follows the model as it learns.
+//! - extra text positives retrieved online from a bounded window of recent text-only records
+//!   by TF-IDF cosine (`cmcl.text_min_similarity`).
+//!
+//! Image positives are retrieved by the trainer itself, inside the step
+//! (`unimod_model::memory`): the window of image-only records lives on the device, retrieval
+//! compares the pooled embeddings of the step's own forward pass (`cmcl.image_min_similarity`),
+//! and the retrieved images are encoded in the same step; no evaluation pass. This module
+//! only counts what the step reports ([`CmclData::count_image_positives`]).
 //!
 //! A caption of the same image (the same features) is never a negative: captions of one image
 //! often arrive in a row, and a replayed pair meets its own caption in the window. In-batch
@@ -20,15 +23,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use burn::tensor::backend::AutodiffBackend;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use unimod_ingest::record::{RecordKind, Sample};
 use unimod_ingest::text::{TextRewriter, TextTokenizer, TfIdfWindow};
 use unimod_model::positives::image_key;
-use unimod_model::{cosine_top_k, Example, Trainer, VisualInput};
+use unimod_model::{Example, ImageMemorySettings};
 
-use super::examples::visual_input;
 use crate::config::CmclConfig;
 use crate::telemetry::CmclMetrics;
 
@@ -58,13 +59,16 @@ pub struct CmclData {
     captions: TfIdfWindow,
     caption_items: VecDeque<Caption>,
     first_caption: u64,
-    /// Image-only records and their embeddings (a ring: `next_image` is overwritten next once
-    /// the window is full).
-    images: Vec<VisualInput>,
-    image_embeddings: Vec<Vec<f32>>,
-    next_image: usize,
-    /// Steps since the image embeddings were last computed with the current weights.
-    steps_since_refresh: u64,
+}
+
+/// The trainer's image window for `config` (`cmcl.window` image-only records,
+/// `cmcl.image_positives` per pair at cosine `>= cmcl.image_min_similarity`).
+pub fn image_memory(config: &CmclConfig) -> ImageMemorySettings {
+    ImageMemorySettings {
+        capacity: config.window,
+        positives: config.image_positives,
+        min_similarity: config.image_min_similarity,
+    }
 }
 
 /// A caption normalised for equality: lowercase words.
@@ -88,27 +92,27 @@ impl CmclData {
             first_text: 0,
             caption_items: VecDeque::new(),
             first_caption: 0,
-            images: Vec::new(),
-            image_embeddings: Vec::new(),
-            next_image: 0,
-            steps_since_refresh: 0,
         }
     }
 
-    /// Items held in the text, caption and image windows.
-    pub fn window_sizes(&self) -> (usize, usize, usize) {
-        (self.text_ids.len(), self.caption_items.len(), self.images.len())
+    /// Items held in the text and caption windows.
+    pub fn window_sizes(&self) -> (usize, usize) {
+        (self.text_ids.len(), self.caption_items.len())
     }
 
-    /// Adds hard negatives and retrieved positives to the pairs among `examples`;
+    /// Counts the image positives an applied step retrieved from the trainer's window, with
+    /// their similarities ([`unimod_model::StepReport::image_positives`]).
+    pub fn count_image_positives(&self, similarities: &[f32]) {
+        self.metrics.items.with_label_values(&["image_positive"]).inc_by(similarities.len() as u64);
+        let histogram = self.metrics.positive_similarity.with_label_values(&["image"]);
+        for &s in similarities {
+            histogram.observe(f64::from(s));
+        }
+    }
+
+    /// Adds hard negatives and retrieved text positives to the pairs among `examples`;
     /// `captions[i]` is the text of example `i` (when it has one). Called once per step.
-    pub fn enrich<B: AutodiffBackend>(&mut self, trainer: &Trainer<B>, examples: &mut [Example], captions: &[Option<&str>]) {
-        self.steps_since_refresh += 1;
-        let refresh = self.config.image_refresh_steps;
-        if refresh > 0 && self.steps_since_refresh >= refresh && !self.images.is_empty() {
-            self.image_embeddings = trainer.embed_images(&self.images);
-            self.steps_since_refresh = 0;
-        }
+    pub fn enrich(&mut self, examples: &mut [Example], captions: &[Option<&str>]) {
         let pairs: Vec<usize> = (0..examples.len())
             .filter(|&i| examples[i].text.is_some() && examples[i].image.is_some())
             .collect();
@@ -173,27 +177,12 @@ impl CmclData {
                 }
             }
         }
-        if self.config.image_positives > 0 && !self.images.is_empty() {
-            let queries: Vec<VisualInput> = pairs.iter().filter_map(|&i| examples[i].image.clone()).collect();
-            let embedded = trainer.embed_images(&queries);
-            for (&i, q) in pairs.iter().zip(&embedded) {
-                for (j, score) in cosine_top_k(q, &self.image_embeddings, self.config.image_positives) {
-                    if score >= self.config.image_min_similarity {
-                        examples[i].extra_images.push(self.images[j].clone());
-                        self.metrics.items.with_label_values(&["image_positive"]).inc();
-                        self.metrics.positive_similarity.with_label_values(&["image"]).observe(f64::from(score));
-                    }
-                }
-            }
-        }
     }
 
     /// Learns from the fresh samples of a step: the rewriter's vocabulary from every text,
-    /// the caption window from pairs, the text window from text-only records, the image
-    /// window from image-only records.
-    pub fn observe<B: AutodiffBackend>(&mut self, trainer: &Trainer<B>, samples: &[Sample]) {
+    /// the caption window from pairs, the text window from text-only records.
+    pub fn observe(&mut self, samples: &[Sample]) {
         let window = self.config.window.max(1);
-        let mut new_images = Vec::new();
         for s in samples {
             if let Some(t) = &s.text {
                 self.rewriter.observe(&t.text);
@@ -225,27 +214,7 @@ impl CmclData {
                         });
                     }
                 }
-                RecordKind::Image if self.config.image_positives > 0 => {
-                    if let Some(o) = &s.image {
-                        new_images.push(visual_input(o));
-                    }
-                }
                 _ => {}
-            }
-        }
-        if new_images.is_empty() {
-            return;
-        }
-        let embedded = trainer.embed_images(&new_images);
-        for item in new_images.into_iter().zip(embedded) {
-            if self.images.len() < window {
-                self.images.push(item.0);
-                self.image_embeddings.push(item.1);
-            } else {
-                let k = self.next_image % window;
-                self.images[k] = item.0;
-                self.image_embeddings[k] = item.1;
-                self.next_image = (k + 1) % window;
             }
         }
     }
@@ -256,7 +225,6 @@ mod tests {
     use super::*;
     use unimod_ingest::config::TextConfig;
     use unimod_ingest::record::{ObjectSequence, SourcePos};
-    use unimod_model::{Arch, CpuBackend, ModelConfig, SpecialTokens, TrainSettings};
 
     use crate::train::examples::sample_example;
 
@@ -289,15 +257,12 @@ mod tests {
     }
 
     /// Negatives come from other images only (never another caption of the same image, nor a
-    /// replayed copy's own caption), positives are retrieved, and every role is counted.
+    /// replayed copy's own caption), text positives are retrieved, image positives (retrieved
+    /// by the trainer) are left to it, and every role is counted.
     #[test]
     fn negatives_from_other_images_positives_retrieved_and_counted() {
         let text_config = TextConfig { vocab_size: 300, min_frequency: 1, ..TextConfig::default() };
         let tok = Arc::new(TextTokenizer::train([A1, A2, B, TEXT], &text_config).expect("tokenizer"));
-        let sp = tok.special();
-        let special = SpecialTokens { pad: sp.pad, cls: sp.cls, sep: sp.sep, mask: sp.mask, img: sp.img };
-        let model = ModelConfig::preset(Arch::Unimo, "tiny", tok.vocab_size(), 4, special).expect("tiny");
-        let trainer = Trainer::<CpuBackend>::new(model, TrainSettings::default(), Default::default()).expect("trainer");
         let config = CmclConfig {
             hard_negatives: 1,
             tfidf_negatives: 2,
@@ -314,25 +279,28 @@ mod tests {
             sample(&tok, RecordKind::Text, Some(TEXT), None),
             sample(&tok, RecordKind::Image, None, Some(9.0)),
         ];
-        cmcl.observe(&trainer, &seen);
-        assert_eq!(cmcl.window_sizes(), (1, 2, 1));
+        cmcl.observe(&seen);
+        assert_eq!(cmcl.window_sizes(), (1, 2));
 
         // Now image A arrives with its other caption A2, and a replayed copy of (A, A1).
         let batch = [sample(&tok, RecordKind::Pair, Some(A2), Some(0.0)), sample(&tok, RecordKind::Pair, Some(A1), Some(0.0))];
         let mut examples: Vec<Example> = batch.iter().map(sample_example).collect();
-        cmcl.enrich(&trainer, &mut examples, &[Some(A2), Some(A1)]);
+        cmcl.enrich(&mut examples, &[Some(A2), Some(A1)]);
         let ids = |t: &str| tok.encode(t).expect("encodes").ids;
         for e in &examples {
             assert!(!e.hard_negatives.contains(&ids(A1)), "a caption of the same image as a negative");
             assert!(!e.hard_negatives.contains(&ids(A2)), "a caption of the same image as a negative");
             assert!(e.hard_negatives.contains(&ids(B)), "the close caption of another image is a negative");
             assert_eq!(e.extra_texts, vec![ids(TEXT)]);
-            assert_eq!(e.extra_images.len(), 1);
+            assert!(e.extra_images.is_empty(), "image positives are the trainer's");
         }
         assert_eq!(count(&metrics, "tfidf_negative"), 2, "one per pair: B (A1 is the same image)");
         assert!(count(&metrics, "rewrite_negative") >= 1);
         assert_eq!(count(&metrics, "text_positive"), 2);
+        assert_eq!(count(&metrics, "image_positive"), 0);
+        cmcl.count_image_positives(&[0.95, 0.97]);
         assert_eq!(count(&metrics, "image_positive"), 2);
+        assert_eq!(metrics.positive_similarity.with_label_values(&["image"]).get_sample_count(), 2);
         assert_eq!(metrics.positive_similarity.with_label_values(&["text"]).get_sample_count(), 2);
     }
 }

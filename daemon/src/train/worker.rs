@@ -257,7 +257,7 @@ impl<B: AutodiffBackend> Worker<B> {
                     .map(|s| s.text.as_ref().map(|t| t.text.as_str()))
                     .chain(replayed.iter().map(|(_, it)| it.text.as_ref().map(|t| t.text.as_str())))
                     .collect();
-                cmcl.enrich(&self.trainer, &mut examples, &captions);
+                cmcl.enrich(&mut examples, &captions);
             }
             let micro = split(examples, self.params.grad_accumulation);
 
@@ -314,7 +314,8 @@ impl<B: AutodiffBackend> Worker<B> {
                 }
             }
             if let Some(cmcl) = self.cmcl.as_mut() {
-                cmcl.observe(&self.trainer, &trained);
+                cmcl.observe(&trained);
+                cmcl.count_image_positives(&report.image_positives);
             }
             let mut trained_kinds = [0u64; 3];
             for s in trained {

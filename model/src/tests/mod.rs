@@ -4,6 +4,7 @@
 
 mod gpu_step;
 mod masks;
+mod memory;
 mod vilbert;
 
 /// The integration tests' fixtures (`tests/model/fixtures.rs`).

@@ -36,7 +36,7 @@ async fn trains_the_stream_reports_ready_and_drains_on_sigterm() -> anyhow::Resu
     let topics = Topics::create(&broker, 2).await?;
     // Retrieval thresholds low enough that this short stream (48 texts, 32 images) retrieves
     // positives at all: the test checks that each CMCL source is wired and counted.
-    let cmcl = "[cmcl]\ntext_min_similarity = 0.5\nimage_min_similarity = 0.0\nimage_refresh_steps = 2\n";
+    let cmcl = "[cmcl]\ntext_min_similarity = 0.5\nimage_min_similarity = 0.0\n";
     let setup = Setup::new(&broker.brokers(), &topics, "unimo", cmcl)?;
     let manifest = setup.publish_synthetic(&broker.brokers(), &topics, &small_stream(1, true)).await?;
     let want = expected(&manifest);
