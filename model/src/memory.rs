@@ -264,12 +264,16 @@ pub(crate) fn retrieve<B: Backend>(anchors: Tensor<B, 2>, memory: &MemoryTensors
     let pass = top.clone().greater_equal_elem(memory.min_similarity).float() * real_rows.clone();
     let chosen = chosen.expect("k >= 1");
     let to_bias = |m: Tensor<B, 2>| m.neg().add_scalar(1.0).mul_scalar(BLOCKED);
-    let positive = chosen.select(1, indices.clone()).clamp_max(1.0);
+    // Column j (pair q's m-th retrieval) is a positive of pair i when i chose that slot and
+    // the column itself is a real retrieval above the threshold: a padding pair's copy of a
+    // slot, or one below its own pair's threshold, is in nobody's loss.
+    let passing = pass.clone().reshape([1, p * k]);
+    let positive = chosen.select(1, indices.clone()).clamp_max(1.0) * passing.clone().expand([p, p * k]);
     let filled = (top.clone().greater_elem(BLOCKED / 2.0).float() * real_rows).reshape([p * k]);
     Retrieval {
         indices,
         positive_bias: to_bias(positive),
-        candidate_bias: to_bias(pass.clone().reshape([1, p * k])),
+        candidate_bias: to_bias(passing),
         similarities: ((top.add_scalar(2.0) * pass).sub_scalar(2.0)).reshape([p * k]),
         filled,
     }

@@ -306,8 +306,10 @@ impl<B: Backend> PretrainModel<B> {
                     let encoded = self.encode(&GroupTensors::visual_only(features, locations, bias));
                     let rows = r.indices.dims()[0];
                     let visual = encoded.visual.expect("visual rows were encoded");
-                    let hidden = visual.dims()[1];
-                    let img = visual.reshape([rows, encoded.n, hidden]).narrow(1, 0, 1).reshape([rows, hidden]);
+                    // Each row's `[IMG]` state, by a gather (as `Flat::gather` does: on the
+                    // fused backends a reshape of a narrowed view gave wrong values here).
+                    let firsts = Tensor::<B, 1, Int>::arange_step(0..(rows * encoded.n) as i64, encoded.n, device);
+                    let img = visual.select(0, firsts);
                     let candidates = self.heads.image_embedding(img);
                     window.similarities = Some(r.similarities);
                     window.refresh = Some((r.indices, candidates.clone().detach(), r.filled));

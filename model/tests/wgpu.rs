@@ -10,7 +10,7 @@ mod common;
 
 use burn::backend::wgpu::WgpuDevice;
 use unimod_model::backend::{Device, WgpuBackend};
-use unimod_model::{readback, Arch, Example, ShapePolicy, StepReport, TrainSettings, Trainer, TrainerState};
+use unimod_model::{readback, Arch, Example, ImageMemorySettings, ShapePolicy, StepReport, TrainSettings, Trainer, TrainerState};
 
 use common::{image, mixed_batch, settings, text, tiny, Train as Cpu};
 
@@ -27,6 +27,16 @@ fn gpu_settings() -> TrainSettings {
     TrainSettings {
         shape_policy: ShapePolicy::Static,
         ..settings()
+    }
+}
+
+/// `settings` with UNIMO's image window on, retrieving every pair's nearest kept image
+/// (threshold -1), so that the step's on-device retrieval and second visual-encoder call run
+/// on both backends.
+fn with_window(settings: TrainSettings) -> TrainSettings {
+    TrainSettings {
+        image_memory: ImageMemorySettings { capacity: 8, positives: 1, min_similarity: -1.0 },
+        ..settings
     }
 }
 
@@ -51,32 +61,42 @@ fn config(arch: Arch) -> unimod_model::ModelConfig {
 fn assert_within(cpu: &StepReport, gpu: &StepReport, tol: f32) {
     assert_eq!(cpu.counts, gpu.counts);
     assert_eq!(cpu.losses.len(), gpu.losses.len(), "{cpu:?} vs {gpu:?}");
+    for ((n, a), b) in cpu.losses.iter().zip(&gpu.losses) {
+        eprintln!("{n}: cpu {a:.6} wgpu {:.6}", b.1);
+    }
+    eprintln!("image positives: cpu {:?} wgpu {:?}", cpu.image_positives, gpu.image_positives);
     for ((n, a), (m, b)) in cpu.losses.iter().zip(&gpu.losses) {
         assert_eq!(n, m);
-        eprintln!("{n}: cpu {a:.6} wgpu {b:.6}");
         assert!((a - b).abs() <= tol, "{n}: cpu {a} vs wgpu {b}");
     }
     assert!((cpu.grad_norm - gpu.grad_norm).abs() <= tol * cpu.grad_norm.max(1.0), "grad norm {} vs {}", cpu.grad_norm, gpu.grad_norm);
+    assert_eq!(cpu.image_positives.len(), gpu.image_positives.len(), "retrieved image positives");
+    for (a, b) in cpu.image_positives.iter().zip(&gpu.image_positives) {
+        assert!((a - b).abs() <= tol, "retrieved similarity: cpu {a} vs wgpu {b}");
+    }
 }
 
 #[test]
 fn every_objective_matches_the_cpu_within_1e_3() {
     for arch in [Arch::Unimo, Arch::Vilbert] {
         let state = Trainer::<Cpu>::new(config(arch), settings(), Default::default()).expect("cpu").save().expect("save");
-        let mut cpu = Trainer::<Cpu>::load(&state, settings(), Default::default()).expect("cpu");
-        let mut gpu = Trainer::<Gpu>::load(&state, gpu_settings(), device()).expect("wgpu");
+        let mut cpu = Trainer::<Cpu>::load(&state, with_window(settings()), Default::default()).expect("cpu");
+        let mut gpu = Trainer::<Gpu>::load(&state, with_window(gpu_settings()), device()).expect("wgpu");
         let mut seen = std::collections::BTreeSet::new();
         // Three steps: the losses, and the updates that lead to the next step's losses. The
         // learning rate is small because Adam's first updates are about `lr * sign(g)` for
         // every parameter whose gradient is near zero, where the two backends' rounding can
         // disagree on the sign: at 1e-3 that moved the second step's total loss by 3.5e-3 in
-        // one CI run (17.8871 against 17.8836), at 1e-4 it is a tenth of that.
-        for _ in 0..3 {
+        // one CI run (17.8871 against 17.8836), at 1e-4 it is a tenth of that. From the
+        // second step on, UNIMO's pairs retrieve image positives from the window.
+        for step in 0..3 {
             let a = cpu.step(&[batch()], 1e-4);
             let b = gpu.step(&[batch()], 1e-4);
             assert!(a.applied && b.applied, "{a:?} {b:?}");
             assert_within(&a, &b, 1e-3);
             seen.extend(a.losses.iter().map(|l| l.0));
+            let retrieves = arch == Arch::Unimo && step > 0;
+            assert_eq!(!a.image_positives.is_empty(), retrieves, "{arch:?} step {step}: {a:?}");
         }
         for n in ["total", "mlm", "seq2seq", "mrm", "cmcl", "itm"] {
             // ViLBERT has neither a prefix-LM head nor UNIMO's contrastive objective
@@ -127,11 +147,13 @@ fn a_state_saved_on_one_backend_loads_on_the_other() {
 
 #[test]
 fn one_device_read_per_step_on_wgpu() {
-    let mut gpu = Trainer::<Gpu>::new(config(Arch::Unimo), gpu_settings(), device()).expect("wgpu");
-    for micro in [vec![batch()], vec![batch(), batch()]] {
+    // With the image window: retrieval shares the step's read.
+    let mut gpu = Trainer::<Gpu>::new(config(Arch::Unimo), with_window(gpu_settings()), device()).expect("wgpu");
+    for (step, micro) in [vec![batch()], vec![batch(), batch()]].into_iter().enumerate() {
         let before = readback::reads_on_this_thread();
         let report = gpu.step(&micro, 1e-3);
         assert!(report.applied, "{report:?}");
         assert_eq!(readback::reads_on_this_thread() - before, 1);
+        assert_eq!(report.image_positives.is_empty(), step == 0, "the second step retrieves: {report:?}");
     }
 }
