@@ -159,7 +159,9 @@ impl<B: Backend> ImageMemory<B> {
         }
         let device = embeddings.device();
         let (c, m, f, n) = (self.keys.len(), images.len(), self.feature_dim, self.max_objects);
-        let slots = self.slots.get_or_insert_with(|| Slots {
+        // Taken by value, so that each write below owns its tensor and updates it in place
+        // (a write to a shared tensor copies it whole).
+        let Slots { mut features, mut locations, embeddings: mut kept } = self.slots.take().unwrap_or_else(|| Slots {
             features: Tensor::zeros([c, n, f], &device),
             locations: Tensor::zeros([c, n, 5], &device),
             embeddings: Tensor::zeros([c, self.pooled], &device),
@@ -186,10 +188,11 @@ impl<B: Backend> ImageMemory<B> {
                 }
             };
             self.keys[slot] = Some((*key, image.rows().min(n).max(1)));
-            slots.features = slots.features.clone().slice_assign([slot..slot + 1], feats.clone().narrow(0, i, 1));
-            slots.locations = slots.locations.clone().slice_assign([slot..slot + 1], locs.clone().narrow(0, i, 1));
-            slots.embeddings = slots.embeddings.clone().slice_assign([slot..slot + 1], embeddings.clone().narrow(0, i, 1));
+            features = features.slice_assign([slot..slot + 1], feats.clone().narrow(0, i, 1));
+            locations = locations.slice_assign([slot..slot + 1], locs.clone().narrow(0, i, 1));
+            kept = kept.slice_assign([slot..slot + 1], embeddings.clone().narrow(0, i, 1));
         }
+        self.slots = Some(Slots { features, locations, embeddings: kept });
     }
 
     /// Replaces the kept embeddings of the slots at `indices` (`[r]`) by `fresh` (`[r,
@@ -197,6 +200,7 @@ impl<B: Backend> ImageMemory<B> {
     /// mean. All on the device.
     pub(crate) fn refresh(&mut self, indices: Tensor<B, 1, Int>, fresh: Tensor<B, 2>, valid: Tensor<B, 1>) {
         let Some(slots) = self.slots.as_mut() else { return };
+        let kept = std::mem::replace(&mut slots.embeddings, Tensor::zeros([1, 1], &fresh.device()));
         let c = self.keys.len();
         let r = indices.dims()[0];
         let device = fresh.device();
@@ -206,7 +210,7 @@ impl<B: Backend> ImageMemory<B> {
         let count = hits.clone().sum_dim(0).reshape([c, 1]);
         let sum = hits.transpose().matmul(fresh);
         let keep = count.clone().equal_elem(0.0).float();
-        slots.embeddings = slots.embeddings.clone() * keep + sum / count.clamp_min(1.0);
+        slots.embeddings = kept * keep + sum / count.clamp_min(1.0);
     }
 }
 
@@ -343,7 +347,8 @@ mod tests {
         let idx: Vec<i64> = r.indices.into_data().convert::<i64>().to_vec().expect("ints");
         assert_eq!(&idx[..2], &[0, 0], "each pair's nearest filled slot");
         let b = BLOCKED;
-        assert_eq!(rows(r.positive_bias), vec![vec![0.0, 0.0, b], vec![b, b, b], vec![b, b, b]]);
+        // Pair 1's copy of slot 0 (below its own threshold) is not pair 0's positive either.
+        assert_eq!(rows(r.positive_bias), vec![vec![0.0, b, b], vec![b, b, b], vec![b, b, b]]);
         assert_eq!(rows(r.candidate_bias), vec![vec![0.0, b, b]], "only pair 0 retrieved above the threshold");
         let sims: Vec<f32> = r.similarities.into_data().to_vec().expect("f32");
         assert!((sims[0] - unit([1.0, 0.1])[0]).abs() < 1e-6, "{sims:?}");

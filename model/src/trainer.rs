@@ -326,6 +326,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 self.steps_applied += 1;
                 report.applied = true;
                 report.image_positives = similarities;
+                // The step's views of the window go first, so that the writes own it.
+                drop(window);
                 for update in updates {
                     if let Some((indices, fresh, valid)) = update.refresh {
                         self.memory.refresh(indices, fresh, valid);
