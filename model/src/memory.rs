@@ -188,9 +188,9 @@ impl<B: Backend> ImageMemory<B> {
                 }
             };
             self.keys[slot] = Some((*key, image.rows().min(n).max(1)));
-            features = features.slice_assign([slot..slot + 1], feats.clone().narrow(0, i, 1));
-            locations = locations.slice_assign([slot..slot + 1], locs.clone().narrow(0, i, 1));
-            kept = kept.slice_assign([slot..slot + 1], embeddings.clone().narrow(0, i, 1));
+            features = features.slice_assign([slot..slot + 1, 0..n, 0..f], feats.clone().narrow(0, i, 1));
+            locations = locations.slice_assign([slot..slot + 1, 0..n, 0..5], locs.clone().narrow(0, i, 1));
+            kept = kept.slice_assign([slot..slot + 1, 0..self.pooled], embeddings.clone().narrow(0, i, 1));
         }
         self.slots = Some(Slots { features, locations, embeddings: kept });
     }
@@ -198,7 +198,7 @@ impl<B: Backend> ImageMemory<B> {
     /// Replaces the kept embeddings of the slots at `indices` (`[r]`) by `fresh` (`[r,
     /// pooled]`) where `valid` (`[r]`, 0 or 1) is 1; a slot named more than once takes the
     /// mean. All on the device.
-    pub(crate) fn refresh(&mut self, indices: Tensor<B, 1, Int>, fresh: Tensor<B, 2>, valid: Tensor<B, 1>) {
+    pub(crate) fn refresh(&mut self, Refresh { indices, fresh, valid }: Refresh<B>) {
         let Some(slots) = self.slots.as_mut() else { return };
         let kept = std::mem::replace(&mut slots.embeddings, Tensor::zeros([1, 1], &fresh.device()));
         let c = self.keys.len();
@@ -212,6 +212,16 @@ impl<B: Backend> ImageMemory<B> {
         let keep = count.clone().equal_elem(0.0).float();
         slots.embeddings = kept * keep + sum / count.clamp_min(1.0);
     }
+}
+
+/// What a step computed for the entries it retrieved ([`ImageMemory::refresh`]): their slots
+/// (`[r]`), their fresh embeddings (`[r, pooled]`), and 1 where one may replace the kept
+/// embedding (`[r]`).
+#[derive(Debug, Clone)]
+pub(crate) struct Refresh<B: Backend> {
+    pub(crate) indices: Tensor<B, 1, Int>,
+    pub(crate) fresh: Tensor<B, 2>,
+    pub(crate) valid: Tensor<B, 1>,
 }
 
 /// The result of retrieval for one micro-batch, on the device.
@@ -368,7 +378,7 @@ mod tests {
         assert_eq!(rows(r.candidate_bias), vec![vec![0.0, b]]);
         let filled: Vec<f32> = r.filled.clone().into_data().to_vec().expect("f32");
         assert_eq!(filled, vec![1.0, 0.0]);
-        m.refresh(r.indices, embeddings(&[unit([0.0, 1.0]), vec![7.0, 7.0]]), r.filled);
+        m.refresh(Refresh { indices: r.indices, fresh: embeddings(&[unit([0.0, 1.0]), vec![7.0, 7.0]]), valid: r.filled });
         assert_eq!(rows(view(&m).embeddings), vec![unit([0.0, 1.0]), vec![0.0, 0.0], vec![0.0, 0.0]]);
     }
 }

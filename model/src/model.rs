@@ -106,7 +106,7 @@ pub(crate) struct WindowOutputs<B: Backend> {
     pub(crate) similarities: Option<Tensor<B, 1>>,
     /// The retrieved slots, their embeddings as this step computed them, and whether each
     /// may replace the kept one ([`memory::ImageMemory::refresh`]); with a window only.
-    pub(crate) refresh: Option<(Tensor<B, 1, Int>, Tensor<B, 2>, Tensor<B, 1>)>,
+    pub(crate) refresh: Option<memory::Refresh<B>>,
     /// `[image rows, pooled]`: the embeddings of the plan's image-only rows, in
     /// `plan.image_only` order (padding after); when collected.
     pub(crate) image_only: Option<Tensor<B, 2>>,
@@ -312,7 +312,7 @@ impl<B: Backend> PretrainModel<B> {
                     let img = visual.select(0, firsts);
                     let candidates = self.heads.image_embedding(img);
                     window.similarities = Some(r.similarities);
-                    window.refresh = Some((r.indices, candidates.clone().detach(), r.filled));
+                    window.refresh = Some(memory::Refresh { indices: r.indices, fresh: candidates.clone().detach(), valid: r.filled });
                     Some(contrastive::ExtraCandidates {
                         candidates,
                         positive_bias: r.positive_bias,

@@ -18,7 +18,7 @@ use crate::error::ModelError;
 use crate::example::{Example, VisualInput};
 use crate::model::PretrainModel;
 use crate::layout::Shapes;
-use crate::memory::ImageMemory;
+use crate::memory::{ImageMemory, Refresh};
 use crate::optimizer::{grad_norm_squared, scale_grads_by, MatrixDecayAdamW};
 use crate::plan::{ImageRows, Plan};
 use crate::readback;
@@ -76,7 +76,7 @@ struct WindowUpdate<B: Backend> {
     /// Values of this micro-batch's retrieved similarities in the step's read.
     similarities: usize,
     /// Retrieved slots and their fresh embeddings ([`ImageMemory::refresh`]).
-    refresh: Option<(Tensor<B, 1, Int>, Tensor<B, 2>, Tensor<B, 1>)>,
+    refresh: Option<Refresh<B>>,
     /// Image-only examples (key, unmasked rows) and their embeddings, one row each.
     images: Vec<(u64, ImageRows)>,
     embeddings: Option<Tensor<B, 2>>,
@@ -261,7 +261,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             parts.push(total.clone().detach().inner());
             let mut update = WindowUpdate {
                 similarities: 0,
-                refresh: outputs.refresh.map(|(i, e, v)| (i.inner(), e.inner(), v.inner())),
+                refresh: outputs.refresh.map(|r| Refresh { indices: r.indices.inner(), fresh: r.fresh.inner(), valid: r.valid.inner() }),
                 images: Vec::new(),
                 embeddings: outputs.image_only.map(|e| e.inner()),
             };
@@ -329,8 +329,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 // The step's views of the window go first, so that the writes own it.
                 drop(window);
                 for update in updates {
-                    if let Some((indices, fresh, valid)) = update.refresh {
-                        self.memory.refresh(indices, fresh, valid);
+                    if let Some(refresh) = update.refresh {
+                        self.memory.refresh(refresh);
                     }
                     if let Some(embeddings) = update.embeddings {
                         self.memory.insert(&update.images, embeddings);

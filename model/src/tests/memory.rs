@@ -106,7 +106,7 @@ fn the_trainer_fills_its_window_from_its_own_steps_and_reads_once() {
     assert!(r.applied && r.image_positives.is_empty(), "an empty window retrieves nothing: {r:?}");
     assert_eq!(trainer.image_window_len(), 3, "the step's image-only records are kept");
     let second: Vec<Example> = (0..4).map(|s| image_example(20 + s)).chain((0..3).map(|s| strip(pair_example(s)))).collect();
-    let r = trainer.step(&[second.clone()], 1e-3);
+    let r = trainer.step(std::slice::from_ref(&second), 1e-3);
     assert!(r.applied, "{r:?}");
     assert_eq!(r.image_positives.len(), 3, "one positive per pair (threshold -1): {r:?}");
     assert!(r.image_positives.iter().all(|s| (-1.0..=1.0001).contains(s)), "{r:?}");
