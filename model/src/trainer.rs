@@ -226,7 +226,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let collect = self.memory.collects();
         let mut updates: Vec<WindowUpdate<B::InnerBackend>> = Vec::new();
         for examples in micro_batches {
-            let plan = Plan::build(examples, &self.config, &mut rng);
+            let mut plan = Plan::build(examples, &self.config, &mut rng);
             report.samples += plan.samples;
             report.tokens += plan.tokens;
             report.dropped += plan.dropped;
@@ -270,7 +270,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 parts.push(sims.detach().inner());
             }
             if update.embeddings.is_some() {
-                update.images = plan.image_only.iter().map(|(_, key, rows)| (*key, rows.clone())).collect();
+                // Moved out: the plan is done with them.
+                update.images = std::mem::take(&mut plan.image_only).into_iter().map(|(_, key, rows)| (key, rows)).collect();
             }
             updates.push(update);
             packed.push(Tensor::cat(parts, 0));
