@@ -293,7 +293,14 @@ impl HiddenArea {
             .filter(|(_, &c)| c > 0)
             .map(|(a, _)| a)
             .sum();
-        Self { nx, cell_area, visible_count, cells, total, hidden: 0.0 }
+        Self {
+            nx,
+            cell_area,
+            visible_count,
+            cells,
+            total,
+            hidden: 0.0,
+        }
     }
 
     /// Whether the regions cover any area at all (else the mask falls back to counting).
@@ -363,6 +370,11 @@ pub(crate) fn anchor_mask<R: Rng>(
     let mut share = 0.0f32;
     let mut added = Vec::new();
     for &anchor in &order {
+        // Masking more never lowers the share, so once it has reached the ratio no later
+        // anchor can bring it closer: the rest would all be tried and undone.
+        if share >= ratio {
+            break;
+        }
         if masked[anchor] {
             continue;
         }

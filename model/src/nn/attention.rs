@@ -3,11 +3,11 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 
-use super::init;
+use super::norm::{LayerNorm, LayerNormConfig};
+use super::{init, ops};
 
 /// Configuration of an [`Attention`] layer: queries of width `d_query` attend to keys and
 /// values of width `d_kv` through an inner width `d_inner` split into `heads`; the output has
@@ -64,26 +64,32 @@ impl<B: Backend> Attention<B> {
     /// - `context`: `[batch, lk, d_kv]`
     /// - `bias`: `[batch, 1, lq or 1, lk]`, 0 where visible, very negative where blocked
     /// - output: `[batch, lq, d_query]`
-    pub fn forward(&self, query: Tensor<B, 3>, context: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        query: Tensor<B, 3>,
+        context: Tensor<B, 3>,
+        bias: Tensor<B, 4>,
+    ) -> Tensor<B, 3> {
         let [b, lq, _] = query.dims();
         let lk = context.dims()[1];
         let (h, d) = (self.heads, self.head_dim);
-        let q = self
-            .query
-            .forward(query)
+        let q = ops::linear(&self.query, query)
             .reshape([b, lq, h, d])
             .swap_dims(1, 2);
         // Separate key and value projections: splitting a fused one would copy both halves.
-        let k = self
-            .key
-            .forward(context.clone())
+        let k = ops::linear(&self.key, context.clone())
             .reshape([b, lk, h, d])
             .swap_dims(1, 2);
-        let v = self.value.forward(context).reshape([b, lk, h, d]).swap_dims(1, 2);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt()) + bias;
-        let weights = self.dropout.forward(softmax(scores, 3));
+        let v = ops::linear(&self.value, context)
+            .reshape([b, lk, h, d])
+            .swap_dims(1, 2);
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let weights = ops::dropout(
+            &self.dropout,
+            ops::attention_softmax(scores, 1.0 / (d as f64).sqrt(), bias),
+        );
         let context = weights.matmul(v).swap_dims(1, 2).reshape([b, lq, h * d]);
-        self.output.forward(context)
+        ops::linear(&self.output, context)
     }
 }
 
@@ -132,15 +138,20 @@ impl<B: Backend> AttentionBlock<B> {
     /// - `x`: `[batch, lq, d_query]`, `context`: `[batch, lk, d_kv]`
     /// - `bias`: `[batch, 1, lq or 1, lk]`
     /// - output: `[batch, lq, d_query]`
-    pub fn forward(&self, x: Tensor<B, 3>, context: Option<Tensor<B, 3>>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        context: Option<Tensor<B, 3>>,
+        bias: Tensor<B, 4>,
+    ) -> Tensor<B, 3> {
         if self.pre_ln {
             let normed = self.norm.forward(x.clone());
             let context = context.unwrap_or_else(|| normed.clone());
-            x + self.dropout.forward(self.attention.forward(normed, context, bias))
+            x + ops::dropout(&self.dropout, self.attention.forward(normed, context, bias))
         } else {
             let context = context.unwrap_or_else(|| x.clone());
             let out = self.attention.forward(x.clone(), context, bias);
-            self.norm.forward(x + self.dropout.forward(out))
+            self.norm.forward(x + ops::dropout(&self.dropout, out))
         }
     }
 }
@@ -159,35 +170,51 @@ impl<B: Backend> Attention<B> {
     ///
     /// # Shapes
     /// - `x`: `[batch, lq, d]`, `bias`: `[batch, 1, lq or 1, cached + lq]` -> `[batch, lq, d]`
-    pub fn forward_cached(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>, cache: &mut KeyValues<B>) -> Tensor<B, 3> {
+    pub fn forward_cached(
+        &self,
+        x: Tensor<B, 3>,
+        bias: Tensor<B, 4>,
+        cache: &mut KeyValues<B>,
+    ) -> Tensor<B, 3> {
         let [b, lq, _] = x.dims();
         let (h, d) = (self.heads, self.head_dim);
         let split = |t: Tensor<B, 3>| t.reshape([b, lq, h, d]).swap_dims(1, 2);
-        let q = split(self.query.forward(x.clone()));
-        let mut k = split(self.key.forward(x.clone()));
-        let mut v = split(self.value.forward(x));
+        let q = split(ops::linear(&self.query, x.clone()));
+        let mut k = split(ops::linear(&self.key, x.clone()));
+        let mut v = split(ops::linear(&self.value, x));
         if let Some((pk, pv)) = cache.take() {
             k = Tensor::cat(vec![pk, k], 2);
             v = Tensor::cat(vec![pv, v], 2);
         }
         *cache = Some((k.clone(), v.clone()));
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt()) + bias;
-        let weights = self.dropout.forward(softmax(scores, 3));
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let weights = ops::dropout(
+            &self.dropout,
+            ops::attention_softmax(scores, 1.0 / (d as f64).sqrt(), bias),
+        );
         let context = weights.matmul(v).swap_dims(1, 2).reshape([b, lq, h * d]);
-        self.output.forward(context)
+        ops::linear(&self.output, context)
     }
 }
 
 impl<B: Backend> AttentionBlock<B> {
     /// [`AttentionBlock::forward`] (self-attention) over cached positions; see
     /// [`Attention::forward_cached`].
-    pub fn forward_cached(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>, cache: &mut KeyValues<B>) -> Tensor<B, 3> {
+    pub fn forward_cached(
+        &self,
+        x: Tensor<B, 3>,
+        bias: Tensor<B, 4>,
+        cache: &mut KeyValues<B>,
+    ) -> Tensor<B, 3> {
         if self.pre_ln {
             let normed = self.norm.forward(x.clone());
-            x + self.dropout.forward(self.attention.forward_cached(normed, bias, cache))
+            x + ops::dropout(
+                &self.dropout,
+                self.attention.forward_cached(normed, bias, cache),
+            )
         } else {
             let out = self.attention.forward_cached(x.clone(), bias, cache);
-            self.norm.forward(x + self.dropout.forward(out))
+            self.norm.forward(x + ops::dropout(&self.dropout, out))
         }
     }
 }

@@ -3,10 +3,11 @@
 
 use burn::config::Config;
 use burn::module::{Initializer, Module};
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear};
 use burn::prelude::*;
 
-use super::init;
+use super::norm::{LayerNorm, LayerNormConfig};
+use super::{init, ops};
 
 /// First position id of a text (RoBERTa convention: ids 0 and 1 are reserved).
 pub const POSITION_OFFSET: usize = 2;
@@ -118,8 +119,8 @@ impl<B: Backend> VisualEmbedding<B> {
     /// # Shapes
     /// - `features`: `[batch, n, feature_dim]`, `locations`: `[batch, n, 5]` -> `[batch, n, hidden]`
     pub fn forward(&self, features: Tensor<B, 3>, locations: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.feature.forward(features) + self.location.forward(locations);
-        self.dropout.forward(self.norm.forward(x))
+        let x = ops::linear(&self.feature, features) + ops::linear(&self.location, locations);
+        ops::dropout(&self.dropout, self.norm.forward(x))
     }
 }
 
@@ -138,6 +139,6 @@ impl<B: Backend> TextEmbedding<B> {
             .narrow(0, POSITION_OFFSET + start, t)
             .unsqueeze_dim::<3>(0);
         let x = self.word.forward(ids) + positions;
-        self.dropout.forward(self.norm.forward(x))
+        ops::dropout(&self.dropout, self.norm.forward(x))
     }
 }

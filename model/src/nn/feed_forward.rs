@@ -2,11 +2,11 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 
-use super::init;
+use super::norm::{LayerNorm, LayerNormConfig};
+use super::{init, ops};
 
 /// Configuration of a [`FeedForwardBlock`] of width `d_model` with hidden width `d_ffn`.
 #[derive(Config, Debug)]
@@ -59,11 +59,14 @@ impl<B: Backend> FeedForwardBlock<B> {
     /// - `x`: `[batch, len, d_model]` -> `[batch, len, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         if self.pre_ln {
-            let h = self.outer.forward(gelu(self.inner.forward(self.norm.forward(x.clone()))));
-            x + self.dropout.forward(h)
+            let h = ops::linear(
+                &self.outer,
+                ops::gelu(ops::linear(&self.inner, self.norm.forward(x.clone()))),
+            );
+            x + ops::dropout(&self.dropout, h)
         } else {
-            let h = self.outer.forward(gelu(self.inner.forward(x.clone())));
-            self.norm.forward(x + self.dropout.forward(h))
+            let h = ops::linear(&self.outer, ops::gelu(ops::linear(&self.inner, x.clone())));
+            self.norm.forward(x + ops::dropout(&self.dropout, h))
         }
     }
 }

@@ -3,7 +3,10 @@
 
 pub mod attention;
 pub mod co_attention;
+mod cpu;
 pub mod embeddings;
 pub mod feed_forward;
 pub mod init;
+pub mod norm;
+pub mod ops;
 pub mod transformer;
