@@ -70,25 +70,11 @@ impl<B: Backend> Attention<B> {
         context: Tensor<B, 3>,
         bias: Tensor<B, 4>,
     ) -> Tensor<B, 3> {
-        let [b, lq, _] = query.dims();
-        let lk = context.dims()[1];
-        let (h, d) = (self.heads, self.head_dim);
-        let q = ops::linear(&self.query, query)
-            .reshape([b, lq, h, d])
-            .swap_dims(1, 2);
         // Separate key and value projections: splitting a fused one would copy both halves.
-        let k = ops::linear(&self.key, context.clone())
-            .reshape([b, lk, h, d])
-            .swap_dims(1, 2);
-        let v = ops::linear(&self.value, context)
-            .reshape([b, lk, h, d])
-            .swap_dims(1, 2);
-        let scores = q.matmul(k.swap_dims(2, 3));
-        let weights = ops::dropout(
-            &self.dropout,
-            ops::attention_softmax(scores, 1.0 / (d as f64).sqrt(), bias),
-        );
-        let context = weights.matmul(v).swap_dims(1, 2).reshape([b, lq, h * d]);
+        let q = ops::linear(&self.query, query);
+        let k = ops::linear(&self.key, context.clone());
+        let v = ops::linear(&self.value, context);
+        let context = ops::attention(q, k, v, bias, self.heads, &self.dropout);
         ops::linear(&self.output, context)
     }
 }
