@@ -119,7 +119,7 @@ impl<B: Backend> Heads<B> {
     pub fn token_logits(&self, hidden: Tensor<B, 2>, word: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = self
             .mlm_norm
-            .forward(ops::gelu(self.mlm_transform.forward(hidden)));
+            .forward(ops::gelu(ops::linear(&self.mlm_transform, hidden)));
         h.matmul(word.transpose()) + self.mlm_bias.val().unsqueeze_dim(0)
     }
 
@@ -128,7 +128,7 @@ impl<B: Backend> Heads<B> {
     /// # Shapes
     /// - `hidden`: `[r, visual_hidden]` -> `[r, feature_dim]`
     pub fn region_features(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.mrm_feature.forward(hidden)
+        ops::linear(&self.mrm_feature, hidden)
     }
 
     /// Detector-class logits, when the config has region classes.
@@ -136,7 +136,7 @@ impl<B: Backend> Heads<B> {
     /// # Shapes
     /// - `hidden`: `[r, visual_hidden]` -> `[r, classes]`
     pub fn region_class_logits(&self, hidden: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-        self.mrm_classes.as_ref().map(|l| l.forward(hidden))
+        self.mrm_classes.as_ref().map(|l| ops::linear(l, hidden))
     }
 
     /// Pooled `[CLS]` states projected into the shared space and L2-normalised.
@@ -144,7 +144,7 @@ impl<B: Backend> Heads<B> {
     /// # Shapes
     /// - `cls`: `[k, hidden]` -> `[k, pooled]`
     pub fn text_embedding(&self, cls: Tensor<B, 2>) -> Tensor<B, 2> {
-        l2_normalize(self.project_text.forward(cls))
+        l2_normalize(ops::linear(&self.project_text, cls))
     }
 
     /// Pooled `[IMG]` states projected into the shared space and L2-normalised.
@@ -152,7 +152,7 @@ impl<B: Backend> Heads<B> {
     /// # Shapes
     /// - `img`: `[k, visual_hidden]` -> `[k, pooled]`
     pub fn image_embedding(&self, img: Tensor<B, 2>) -> Tensor<B, 2> {
-        l2_normalize(self.project_image.forward(img))
+        l2_normalize(ops::linear(&self.project_image, img))
     }
 
     /// `1 / temperature`, with the temperature clipped to its range.
@@ -171,9 +171,9 @@ impl<B: Backend> Heads<B> {
     /// # Shapes
     /// - `cls`: `[k, hidden]`, `img`: `[k, visual_hidden]` -> `[k]`
     pub fn match_logits(&self, cls: Tensor<B, 2>, img: Tensor<B, 2>) -> Tensor<B, 1> {
-        let t = relu(self.itm_text.forward(cls));
-        let v = relu(self.itm_image.forward(img));
+        let t = relu(ops::linear(&self.itm_text, cls));
+        let v = relu(ops::linear(&self.itm_image, img));
         let k = t.dims()[0];
-        self.itm.forward(t * v).reshape([k])
+        ops::linear(&self.itm, t * v).reshape([k])
     }
 }

@@ -321,7 +321,9 @@ fn layer_norm_backward(
     });
     let rows = grad.len() / n;
     let per = block_rows(grad.len(), n).max(rows.div_ceil(rayon::current_num_threads().max(1)));
-    let (dgamma, dbeta) = (0..rows.div_ceil(per))
+    // Partial sums per block of rows, added in block order: the same result whatever
+    // rayon's scheduling (a tree reduction's shape would depend on it).
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = (0..rows.div_ceil(per))
         .into_par_iter()
         .map(|blk| {
             let (mut dg, mut db) = (vec![0.0f32; n], vec![0.0f32; n]);
@@ -335,14 +337,12 @@ fn layer_norm_backward(
             }
             (dg, db)
         })
-        .reduce(
-            || (vec![0.0f32; n], vec![0.0f32; n]),
-            |(mut a, mut b), (c, d)| {
-                a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
-                b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
-                (a, b)
-            },
-        );
+        .collect();
+    let (mut dgamma, mut dbeta) = (vec![0.0f32; n], vec![0.0f32; n]);
+    for (dg, db) in partials {
+        dgamma.iter_mut().zip(dg).for_each(|(a, b)| *a += b);
+        dbeta.iter_mut().zip(db).for_each(|(a, b)| *a += b);
+    }
     (dx, dgamma, dbeta)
 }
 
@@ -611,6 +611,156 @@ pub(crate) fn attention_softmax<B: Backend>(
             }
         }
         Err(s) => Err((s, bias)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Linear: x W + b, with the transposed products of the backward read in place
+
+/// The array of a CPU tensor as it is (any strides), or `None` when not `f32`.
+fn array(t: &NdArrayTensor) -> Option<ArcArray<f32, IxDyn>> {
+    match t {
+        NdArrayTensor::F32(storage) => Some(storage.clone().into_shared()),
+        _ => None,
+    }
+}
+
+fn view2(a: &ArcArray<f32, IxDyn>) -> Option<ndarray::ArrayView2<'_, f32>> {
+    a.view().into_dimensionality::<ndarray::Ix2>().ok()
+}
+
+/// `x w + b` for `x` `[rows, d_in]`, `w` `[d_in, d_out]`: the bias is the product's
+/// starting value, so there is no separate broadcast addition.
+fn linear_forward(
+    x: &ndarray::ArrayView2<'_, f32>,
+    w: &ndarray::ArrayView2<'_, f32>,
+    b: &[f32],
+) -> Vec<f32> {
+    let rows = x.nrows();
+    let mut out = Vec::with_capacity(rows * b.len());
+    for _ in 0..rows {
+        out.extend_from_slice(b);
+    }
+    let mut o =
+        ndarray::ArrayViewMut2::from_shape((rows, b.len()), &mut out[..]).expect("output rows");
+    ndarray::linalg::general_mat_mul(1.0, x, w, 1.0, &mut o);
+    out
+}
+
+#[derive(Debug, Clone)]
+struct LinearState {
+    x: NdArrayTensor,
+    w: NdArrayTensor,
+}
+
+#[derive(Debug)]
+struct LinearOp;
+
+impl Backward<Inner, 3> for LinearOp {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Inner>(&ops.node);
+        let (g, x, w) = (
+            array(&grad).expect("f32 gradient"),
+            array(&ops.state.x).expect("f32 input"),
+            array(&ops.state.w).expect("f32 weight"),
+        );
+        let (g, x, w) = (
+            view2(&g).expect("2-D"),
+            view2(&x).expect("2-D"),
+            view2(&w).expect("2-D"),
+        );
+        let [xn, wn, bn] = ops.parents;
+        let (rows, d_in, d_out) = (x.nrows(), x.ncols(), w.ncols());
+        if let Some(node) = xn {
+            // dx = g w^T
+            let mut dx = vec![0.0; rows * d_in];
+            let mut v = ndarray::ArrayViewMut2::from_shape((rows, d_in), &mut dx[..]).expect("dx");
+            ndarray::linalg::general_mat_mul(1.0, &g, &w.t(), 0.0, &mut v);
+            grads.register::<Inner>(node.id, tensor(&[rows, d_in], dx));
+        }
+        if let Some(node) = wn {
+            // dw = x^T g
+            let mut dw = vec![0.0; d_in * d_out];
+            let mut v = ndarray::ArrayViewMut2::from_shape((d_in, d_out), &mut dw[..]).expect("dw");
+            ndarray::linalg::general_mat_mul(1.0, &x.t(), &g, 0.0, &mut v);
+            grads.register::<Inner>(node.id, tensor(&[d_in, d_out], dw));
+        }
+        if let Some(node) = bn {
+            let mut db = vec![0.0f32; d_out];
+            for row in g.rows() {
+                db.iter_mut().zip(row.iter()).for_each(|(d, g)| *d += g);
+            }
+            grads.register::<Inner>(node.id, tensor(&[d_out], db));
+        }
+    }
+}
+
+fn linear_inner(x: &NdArrayTensor, w: &NdArrayTensor, b: &NdArrayTensor) -> Option<NdArrayTensor> {
+    let (xa, wa, ba) = (array(x)?, array(w)?, values(b)?);
+    let (xv, wv) = (view2(&xa)?, view2(&wa)?);
+    if xv.ncols() != wv.nrows() || ba.len() != wv.ncols() {
+        return None;
+    }
+    Some(tensor(
+        &[xv.nrows(), wv.ncols()],
+        linear_forward(&xv, &wv, slice(&ba)),
+    ))
+}
+
+/// `x w + b` on the CPU backends for `x` `[rows, d_in]`; `Err` gives the inputs back for any
+/// other backend.
+#[allow(clippy::type_complexity)]
+pub(crate) fn linear<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    b: Tensor<B, 1>,
+) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 1>)> {
+    if is_cpu_autodiff::<B>() {
+        let (x, w) = (
+            ad_float(same::<_, Tensor<Ad, 2>>(x)),
+            ad_float(same::<_, Tensor<Ad, 2>>(w)),
+        );
+        let b = ad_float(same::<_, Tensor<Ad, 1>>(b));
+        let Some(y) = linear_inner(&x.primitive, &w.primitive, &b.primitive) else {
+            return Err((
+                same(from_ad::<2>(x)),
+                same(from_ad::<2>(w)),
+                same(from_ad::<1>(b)),
+            ));
+        };
+        let out = match LinearOp
+            .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                LinearState {
+                    x: x.primitive.clone(),
+                    w: w.primitive.clone(),
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        return Ok(same(from_ad::<2>(out)));
+    }
+    match cast::<Tensor<B, 2>, Tensor<Inner, 2>>(x) {
+        Ok(x) => {
+            let x = inner_float(x);
+            let w = inner_float(same::<_, Tensor<Inner, 2>>(w));
+            let b = inner_float(same::<_, Tensor<Inner, 1>>(b));
+            match linear_inner(&x, &w, &b) {
+                Some(y) => Ok(same(from_inner::<2>(y))),
+                None => Err((
+                    same(from_inner::<2>(x)),
+                    same(from_inner::<2>(w)),
+                    same(from_inner::<1>(b)),
+                )),
+            }
+        }
+        Err(x) => Err((x, w, b)),
     }
 }
 
@@ -1470,6 +1620,48 @@ mod tests {
             let out = attention(inner(&qd), inner(&kd), inner(&vd), bias_inner, h, 0.5, 0.1)
                 .unwrap_or_else(|_| panic!("the CPU kernel"));
             assert_eq!(out.dims(), [b, lq, h * d]);
+        }
+    }
+
+    /// The fused linear layer against burn's (its broadcast product and bias addition),
+    /// with an input that is a transposed view (read in place): output and the gradients
+    /// of the input, the weight and the bias.
+    #[test]
+    fn linear_matches_burns_linear_forward_and_backward() {
+        for (rows, d_in, d_out, transposed) in [(5, 3, 4, false), (300, 64, 96, true)] {
+            let (xd, wd, bd, gd) = (
+                random([rows, d_in], 21),
+                random([d_in, d_out], 22),
+                random([d_out], 23),
+                random([rows, d_out], 24),
+            );
+            let g = Tensor::<Ad, 2>::from_data(gd, &Default::default());
+            let run = |fused: bool| {
+                let (x, w, b) = (leaf::<2>(&xd), leaf::<2>(&wd), leaf::<1>(&bd));
+                // The same values, once as a transposed view of a [d_in, rows] tensor.
+                let input = if transposed {
+                    x.clone().transpose().mul_scalar(1.0).transpose()
+                } else {
+                    x.clone()
+                };
+                let y = if fused {
+                    linear(input, w.clone(), b.clone()).unwrap_or_else(|_| panic!("the CPU kernel"))
+                } else {
+                    burn::tensor::module::linear(input, w.clone(), Some(b.clone()))
+                };
+                let grads = (y.clone() * g.clone()).sum().backward();
+                (
+                    y.inner(),
+                    x.grad(&grads).expect("x"),
+                    w.grad(&grads).expect("w"),
+                    b.grad(&grads).expect("b"),
+                )
+            };
+            let (f, r) = (run(true), run(false));
+            close(f.0, r.0, "output");
+            close(f.1, r.1, "dx");
+            close(f.2, r.2, "dw");
+            close(f.3, r.3, "db");
         }
     }
 }

@@ -8,19 +8,26 @@ use burn::prelude::*;
 /// `[batch, len, d_in]` input by the weight as `batch` separate products (the CPU backend packs
 /// the weight once per product, and the weight's gradient is `batch` full matrices summed
 /// afterwards); folded, it is one `[batch * len, d_in] x [d_in, d_out]` product each way.
-/// The result is the same.
+/// On the CPU backends the product is one fused op with the bias ([`super::cpu`]: the
+/// transposed products of the backward read their operands in place, where burn copies
+/// them). The result is the same.
 ///
 /// # Shapes
 /// - `x`: `[..., d_in]` -> `[..., d_out]`
 pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    if D <= 2 {
-        return layer.forward(x);
-    }
     let dims = x.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
-    let y = layer.forward(x.reshape([rows, dims[D - 1]]));
+    let d_out = layer.weight.dims()[1];
+    let x2: Tensor<B, 2> = x.reshape([rows, dims[D - 1]]);
+    let y = match &layer.bias {
+        Some(bias) => match super::cpu::linear(x2, layer.weight.val(), bias.val()) {
+            Ok(y) => y,
+            Err((x2, _, _)) => layer.forward(x2),
+        },
+        None => layer.forward(x2),
+    };
     let mut out = dims;
-    out[D - 1] = y.dims()[1];
+    out[D - 1] = d_out;
     y.reshape(out)
 }
 
