@@ -12,11 +12,10 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use unimod_model::{
-    Arch, CpuBackend, Example, ModelConfig, ObjectiveWeights, SpecialTokens, TrainSettings,
-    Trainer, VisualInput,
-};
 use unimod_rng::SplitMix64;
+use unimod_model::{
+    Arch, CpuBackend, Example, ModelConfig, ObjectiveWeights, SpecialTokens, TrainSettings, Trainer, VisualInput,
+};
 
 const BATCH: usize = 32;
 const TEXT_LEN: usize = 32;
@@ -38,13 +37,9 @@ fn batch() -> Vec<Example> {
     (0..BATCH)
         .map(|_| {
             let mut text = vec![SPECIAL.cls];
-            text.extend(
-                (0..TEXT_LEN - 2).map(|_| 5 + (rng.next_u64() % (VOCAB as u64 - 5)) as u32),
-            );
+            text.extend((0..TEXT_LEN - 2).map(|_| 5 + (rng.next_u64() % (VOCAB as u64 - 5)) as u32));
             text.push(SPECIAL.sep);
-            let features: Vec<f32> = (0..OBJECTS * FEAT)
-                .map(|_| rng.unit() * 2.0 - 1.0)
-                .collect();
+            let features: Vec<f32> = (0..OBJECTS * FEAT).map(|_| rng.unit() * 2.0 - 1.0).collect();
             let locations = (0..OBJECTS)
                 .map(|_| {
                     let (x, y) = (rng.unit() * 0.5, rng.unit() * 0.5);

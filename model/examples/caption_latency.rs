@@ -23,49 +23,23 @@ const FEAT: usize = 768;
 const ROWS: usize = 67;
 
 fn image(seed: f32) -> VisualInput {
-    let features = (0..ROWS * FEAT)
-        .map(|i| ((i as f32 + 1.0) * 0.013 * seed).sin())
-        .collect();
-    let locations = (0..ROWS)
-        .map(|r| [0.0, 0.0, 1.0, 1.0, (r as f32 + 1.0) / ROWS as f32])
-        .collect();
-    VisualInput {
-        dim: FEAT,
-        features,
-        locations,
-        class_probs: None,
-    }
+    let features = (0..ROWS * FEAT).map(|i| ((i as f32 + 1.0) * 0.013 * seed).sin()).collect();
+    let locations = (0..ROWS).map(|r| [0.0, 0.0, 1.0, 1.0, (r as f32 + 1.0) / ROWS as f32]).collect();
+    VisualInput { dim: FEAT, features, locations, class_probs: None }
 }
 
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10);
-    let special = SpecialTokens {
-        pad: 1,
-        cls: 0,
-        sep: 2,
-        mask: 3,
-        img: 4,
-    };
+    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let special = SpecialTokens { pad: 1, cls: 0, sep: 2, mask: 3, img: 4 };
     println!("size   beam  cache   ms/caption (median of {runs}, {LEN} tokens, {ROWS} image rows)");
     for size in ["tiny", "small"] {
-        let mut config =
-            ModelConfig::preset(Arch::Unimo, size, VOCAB, FEAT, special).expect("config");
+        let mut config = ModelConfig::preset(Arch::Unimo, size, VOCAB, FEAT, special).expect("config");
         config.max_text_len = 64;
         config.max_objects = ROWS;
         let model = PretrainModel::<B>::new(&config, &Default::default());
         for beam in [1, 4] {
             for use_cache in [true, false] {
-                let opts = DecodeOptions {
-                    beam,
-                    max_len: LEN,
-                    min_len: LEN,
-                    no_repeat_ngram: 0,
-                    use_cache,
-                    ..DecodeOptions::default()
-                };
+                let opts = DecodeOptions { beam, max_len: LEN, min_len: LEN, no_repeat_ngram: 0, use_cache, ..DecodeOptions::default() };
                 let mut times: Vec<f64> = (0..runs + 1)
                     .map(|i| {
                         let img = image(1.0 + i as f32);
@@ -78,10 +52,7 @@ fn main() {
                     .collect();
                 times.sort_by(f64::total_cmp);
                 let cache = if use_cache { "yes" } else { "no" };
-                println!(
-                    "{size:6} {beam:4}  {cache:5}  {:8.1}",
-                    times[times.len() / 2]
-                );
+                println!("{size:6} {beam:4}  {cache:5}  {:8.1}", times[times.len() / 2]);
             }
         }
     }

@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use unimod_model::backend::{probe, Device};
 use unimod_model::{
-    readback, Arch, CpuBackend as Cpu, Example, ModelConfig, ObjectiveWeights, ShapePolicy,
-    SpecialTokens, TrainSettings, Trainer, VisualInput,
+    readback, Arch, CpuBackend as Cpu, Example, ModelConfig, ObjectiveWeights, ShapePolicy, SpecialTokens, TrainSettings,
+    Trainer, VisualInput,
 };
 
 #[cfg(feature = "cuda")]
@@ -63,9 +63,7 @@ fn arg(name: &str, default: &str) -> String {
 
 /// Deterministic pseudo-random numbers in [0, 1).
 fn unit(i: u64) -> f32 {
-    let mut z = i
-        .wrapping_add(0x9E37_79B9_7F4A_7C15)
-        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
 }
@@ -75,20 +73,13 @@ fn pairs(n: usize, vocab: usize, feat: usize, seed: u64) -> Vec<Example> {
         .map(|p| {
             let base = seed * 1_000_003 + p * 10_007;
             let mut text = vec![SPECIAL.cls];
-            text.extend(
-                (0..TEXT_LEN as u64 - 2).map(|i| 5 + (unit(base + i) * (vocab - 5) as f32) as u32),
-            );
+            text.extend((0..TEXT_LEN as u64 - 2).map(|i| 5 + (unit(base + i) * (vocab - 5) as f32) as u32));
             text.push(SPECIAL.sep);
-            let features = (0..(OBJECTS * feat) as u64)
-                .map(|i| unit(base + 500 + i) * 2.0 - 1.0)
-                .collect();
+            let features = (0..(OBJECTS * feat) as u64).map(|i| unit(base + 500 + i) * 2.0 - 1.0).collect();
             let locations = (0..OBJECTS as u64)
                 .map(|i| {
                     let (x, y) = (unit(base + 7 * i) * 0.5, unit(base + 7 * i + 1) * 0.5);
-                    let (w, h) = (
-                        0.1 + unit(base + 7 * i + 2) * 0.4,
-                        0.1 + unit(base + 7 * i + 3) * 0.4,
-                    );
+                    let (w, h) = (0.1 + unit(base + 7 * i + 2) * 0.4, 0.1 + unit(base + 7 * i + 3) * 0.4);
                     [x, y, x + w, y + h, w * h]
                 })
                 .collect();
@@ -110,11 +101,7 @@ fn settings() -> TrainSettings {
     TrainSettings {
         text_buckets: vec![TEXT_LEN],
         object_buckets: vec![OBJECTS],
-        shape_policy: if TARGET == Device::Cpu {
-            ShapePolicy::Tight
-        } else {
-            ShapePolicy::Static
-        },
+        shape_policy: if TARGET == Device::Cpu { ShapePolicy::Tight } else { ShapePolicy::Static },
         ..TrainSettings::default()
     }
 }
@@ -135,16 +122,13 @@ fn max_rel_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 }
 
 fn compare() -> Result<(), String> {
-    let mut config =
-        ModelConfig::preset(Arch::Unimo, "tiny", 300, 24, SPECIAL).map_err(|e| e.to_string())?;
+    let mut config = ModelConfig::preset(Arch::Unimo, "tiny", 300, 24, SPECIAL).map_err(|e| e.to_string())?;
     config.dropout = 0.0;
     let batch = pairs(4, 300, 24, 1);
-    let cpu = Trainer::<Cpu>::new(config, cpu_settings(), Default::default())
-        .map_err(|e| e.to_string())?;
+    let cpu = Trainer::<Cpu>::new(config, cpu_settings(), Default::default()).map_err(|e| e.to_string())?;
     let state = cpu.save().map_err(|e| e.to_string())?;
     let mut cpu = cpu;
-    let mut dev =
-        Trainer::<Target>::load(&state, settings(), target_device()).map_err(|e| e.to_string())?;
+    let mut dev = Trainer::<Target>::load(&state, settings(), target_device()).map_err(|e| e.to_string())?;
     let texts: Vec<Vec<u32>> = batch.iter().filter_map(|e| e.text.clone()).collect();
     let images: Vec<VisualInput> = batch.iter().filter_map(|e| e.image.clone()).collect();
     let dt = max_rel_diff(&cpu.embed_texts(&texts), &dev.embed_texts(&texts));
@@ -155,12 +139,7 @@ fn compare() -> Result<(), String> {
         let a = cpu.step(std::slice::from_ref(&batch), 1e-3);
         let b = dev.step(std::slice::from_ref(&batch), 1e-3);
         same_len &= a.losses.len() == b.losses.len() && a.applied && b.applied;
-        dl = a
-            .losses
-            .iter()
-            .zip(&b.losses)
-            .map(|(x, y)| (x.1 - y.1).abs())
-            .fold(dl, f32::max);
+        dl = a.losses.iter().zip(&b.losses).map(|(x, y)| (x.1 - y.1).abs()).fold(dl, f32::max);
     }
     println!(
         "{{\"check\": \"compare\", \"device\": \"{TARGET}\", \"text_rel_diff\": {dt:.2e}, \"image_rel_diff\": {di:.2e}, \"loss_abs_diff\": {dl:.2e}}}"
@@ -173,8 +152,7 @@ fn compare() -> Result<(), String> {
 }
 
 fn train(size: &str, steps: usize, batch_size: usize) -> Result<(), String> {
-    let mut config =
-        ModelConfig::preset(Arch::Unimo, size, VOCAB, FEAT, SPECIAL).map_err(|e| e.to_string())?;
+    let mut config = ModelConfig::preset(Arch::Unimo, size, VOCAB, FEAT, SPECIAL).map_err(|e| e.to_string())?;
     config.weights = ObjectiveWeights {
         mlm: 1.0,
         seq2seq: 0.0,
@@ -183,8 +161,7 @@ fn train(size: &str, steps: usize, batch_size: usize) -> Result<(), String> {
         itm: 0.0,
         caption: 0.0,
     };
-    let mut trainer =
-        Trainer::<Target>::new(config, settings(), target_device()).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::<Target>::new(config, settings(), target_device()).map_err(|e| e.to_string())?;
     // A fixed pool of 8 batches revisited in turn: the loss must fall as they are learned.
     let pool: Vec<Vec<Example>> = (0..8).map(|s| pairs(batch_size, VOCAB, FEAT, s)).collect();
     let mut totals = Vec::with_capacity(steps);
@@ -229,10 +206,7 @@ fn main() {
     let batch: usize = arg("--batch", "32").parse().unwrap_or(32);
     let mode = arg("--mode", "both");
     let result = probe(TARGET).and_then(|adapter| {
-        println!(
-            "{{\"check\": \"adapter\", \"device\": \"{TARGET}\", \"name\": {:?}}}",
-            adapter.name
-        );
+        println!("{{\"check\": \"adapter\", \"device\": \"{TARGET}\", \"name\": {:?}}}", adapter.name);
         if mode != "train" {
             compare()?;
         }

@@ -152,10 +152,7 @@ pub fn probe(device: Device) -> Result<Adapter, String> {
     }
     match device {
         Device::Cpu => Ok(Adapter {
-            name: format!(
-                "CPU ({} threads available)",
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            ),
+            name: format!("CPU ({} threads available)", std::thread::available_parallelism().map_or(1, |n| n.get())),
         }),
         Device::Cuda(n) => probe_cuda(n),
         Device::Wgpu(_) => probe_wgpu(device),
@@ -169,13 +166,11 @@ fn probe_cuda(n: usize) -> Result<Adapter, String> {
     let quiet = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(|| -> Result<String, String> {
-        let count =
-            cudarc::driver::CudaContext::device_count().map_err(|e| format!("CUDA driver: {e}"))?;
+        let count = cudarc::driver::CudaContext::device_count().map_err(|e| format!("CUDA driver: {e}"))?;
         if n >= count.max(0) as usize {
             return Err(format!("no CUDA device {n} ({count} present)"));
         }
-        let ctx =
-            cudarc::driver::CudaContext::new(n).map_err(|e| format!("CUDA device {n}: {e}"))?;
+        let ctx = cudarc::driver::CudaContext::new(n).map_err(|e| format!("CUDA device {n}: {e}"))?;
         let name = ctx.name().map_err(|e| format!("CUDA device {n}: {e}"))?;
         let mem = ctx.total_mem().map_or(0, |m| m >> 20);
         Ok(format!("{name} (CUDA device {n}, {mem} MiB)"))
@@ -205,10 +200,7 @@ fn probe_wgpu(device: Device) -> Result<Adapter, String> {
     let result = std::panic::catch_unwind(|| {
         let setup = init_setup::<AutoGraphicsApi>(&wgpu, RuntimeOptions::default());
         let info = setup.adapter.get_info();
-        format!(
-            "{} ({:?}, {:?}, driver {} {})",
-            info.name, info.backend, info.device_type, info.driver, info.driver_info
-        )
+        format!("{} ({:?}, {:?}, driver {} {})", info.name, info.backend, info.device_type, info.driver, info.driver_info)
     });
     std::panic::set_hook(quiet);
     result

@@ -290,9 +290,7 @@ impl ModelConfig {
             ("img", self.special.img),
         ] {
             if id as usize >= self.vocab_size {
-                return bad(format!(
-                    "special token {name} = {id} is outside the vocabulary"
-                ));
+                return bad(format!("special token {name} = {id} is outside the vocabulary"));
             }
         }
         if self.max_text_len < 3 || self.max_objects < 2 {
@@ -315,10 +313,7 @@ impl ModelConfig {
             }
         }
         if !(0.0..=1.0).contains(&self.continuation) {
-            return bad(format!(
-                "continuation share {} must be in [0, 1]",
-                self.continuation
-            ));
+            return bad(format!("continuation share {} must be in [0, 1]", self.continuation));
         }
         match (self.arch, &self.vilbert) {
             (Arch::Unimo, Some(_)) => return bad("vilbert dims given for arch unimo".into()),

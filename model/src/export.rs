@@ -14,8 +14,8 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn_store::{
-    ApplyError, BurnToPyTorchAdapter, IdentityAdapter, KeyRemapper, ModuleSnapshot,
-    PyTorchToBurnAdapter, SafetensorsStore,
+    ApplyError, BurnToPyTorchAdapter, IdentityAdapter, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter,
+    SafetensorsStore,
 };
 
 use crate::config::ModelConfig;
@@ -29,109 +29,40 @@ type Bytes = NamedMpkBytesRecorder<FullPrecisionSettings>;
 /// rewrites what the previous ones produced. `L` below is `layer` or `v_layer`.
 pub const NAME_PATTERNS: &[(&str, &str)] = &[
     // Embeddings (both architectures).
-    (
-        r"^(?:unimo|vilbert)\.text\.word\.weight$",
-        "embeddings.word_embeddings.weight",
-    ),
-    (
-        r"^(?:unimo|vilbert)\.text\.position\.weight$",
-        "embeddings.position_embeddings.weight",
-    ),
+    (r"^(?:unimo|vilbert)\.text\.word\.weight$", "embeddings.word_embeddings.weight"),
+    (r"^(?:unimo|vilbert)\.text\.position\.weight$", "embeddings.position_embeddings.weight"),
     (r"^(?:unimo|vilbert)\.text\.norm\.", "embeddings.LayerNorm."),
-    (
-        r"^(?:unimo|vilbert)\.visual\.feature\.",
-        "visual_embeddings.feature_embeddings.",
-    ),
-    (
-        r"^(?:unimo|vilbert)\.visual\.location\.",
-        "visual_embeddings.location_embeddings.",
-    ),
-    (
-        r"^(?:unimo|vilbert)\.visual\.norm\.",
-        "visual_embeddings.LayerNorm.",
-    ),
+    (r"^(?:unimo|vilbert)\.visual\.feature\.", "visual_embeddings.feature_embeddings."),
+    (r"^(?:unimo|vilbert)\.visual\.location\.", "visual_embeddings.location_embeddings."),
+    (r"^(?:unimo|vilbert)\.visual\.norm\.", "visual_embeddings.LayerNorm."),
     // Layer stacks: UNIMO's encoder, ViLBERT's text, visual and co-attention streams.
     (r"^unimo\.encoder\.layers\.(\d+)\.", "encoder.layer.$1."),
-    (
-        r"^unimo\.encoder\.final_norm\.",
-        "encoder.final_layer_norm.",
-    ),
+    (r"^unimo\.encoder\.final_norm\.", "encoder.final_layer_norm."),
     (r"^vilbert\.text_layers\.(\d+)\.", "encoder.layer.$1."),
     (r"^vilbert\.visual_layers\.(\d+)\.", "encoder.v_layer.$1."),
     (r"^vilbert\.co_layers\.(\d+)\.", "encoder.c_layer.$1."),
     (r"^vilbert\.text_norm\.", "encoder.final_layer_norm."),
     (r"^vilbert\.visual_norm\.", "encoder.final_v_layer_norm."),
     // Inside a Transformer layer (BERT names).
-    (
-        r"^(encoder\.(?:layer|v_layer)\.\d+)\.attention\.attention\.(query|key|value)\.",
-        "$1.attention.self.$2.",
-    ),
-    (
-        r"^(encoder\.(?:layer|v_layer)\.\d+)\.attention\.attention\.output\.",
-        "$1.attention.output.dense.",
-    ),
-    (
-        r"^(encoder\.(?:layer|v_layer)\.\d+)\.attention\.norm\.",
-        "$1.attention.output.LayerNorm.",
-    ),
-    (
-        r"^(encoder\.(?:layer|v_layer)\.\d+)\.ffn\.inner\.",
-        "$1.intermediate.dense.",
-    ),
-    (
-        r"^(encoder\.(?:layer|v_layer)\.\d+)\.ffn\.outer\.",
-        "$1.output.dense.",
-    ),
-    (
-        r"^(encoder\.(?:layer|v_layer)\.\d+)\.ffn\.norm\.",
-        "$1.output.LayerNorm.",
-    ),
+    (r"^(encoder\.(?:layer|v_layer)\.\d+)\.attention\.attention\.(query|key|value)\.", "$1.attention.self.$2."),
+    (r"^(encoder\.(?:layer|v_layer)\.\d+)\.attention\.attention\.output\.", "$1.attention.output.dense."),
+    (r"^(encoder\.(?:layer|v_layer)\.\d+)\.attention\.norm\.", "$1.attention.output.LayerNorm."),
+    (r"^(encoder\.(?:layer|v_layer)\.\d+)\.ffn\.inner\.", "$1.intermediate.dense."),
+    (r"^(encoder\.(?:layer|v_layer)\.\d+)\.ffn\.outer\.", "$1.output.dense."),
+    (r"^(encoder\.(?:layer|v_layer)\.\d+)\.ffn\.norm\.", "$1.output.LayerNorm."),
     // Inside a ViLBERT co-attention block: `text_attention` = text queries over visual keys.
-    (
-        r"^(encoder\.c_layer\.\d+)\.text_attends_visual\.attention\.(query|key|value)\.",
-        "$1.text_attention.self.$2.",
-    ),
-    (
-        r"^(encoder\.c_layer\.\d+)\.text_attends_visual\.attention\.output\.",
-        "$1.text_attention.output.dense.",
-    ),
-    (
-        r"^(encoder\.c_layer\.\d+)\.text_attends_visual\.norm\.",
-        "$1.text_attention.output.LayerNorm.",
-    ),
-    (
-        r"^(encoder\.c_layer\.\d+)\.visual_attends_text\.attention\.(query|key|value)\.",
-        "$1.visual_attention.self.$2.",
-    ),
-    (
-        r"^(encoder\.c_layer\.\d+)\.visual_attends_text\.attention\.output\.",
-        "$1.visual_attention.output.dense.",
-    ),
-    (
-        r"^(encoder\.c_layer\.\d+)\.visual_attends_text\.norm\.",
-        "$1.visual_attention.output.LayerNorm.",
-    ),
-    (
-        r"^(encoder\.c_layer\.\d+)\.(text|visual)_ffn\.inner\.",
-        "$1.${2}_intermediate.dense.",
-    ),
-    (
-        r"^(encoder\.c_layer\.\d+)\.(text|visual)_ffn\.outer\.",
-        "$1.${2}_output.dense.",
-    ),
-    (
-        r"^(encoder\.c_layer\.\d+)\.(text|visual)_ffn\.norm\.",
-        "$1.${2}_output.LayerNorm.",
-    ),
+    (r"^(encoder\.c_layer\.\d+)\.text_attends_visual\.attention\.(query|key|value)\.", "$1.text_attention.self.$2."),
+    (r"^(encoder\.c_layer\.\d+)\.text_attends_visual\.attention\.output\.", "$1.text_attention.output.dense."),
+    (r"^(encoder\.c_layer\.\d+)\.text_attends_visual\.norm\.", "$1.text_attention.output.LayerNorm."),
+    (r"^(encoder\.c_layer\.\d+)\.visual_attends_text\.attention\.(query|key|value)\.", "$1.visual_attention.self.$2."),
+    (r"^(encoder\.c_layer\.\d+)\.visual_attends_text\.attention\.output\.", "$1.visual_attention.output.dense."),
+    (r"^(encoder\.c_layer\.\d+)\.visual_attends_text\.norm\.", "$1.visual_attention.output.LayerNorm."),
+    (r"^(encoder\.c_layer\.\d+)\.(text|visual)_ffn\.inner\.", "$1.${2}_intermediate.dense."),
+    (r"^(encoder\.c_layer\.\d+)\.(text|visual)_ffn\.outer\.", "$1.${2}_output.dense."),
+    (r"^(encoder\.c_layer\.\d+)\.(text|visual)_ffn\.norm\.", "$1.${2}_output.LayerNorm."),
     // Pretraining heads.
-    (
-        r"^heads\.mlm_transform\.",
-        "cls.predictions.transform.dense.",
-    ),
-    (
-        r"^heads\.mlm_norm\.",
-        "cls.predictions.transform.LayerNorm.",
-    ),
+    (r"^heads\.mlm_transform\.", "cls.predictions.transform.dense."),
+    (r"^heads\.mlm_norm\.", "cls.predictions.transform.LayerNorm."),
     (r"^heads\.mlm_bias$", "cls.predictions.bias"),
     (r"^heads\.mrm_feature\.", "cls.regions.feature.dense."),
     (r"^heads\.mrm_classes\.", "cls.regions.classes.dense."),
@@ -145,8 +76,7 @@ pub const NAME_PATTERNS: &[(&str, &str)] = &[
 
 /// The export renaming as a `burn-store` remapper.
 pub fn name_remapper() -> KeyRemapper {
-    KeyRemapper::from_patterns(NAME_PATTERNS.to_vec())
-        .expect("the name patterns are valid regular expressions")
+    KeyRemapper::from_patterns(NAME_PATTERNS.to_vec()).expect("the name patterns are valid regular expressions")
 }
 
 /// One tensor of the model as exported.
@@ -181,25 +111,15 @@ pub fn tensor_names<B: Backend>(model: &PretrainModel<B>) -> Vec<TensorName> {
                     name = re.replace_all(&name, to.as_str()).into_owned();
                 }
             }
-            let linear_weight = a.module_type().as_deref() == Some("Struct:Linear")
-                && adapted_path.ends_with(".weight");
-            TensorName {
-                name,
-                burn_path: p.full_path(),
-                adapted_path,
-                shape: a.shape.to_vec(),
-                linear_weight,
-            }
+            let linear_weight = a.module_type().as_deref() == Some("Struct:Linear") && adapted_path.ends_with(".weight");
+            TensorName { name, burn_path: p.full_path(), adapted_path, shape: a.shape.to_vec(), linear_weight }
         })
         .collect()
 }
 
 /// `model.safetensors` bytes of `model` (f32, names of [`NAME_PATTERNS`], the extra
 /// `metadata` in the file header).
-pub fn to_safetensors<B: Backend>(
-    model: &PretrainModel<B>,
-    metadata: &[(&str, String)],
-) -> Result<Vec<u8>, ModelError> {
+pub fn to_safetensors<B: Backend>(model: &PretrainModel<B>, metadata: &[(&str, String)]) -> Result<Vec<u8>, ModelError> {
     let mut store = SafetensorsStore::from_bytes(None)
         .with_to_adapter(BurnToPyTorchAdapter)
         .remap(name_remapper());
@@ -264,19 +184,13 @@ pub fn load_safetensors<B: Backend>(
         let mut rules: Vec<_> = prefix_map.iter().collect();
         rules.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
         for (from, to) in rules {
-            patterns.push((
-                format!("^{}{}", escape(UNMAPPED), escape(from)),
-                to.replace('$', "$$"),
-            ));
+            patterns.push((format!("^{}{}", escape(UNMAPPED), escape(from)), to.replace('$', "$$")));
         }
     }
     // Straight to the module path (LayerNorm `gamma`/`beta` included): the adapter then only
     // transposes Linear weights.
     for n in &names {
-        patterns.push((
-            format!("^{}$", escape(&n.name)),
-            n.burn_path.replace('$', "$$"),
-        ));
+        patterns.push((format!("^{}$", escape(&n.name)), n.burn_path.replace('$', "$$")));
     }
     let remapper = KeyRemapper::from_patterns(patterns)
         .map_err(|e| ModelError::InvalidConfig(format!("init map: {e}")))?;
@@ -288,10 +202,8 @@ pub fn load_safetensors<B: Backend>(
     let result = model
         .load_from(&mut store)
         .map_err(|e| ModelError::State(format!("reading safetensors: {e}")))?;
-    let by_burn: HashMap<&str, &TensorName> =
-        names.iter().map(|n| (n.burn_path.as_str(), n)).collect();
-    let by_adapted: HashMap<&str, &TensorName> =
-        names.iter().map(|n| (n.adapted_path.as_str(), n)).collect();
+    let by_burn: HashMap<&str, &TensorName> = names.iter().map(|n| (n.burn_path.as_str(), n)).collect();
+    let by_adapted: HashMap<&str, &TensorName> = names.iter().map(|n| (n.adapted_path.as_str(), n)).collect();
     let exported = |path: &str| {
         by_burn
             .get(path)
@@ -300,14 +212,8 @@ pub fn load_safetensors<B: Backend>(
     };
     if let Some(e) = result.errors.first() {
         let msg = match e {
-            ApplyError::ShapeMismatch {
-                path,
-                expected,
-                found,
-            } => {
-                let n = by_burn
-                    .get(path.as_str())
-                    .or_else(|| by_adapted.get(path.as_str()));
+            ApplyError::ShapeMismatch { path, expected, found } => {
+                let n = by_burn.get(path.as_str()).or_else(|| by_adapted.get(path.as_str()));
                 let (name, want) = match n {
                     Some(n) => (n.name.clone(), n.shape.clone()),
                     None => (path.clone(), expected.to_vec()),
@@ -367,18 +273,11 @@ fn preview(names: &[String]) -> String {
 }
 
 /// The configuration and weights of a saved trainer state (no optimizer).
-pub fn model_from_state<B: Backend>(
-    state: &TrainerState,
-    device: &B::Device,
-) -> Result<(ModelConfig, PretrainModel<B>), ModelError> {
+pub fn model_from_state<B: Backend>(state: &TrainerState, device: &B::Device) -> Result<(ModelConfig, PretrainModel<B>), ModelError> {
     let config = ModelConfig::from_json(&state.config_json)?;
     let recorder = Bytes::default();
-    let record = Recorder::<B>::load::<<PretrainModel<B> as Module<B>>::Record>(
-        &recorder,
-        state.model.clone(),
-        device,
-    )
-    .map_err(|e| ModelError::State(format!("model: {e}")))?;
+    let record = Recorder::<B>::load::<<PretrainModel<B> as Module<B>>::Record>(&recorder, state.model.clone(), device)
+        .map_err(|e| ModelError::State(format!("model: {e}")))?;
     let model = PretrainModel::<B>::new(&config, device).load_record(record);
     Ok((config, model))
 }
@@ -386,10 +285,7 @@ pub fn model_from_state<B: Backend>(
 /// `state` with its weights replaced by `model`'s (same bytes format as [`Trainer::save`]).
 ///
 /// [`Trainer::save`]: crate::Trainer::save
-pub fn with_weights<B: Backend>(
-    mut state: TrainerState,
-    model: &PretrainModel<B>,
-) -> Result<TrainerState, ModelError> {
+pub fn with_weights<B: Backend>(mut state: TrainerState, model: &PretrainModel<B>) -> Result<TrainerState, ModelError> {
     let recorder = Bytes::default();
     state.model = Recorder::<B>::record(&recorder, model.clone().into_record(), ())
         .map_err(|e| ModelError::State(format!("model: {e}")))?;

@@ -86,10 +86,7 @@ struct Prefix {
     kind: MaskKind,
 }
 
-fn backbone<'a, B: Backend>(
-    model: &'a PretrainModel<B>,
-    config: &ModelConfig,
-) -> Result<&'a UnimoBackbone<B>, ModelError> {
+fn backbone<'a, B: Backend>(model: &'a PretrainModel<B>, config: &ModelConfig) -> Result<&'a UnimoBackbone<B>, ModelError> {
     match (config.arch, model.unimo()) {
         (Arch::Unimo, Some(u)) => Ok(u),
         _ => Err(ModelError::Unsupported(NO_GENERATION_HEAD.into())),
@@ -97,11 +94,7 @@ fn backbone<'a, B: Backend>(
 }
 
 /// Captions `image`.
-pub fn caption<B: Backend>(
-    model: &PretrainModel<B>,
-    image: &VisualInput,
-    opts: &DecodeOptions,
-) -> Result<Generated, ModelError> {
+pub fn caption<B: Backend>(model: &PretrainModel<B>, image: &VisualInput, opts: &DecodeOptions) -> Result<Generated, ModelError> {
     let config = model.config();
     backbone(model, config)?;
     if let Some(problem) = image.problem(config.feature_dim) {
@@ -122,24 +115,14 @@ pub fn caption<B: Backend>(
 /// Continues a prompt given as token ids (`[CLS] w.. [SEP]` or bare words; ids outside the
 /// vocabulary are an error). Long prompts keep their last words, leaving room for at least
 /// one generated token.
-pub fn continue_text<B: Backend>(
-    model: &PretrainModel<B>,
-    prompt: &[u32],
-    opts: &DecodeOptions,
-) -> Result<Generated, ModelError> {
+pub fn continue_text<B: Backend>(model: &PretrainModel<B>, prompt: &[u32], opts: &DecodeOptions) -> Result<Generated, ModelError> {
     let config = model.config();
     backbone(model, config)?;
     let sp = config.special;
     if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= config.vocab_size) {
-        return Err(ModelError::Input(format!(
-            "token id {bad} is outside the vocabulary"
-        )));
+        return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary")));
     }
-    let words: Vec<u32> = prompt
-        .iter()
-        .copied()
-        .filter(|&id| !sp.contains(id))
-        .collect();
+    let words: Vec<u32> = prompt.iter().copied().filter(|&id| !sp.contains(id)).collect();
     if words.is_empty() {
         return Err(ModelError::Input("the prompt has no words".into()));
     }
@@ -150,9 +133,7 @@ pub fn continue_text<B: Backend>(
     text.extend_from_slice(words);
     text.push(sp.sep);
     let prefix = Prefix {
-        kind: MaskKind::PrefixLm {
-            source_len: text.len(),
-        },
+        kind: MaskKind::PrefixLm { source_len: text.len() },
         text,
         visual: None,
     };
@@ -198,12 +179,7 @@ struct Step<B: Backend> {
     bias: Tensor<B, 4>,
 }
 
-fn visual_tensors<B: Backend>(
-    rows: &ImageRows,
-    copies: usize,
-    feature_dim: usize,
-    device: &B::Device,
-) -> (Tensor<B, 3>, Tensor<B, 3>) {
+fn visual_tensors<B: Backend>(rows: &ImageRows, copies: usize, feature_dim: usize, device: &B::Device) -> (Tensor<B, 3>, Tensor<B, 3>) {
     let n = rows.rows();
     let mut feats = Vec::with_capacity(copies * n * feature_dim);
     let mut locs = Vec::with_capacity(copies * n * 5);
@@ -218,12 +194,7 @@ fn visual_tensors<B: Backend>(
 }
 
 /// The whole sequence (prefix and generated tokens) of every hypothesis, with its mask.
-fn full_step<B: Backend>(
-    prefix: &Prefix,
-    hyps: &[Vec<u32>],
-    config: &ModelConfig,
-    device: &B::Device,
-) -> Step<B> {
+fn full_step<B: Backend>(prefix: &Prefix, hyps: &[Vec<u32>], config: &ModelConfig, device: &B::Device) -> Step<B> {
     let rows = hyps.len();
     let n = prefix.visual.as_ref().map_or(0, ImageRows::rows);
     let t = prefix.text.len() + hyps.first().map_or(0, Vec::len);
@@ -231,26 +202,13 @@ fn full_step<B: Backend>(
     for h in hyps {
         ids.extend(prefix.text.iter().chain(h).map(|&id| id as i64));
     }
-    let mask: Vec<MaskRow> = (0..rows)
-        .map(|_| MaskRow {
-            visual: n,
-            text: t,
-            kind: prefix.kind,
-        })
-        .collect();
+    let mask: Vec<MaskRow> = (0..rows).map(|_| MaskRow { visual: n, text: t, kind: prefix.kind }).collect();
     let l = n + t;
     Step {
-        visual: prefix
-            .visual
-            .as_ref()
-            .map(|v| visual_tensors(v, rows, config.feature_dim, device)),
+        visual: prefix.visual.as_ref().map(|v| visual_tensors(v, rows, config.feature_dim, device)),
         ids: Tensor::from_data(TensorData::new(ids, [rows, t]), device),
         text_start: 0,
-        bias: Tensor::<B, 3>::from_data(
-            TensorData::new(full_bias(&mask, n, t), [rows, l, l]),
-            device,
-        )
-        .reshape([rows, 1, l, l]),
+        bias: Tensor::<B, 3>::from_data(TensorData::new(full_bias(&mask, n, t), [rows, l, l]), device).reshape([rows, 1, l, l]),
     }
 }
 
@@ -262,34 +220,17 @@ fn next_log_probs<B: Backend>(
     step: Step<B>,
     cache: &mut EncoderCache<B>,
 ) -> Vec<Vec<f32>> {
-    let hidden = unimo.forward_cached(
-        step.visual,
-        Some(step.ids),
-        step.text_start,
-        step.bias,
-        cache,
-    );
+    let hidden = unimo.forward_cached(step.visual, Some(step.ids), step.text_start, step.bias, cache);
     let [rows, len, width] = hidden.dims();
     let last = hidden.narrow(1, len - 1, 1).reshape([rows, width]);
-    let logits = model
-        .heads()
-        .token_logits(last, unimo.text.word.weight.val());
+    let logits = model.heads().token_logits(last, unimo.text.word.weight.val());
     let vocab = logits.dims()[1];
-    let data: Vec<f32> = log_softmax(logits, 1)
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .unwrap_or_default();
+    let data: Vec<f32> = log_softmax(logits, 1).into_data().convert::<f32>().to_vec().unwrap_or_default();
     data.chunks(vocab.max(1)).map(<[f32]>::to_vec).collect()
 }
 
 /// Beam search (greedy at width 1) from `prefix`.
-fn decode<B: Backend>(
-    model: &PretrainModel<B>,
-    config: &ModelConfig,
-    prefix: &Prefix,
-    opts: &DecodeOptions,
-) -> Result<Generated, ModelError> {
+fn decode<B: Backend>(model: &PretrainModel<B>, config: &ModelConfig, prefix: &Prefix, opts: &DecodeOptions) -> Result<Generated, ModelError> {
     let unimo = backbone(model, config)?;
     let device = model
         .devices()
@@ -299,23 +240,13 @@ fn decode<B: Backend>(
     let beam = opts.beam.max(1);
     let t0 = prefix.text.len();
     // Token s sits at text position t0 + s once fed; the last fed one must be < max_text_len.
-    let max_new = opts
-        .max_len
-        .min((config.max_text_len + 1).saturating_sub(t0));
+    let max_new = opts.max_len.min((config.max_text_len + 1).saturating_sub(t0));
     let sp = config.special;
     let banned_always = [sp.pad, sp.cls, sp.mask, sp.img];
     let mut cache = EncoderCache::new(unimo.num_layers());
-    let mut alive = vec![Hyp {
-        tokens: Vec::new(),
-        log_prob: 0.0,
-    }];
+    let mut alive = vec![Hyp { tokens: Vec::new(), log_prob: 0.0 }];
     let mut finished: Vec<(f32, Hyp)> = Vec::new();
-    let mut log_probs = next_log_probs(
-        unimo,
-        model,
-        full_step(prefix, &[Vec::new()], config, &device),
-        &mut cache,
-    );
+    let mut log_probs = next_log_probs(unimo, model, full_step(prefix, &[Vec::new()], config, &device), &mut cache);
     for s in 0..max_new {
         // Candidates (score, parent, token), best first.
         let per_beam = 2 * beam;
@@ -351,22 +282,13 @@ fn decode<B: Backend>(
         for (rank, &(score, parent, id)) in candidates.iter().enumerate() {
             if id == sp.sep {
                 if rank < beam {
-                    let hyp = Hyp {
-                        tokens: alive[parent].tokens.clone(),
-                        log_prob: score,
-                    };
-                    finished.push((
-                        normalized(score, hyp.tokens.len() + 1, opts.length_penalty),
-                        hyp,
-                    ));
+                    let hyp = Hyp { tokens: alive[parent].tokens.clone(), log_prob: score };
+                    finished.push((normalized(score, hyp.tokens.len() + 1, opts.length_penalty), hyp));
                 }
             } else if next.len() < beam {
                 let mut tokens = alive[parent].tokens.clone();
                 tokens.push(id);
-                next.push(Hyp {
-                    tokens,
-                    log_prob: score,
-                });
+                next.push(Hyp { tokens, log_prob: score });
                 parents.push(parent);
             }
             if next.len() == beam && rank + 1 >= beam {
@@ -381,10 +303,7 @@ fn decode<B: Backend>(
         finished.truncate(beam);
         let settled = (beam == 1 && !finished.is_empty())
             || finished.len() >= beam
-                && alive.iter().all(|h| {
-                    normalized(h.log_prob, h.tokens.len() + 1, opts.length_penalty)
-                        <= finished[beam - 1].0
-                });
+            && alive.iter().all(|h| normalized(h.log_prob, h.tokens.len() + 1, opts.length_penalty) <= finished[beam - 1].0);
         if settled || alive.is_empty() || s + 1 == max_new {
             break;
         }
@@ -411,28 +330,17 @@ fn decode<B: Backend>(
         .into_iter()
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, h)| (h, true));
-    let best =
-        best_finished.or_else(|| {
-            alive
-                .into_iter()
-                .max_by(|a, b| {
-                    normalized(a.log_prob, a.tokens.len(), opts.length_penalty)
-                        .total_cmp(&normalized(b.log_prob, b.tokens.len(), opts.length_penalty))
-                })
-                .map(|h| (h, false))
-        });
-    let (hyp, finished) = best.unwrap_or((
-        Hyp {
-            tokens: Vec::new(),
-            log_prob: 0.0,
-        },
-        false,
-    ));
-    Ok(Generated {
-        ids: hyp.tokens,
-        log_prob: hyp.log_prob,
-        finished,
-    })
+    let best = best_finished.or_else(|| {
+        alive
+            .into_iter()
+            .max_by(|a, b| {
+                normalized(a.log_prob, a.tokens.len(), opts.length_penalty)
+                    .total_cmp(&normalized(b.log_prob, b.tokens.len(), opts.length_penalty))
+            })
+            .map(|h| (h, false))
+    });
+    let (hyp, finished) = best.unwrap_or((Hyp { tokens: Vec::new(), log_prob: 0.0 }, false));
+    Ok(Generated { ids: hyp.tokens, log_prob: hyp.log_prob, finished })
 }
 
 /// Texts or images embedded per forward pass.
@@ -476,20 +384,12 @@ impl<B: Backend> Inference<B> {
     }
 
     /// Captions `image`.
-    pub fn caption(
-        &self,
-        image: &VisualInput,
-        opts: &DecodeOptions,
-    ) -> Result<Generated, ModelError> {
+    pub fn caption(&self, image: &VisualInput, opts: &DecodeOptions) -> Result<Generated, ModelError> {
         caption(&self.model, image, opts)
     }
 
     /// Continues `prompt` (token ids).
-    pub fn continue_text(
-        &self,
-        prompt: &[u32],
-        opts: &DecodeOptions,
-    ) -> Result<Generated, ModelError> {
+    pub fn continue_text(&self, prompt: &[u32], opts: &DecodeOptions) -> Result<Generated, ModelError> {
         continue_text(&self.model, prompt, opts)
     }
 
@@ -522,10 +422,7 @@ impl<B: Backend> Inference<B> {
 
     /// Pooled, projected, L2-normalised image vectors (the CMCL space); `None` for an
     /// unusable image.
-    pub fn embed_images(
-        &self,
-        images: &[VisualInput],
-    ) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
+    pub fn embed_images(&self, images: &[VisualInput]) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
         self.contrastive()?;
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(EMBED_CHUNK) {
@@ -533,10 +430,7 @@ impl<B: Backend> Inference<B> {
             let rows = if plan.cmcl.images.is_empty() {
                 Vec::new()
             } else {
-                to_rows(
-                    self.model
-                        .pooled_images(&plan, &self.settings, &self.device),
-                )
+                to_rows(self.model.pooled_images(&plan, &self.settings, &self.device))
             };
             out.extend(index.iter().map(|i| i.and_then(|i| rows.get(i).cloned())));
         }

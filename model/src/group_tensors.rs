@@ -6,8 +6,8 @@ use burn::tensor::TensorData;
 
 use crate::attention_mask::{full_bias, padding_bias, MaskKind, MaskRow};
 use crate::config::ModelConfig;
-use crate::layout::GroupShape;
 use crate::plan::Group;
+use crate::layout::GroupShape;
 
 /// Padded tensors of one encoder call.
 #[derive(Debug, Clone)]
@@ -35,35 +35,15 @@ pub(crate) struct GroupTensors<B: Backend> {
 impl<B: Backend> GroupTensors<B> {
     /// Pads `group` to bucketed lengths and uploads it to `device`.
     #[cfg(test)]
-    pub(crate) fn new(
-        group: &Group,
-        config: &ModelConfig,
-        settings: &crate::settings::TrainSettings,
-        device: &B::Device,
-    ) -> Self {
-        Self::with_shape(
-            group,
-            GroupShape::of(group, config, settings),
-            config,
-            device,
-        )
+    pub(crate) fn new(group: &Group, config: &ModelConfig, settings: &crate::settings::TrainSettings, device: &B::Device) -> Self {
+        Self::with_shape(group, GroupShape::of(group, config, settings), config, device)
     }
 
     /// Pads `group` to `shape` (which must hold it: at least its rows and lengths) and
     /// uploads it. Padding rows hold one visible pad token and/or one zero visual row, so
     /// that every row attends to something; nothing reads their outputs.
-    pub(crate) fn with_shape(
-        group: &Group,
-        shape: GroupShape,
-        config: &ModelConfig,
-        device: &B::Device,
-    ) -> Self {
-        let GroupShape {
-            rows,
-            n,
-            t,
-            full_mask,
-        } = shape;
+    pub(crate) fn with_shape(group: &Group, shape: GroupShape, config: &ModelConfig, device: &B::Device) -> Self {
+        let GroupShape { rows, n, t, full_mask } = shape;
         debug_assert!(rows >= group.rows(), "{rows} < {}", group.rows());
         let ids = (t > 0).then(|| {
             let mut data = vec![config.special.pad as i64; rows * t];
@@ -86,14 +66,8 @@ impl<B: Backend> GroupTensors<B> {
                 }
             }
             (
-                Some(Tensor::from_data(
-                    TensorData::new(feats, [rows, n, f]),
-                    device,
-                )),
-                Some(Tensor::from_data(
-                    TensorData::new(locs, [rows, n, 5]),
-                    device,
-                )),
+                Some(Tensor::from_data(TensorData::new(feats, [rows, n, f]), device)),
+                Some(Tensor::from_data(TensorData::new(locs, [rows, n, 5]), device)),
             )
         } else {
             (None, None)
@@ -125,11 +99,7 @@ impl<B: Backend> GroupTensors<B> {
     /// padding given as a `[rows, n]` bias (0 on a row's regions, [`crate::attention_mask::BLOCKED`]
     /// past them): rows whose lengths only the device knows (retrieved images,
     /// [`crate::memory`]).
-    pub(crate) fn visual_only(
-        features: Tensor<B, 3>,
-        locations: Tensor<B, 3>,
-        row_bias: Tensor<B, 2>,
-    ) -> Self {
+    pub(crate) fn visual_only(features: Tensor<B, 3>, locations: Tensor<B, 3>, row_bias: Tensor<B, 2>) -> Self {
         let [rows, n, _] = features.dims();
         let device = features.device();
         Self {
@@ -157,11 +127,7 @@ impl<B: Backend> GroupTensors<B> {
 
     /// Self-attention bias of the text part alone (ViLBERT's text stream).
     pub(crate) fn text_bias(&self) -> Tensor<B, 4> {
-        let rows: Vec<MaskRow> = self
-            .mask_rows
-            .iter()
-            .map(|r| MaskRow { visual: 0, ..*r })
-            .collect();
+        let rows: Vec<MaskRow> = self.mask_rows.iter().map(|r| MaskRow { visual: 0, ..*r }).collect();
         self.bias_of(&rows, 0, self.t, self.full_mask)
     }
 
@@ -204,12 +170,10 @@ impl<B: Backend> GroupTensors<B> {
         if !full {
             debug_assert!(rows.iter().all(|r| r.kind == MaskKind::Bidirectional));
             let data = padding_bias(rows, n, t);
-            Tensor::<B, 2>::from_data(TensorData::new(data, [b, l]), &self.device)
-                .reshape([b, 1, 1, l])
+            Tensor::<B, 2>::from_data(TensorData::new(data, [b, l]), &self.device).reshape([b, 1, 1, l])
         } else {
             let data = full_bias(rows, n, t);
-            Tensor::<B, 3>::from_data(TensorData::new(data, [b, l, l]), &self.device)
-                .reshape([b, 1, l, l])
+            Tensor::<B, 3>::from_data(TensorData::new(data, [b, l, l]), &self.device).reshape([b, 1, l, l])
         }
     }
 }

@@ -45,16 +45,10 @@ pub struct HeadsConfig {
 
 impl From<&ModelConfig> for HeadsConfig {
     fn from(config: &ModelConfig) -> Self {
-        Self::new(
-            config.hidden,
-            config.visual_hidden(),
-            config.pooled_dim(),
-            config.vocab_size,
-            config.feature_dim,
-        )
-        .with_region_classes(config.region_classes)
-        .with_init_std(config.init_std)
-        .with_layer_norm_eps(config.layer_norm_eps)
+        Self::new(config.hidden, config.visual_hidden(), config.pooled_dim(), config.vocab_size, config.feature_dim)
+            .with_region_classes(config.region_classes)
+            .with_init_std(config.init_std)
+            .with_layer_norm_eps(config.layer_norm_eps)
     }
 }
 
@@ -65,19 +59,13 @@ impl HeadsConfig {
         let std = self.init_std;
         Heads {
             mlm_transform: init::linear(ht, ht, std, device),
-            mlm_norm: LayerNormConfig::new(ht)
-                .with_epsilon(self.layer_norm_eps)
-                .init(device),
+            mlm_norm: LayerNormConfig::new(ht).with_epsilon(self.layer_norm_eps).init(device),
             mlm_bias: Param::from_tensor(Tensor::zeros([self.vocab_size], device)),
             mrm_feature: init::linear(hv, self.feature_dim, std, device),
-            mrm_classes: (self.region_classes > 0)
-                .then(|| init::linear(hv, self.region_classes, std, device)),
+            mrm_classes: (self.region_classes > 0).then(|| init::linear(hv, self.region_classes, std, device)),
             project_text: init::linear(ht, p, std, device),
             project_image: init::linear(hv, p, std, device),
-            logit_scale: Param::from_tensor(Tensor::from_floats(
-                [(1.0 / INIT_TEMPERATURE).ln() as f32],
-                device,
-            )),
+            logit_scale: Param::from_tensor(Tensor::from_floats([(1.0 / INIT_TEMPERATURE).ln() as f32], device)),
             itm_text: init::linear(ht, p, std, device),
             itm_image: init::linear(hv, p, std, device),
             itm: init::linear(p, 1, std, device),
@@ -117,9 +105,7 @@ impl<B: Backend> Heads<B> {
     /// # Shapes
     /// - `hidden`: `[m, hidden]`, `word`: `[vocab, hidden]` -> `[m, vocab]`
     pub fn token_logits(&self, hidden: Tensor<B, 2>, word: Tensor<B, 2>) -> Tensor<B, 2> {
-        let h = self
-            .mlm_norm
-            .forward(ops::gelu(ops::linear(&self.mlm_transform, hidden)));
+        let h = self.mlm_norm.forward(ops::gelu(ops::linear(&self.mlm_transform, hidden)));
         h.matmul(word.transpose()) + self.mlm_bias.val().unsqueeze_dim(0)
     }
 

@@ -73,23 +73,23 @@ impl GroupShape {
     /// The exact shape of `group`: its rows, lengths rounded up to the buckets, and a
     /// per-query mask only when some row needs one.
     pub(crate) fn of(group: &Group, config: &ModelConfig, settings: &TrainSettings) -> Self {
-        let rows = group.rows();
-        let max_t = group.texts.iter().map(Vec::len).max().unwrap_or(0);
-        let max_n = group.images.iter().map(|i| i.rows()).max().unwrap_or(0);
-        GroupShape {
-            rows,
-            t: if group.texts.is_empty() {
-                0
-            } else {
-                bucket_len(&settings.text_buckets, max_t, config.max_text_len)
-            },
-            n: if group.images.is_empty() {
-                0
-            } else {
-                bucket_len(&settings.object_buckets, max_n, config.max_objects)
-            },
-            full_mask: group.kinds.iter().any(|k| *k != MaskKind::Bidirectional),
-        }
+    let rows = group.rows();
+    let max_t = group.texts.iter().map(Vec::len).max().unwrap_or(0);
+    let max_n = group.images.iter().map(|i| i.rows()).max().unwrap_or(0);
+    GroupShape {
+        rows,
+        t: if group.texts.is_empty() {
+            0
+        } else {
+            bucket_len(&settings.text_buckets, max_t, config.max_text_len)
+        },
+        n: if group.images.is_empty() {
+            0
+        } else {
+            bucket_len(&settings.object_buckets, max_n, config.max_objects)
+        },
+        full_mask: group.kinds.iter().any(|k| *k != MaskKind::Bidirectional),
+    }
     }
 }
 
@@ -107,16 +107,8 @@ impl Layout {
             caption: plan.caption.len(),
             mrm: plan.mrm.len(),
             mrm_classes: plan.mrm.iter().any(|t| t.classes.is_some()) && config.region_classes > 0,
-            cmcl_texts: if plan.cmcl.pairs.is_empty() {
-                0
-            } else {
-                plan.cmcl.texts.len()
-            },
-            cmcl_images: if plan.cmcl.pairs.is_empty() {
-                0
-            } else {
-                plan.cmcl.images.len()
-            },
+            cmcl_texts: if plan.cmcl.pairs.is_empty() { 0 } else { plan.cmcl.texts.len() },
+            cmcl_images: if plan.cmcl.pairs.is_empty() { 0 } else { plan.cmcl.images.len() },
             cmcl_pairs: plan.cmcl.pairs.len(),
             itm: plan.itm.len(),
         }
@@ -149,13 +141,7 @@ impl Layout {
 
     /// Counts rounded up to powers of two (at least `MIN_ROWS` rows, `MIN_TARGETS` targets).
     fn rounded(self, config: &ModelConfig) -> Self {
-        let up = |x: usize, min: usize| {
-            if x == 0 {
-                0
-            } else {
-                x.max(min).next_power_of_two()
-            }
-        };
+        let up = |x: usize, min: usize| if x == 0 { 0 } else { x.max(min).next_power_of_two() };
         let mut groups = self.groups;
         for g in &mut groups {
             g.rows = up(g.rows, MIN_ROWS);
@@ -209,15 +195,7 @@ impl Layout {
 
     /// A short text form, e.g. for logs: `text 32x0x16 image 16x16x0 joint 32x16x32 mlm 64 ...`.
     pub fn describe(&self) -> String {
-        let g = |s: &GroupShape| {
-            format!(
-                "{}x{}x{}{}",
-                s.rows,
-                s.n,
-                s.t,
-                if s.full_mask { "f" } else { "" }
-            )
-        };
+        let g = |s: &GroupShape| format!("{}x{}x{}{}", s.rows, s.n, s.t, if s.full_mask { "f" } else { "" });
         format!(
             "text {} image {} joint {} mlm {} seq2seq {} caption {} mrm {}{} cmcl {}/{}/{} itm {}",
             g(&self.groups[TEXT]),
@@ -264,12 +242,7 @@ impl Shapes {
     }
 
     /// The layout of `plan` under the policy (recorded as seen).
-    pub(crate) fn layout(
-        &mut self,
-        plan: &Plan,
-        config: &ModelConfig,
-        settings: &TrainSettings,
-    ) -> Layout {
+    pub(crate) fn layout(&mut self, plan: &Plan, config: &ModelConfig, settings: &TrainSettings) -> Layout {
         let tight = Layout::tight(plan, config, settings);
         let layout = match self.policy {
             ShapePolicy::Tight => tight,

@@ -293,14 +293,7 @@ impl HiddenArea {
             .filter(|(_, &c)| c > 0)
             .map(|(a, _)| a)
             .sum();
-        Self {
-            nx,
-            cell_area,
-            visible_count,
-            cells,
-            total,
-            hidden: 0.0,
-        }
+        Self { nx, cell_area, visible_count, cells, total, hidden: 0.0 }
     }
 
     /// Whether the regions cover any area at all (else the mask falls back to counting).

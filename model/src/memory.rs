@@ -39,11 +39,7 @@ pub struct ImageMemorySettings {
 
 impl Default for ImageMemorySettings {
     fn default() -> Self {
-        Self {
-            capacity: 0,
-            positives: 1,
-            min_similarity: 0.9,
-        }
+        Self { capacity: 0, positives: 1, min_similarity: 0.9 }
     }
 }
 
@@ -105,26 +101,9 @@ pub(crate) struct MemoryTensors<B: Backend> {
 impl<B: Backend> ImageMemory<B> {
     /// An empty window for images of `feature_dim` features and at most `max_objects` rows,
     /// kept as `pooled`-wide embeddings.
-    pub(crate) fn new(
-        settings: ImageMemorySettings,
-        pooled: usize,
-        feature_dim: usize,
-        max_objects: usize,
-    ) -> Self {
-        let capacity = if settings.enabled() {
-            settings.capacity
-        } else {
-            0
-        };
-        Self {
-            settings,
-            pooled,
-            feature_dim,
-            max_objects,
-            slots: None,
-            keys: vec![None; capacity],
-            next: 0,
-        }
+    pub(crate) fn new(settings: ImageMemorySettings, pooled: usize, feature_dim: usize, max_objects: usize) -> Self {
+        let capacity = if settings.enabled() { settings.capacity } else { 0 };
+        Self { settings, pooled, feature_dim, max_objects, slots: None, keys: vec![None; capacity], next: 0 }
     }
 
     /// Whether the step should keep its image-only embeddings for the window.
@@ -179,19 +158,10 @@ impl<B: Backend> ImageMemory<B> {
             return;
         }
         let device = embeddings.device();
-        let (c, m, f, n) = (
-            self.keys.len(),
-            images.len(),
-            self.feature_dim,
-            self.max_objects,
-        );
+        let (c, m, f, n) = (self.keys.len(), images.len(), self.feature_dim, self.max_objects);
         // Taken by value, so that each write below owns its tensor and updates it in place
         // (a write to a shared tensor copies it whole).
-        let Slots {
-            mut features,
-            mut locations,
-            embeddings: mut kept,
-        } = self.slots.take().unwrap_or_else(|| Slots {
+        let Slots { mut features, mut locations, embeddings: mut kept } = self.slots.take().unwrap_or_else(|| Slots {
             features: Tensor::zeros([c, n, f], &device),
             locations: Tensor::zeros([c, n, 5], &device),
             embeddings: Tensor::zeros([c, self.pooled], &device),
@@ -209,11 +179,7 @@ impl<B: Backend> ImageMemory<B> {
         let feats = Tensor::<B, 3>::from_data(TensorData::new(feats, [m, n, f]), &device);
         let locs = Tensor::<B, 3>::from_data(TensorData::new(locs, [m, n, 5]), &device);
         for (i, (key, image)) in images.iter().enumerate() {
-            let slot = match self
-                .keys
-                .iter()
-                .position(|k| k.map(|(k, _)| k) == Some(*key))
-            {
+            let slot = match self.keys.iter().position(|k| k.map(|(k, _)| k) == Some(*key)) {
                 Some(s) => s,
                 None => {
                     let s = self.next;
@@ -222,53 +188,25 @@ impl<B: Backend> ImageMemory<B> {
                 }
             };
             self.keys[slot] = Some((*key, image.rows().min(n).max(1)));
-            features =
-                features.slice_assign([slot..slot + 1, 0..n, 0..f], feats.clone().narrow(0, i, 1));
-            locations =
-                locations.slice_assign([slot..slot + 1, 0..n, 0..5], locs.clone().narrow(0, i, 1));
-            kept = kept.slice_assign(
-                [slot..slot + 1, 0..self.pooled],
-                embeddings.clone().narrow(0, i, 1),
-            );
+            features = features.slice_assign([slot..slot + 1, 0..n, 0..f], feats.clone().narrow(0, i, 1));
+            locations = locations.slice_assign([slot..slot + 1, 0..n, 0..5], locs.clone().narrow(0, i, 1));
+            kept = kept.slice_assign([slot..slot + 1, 0..self.pooled], embeddings.clone().narrow(0, i, 1));
         }
-        self.slots = Some(Slots {
-            features,
-            locations,
-            embeddings: kept,
-        });
+        self.slots = Some(Slots { features, locations, embeddings: kept });
     }
 
     /// Replaces the kept embeddings of the slots at `indices` (`[r]`) by `fresh` (`[r,
     /// pooled]`) where `valid` (`[r]`, 0 or 1) is 1; a slot named more than once takes the
     /// mean. All on the device.
-    pub(crate) fn refresh(
-        &mut self,
-        Refresh {
-            indices,
-            fresh,
-            valid,
-        }: Refresh<B>,
-    ) {
-        let Some(slots) = self.slots.as_mut() else {
-            return;
-        };
-        let kept = std::mem::replace(
-            &mut slots.embeddings,
-            Tensor::zeros([1, 1], &fresh.device()),
-        );
+    pub(crate) fn refresh(&mut self, Refresh { indices, fresh, valid }: Refresh<B>) {
+        let Some(slots) = self.slots.as_mut() else { return };
+        let kept = std::mem::replace(&mut slots.embeddings, Tensor::zeros([1, 1], &fresh.device()));
         let c = self.keys.len();
         let r = indices.dims()[0];
         let device = fresh.device();
-        let columns = Tensor::<B, 1, Int>::arange(0..c as i64, &device)
-            .reshape([1, c])
-            .expand([r, c]);
+        let columns = Tensor::<B, 1, Int>::arange(0..c as i64, &device).reshape([1, c]).expand([r, c]);
         // `[r, c]`: row i is the one-hot of slot indices[i], zero where not valid.
-        let hits = indices
-            .reshape([r, 1])
-            .expand([r, c])
-            .equal(columns)
-            .float()
-            * valid.reshape([r, 1]);
+        let hits = indices.reshape([r, 1]).expand([r, c]).equal(columns).float() * valid.reshape([r, 1]);
         let count = hits.clone().sum_dim(0).reshape([c, 1]);
         let sum = hits.transpose().matmul(fresh);
         let keep = count.clone().equal_elem(0.0).float();
@@ -309,39 +247,23 @@ pub(crate) struct Retrieval<B: Backend> {
 /// # Shapes
 /// - `anchors`: `[p, pooled]` (L2-normalised pair-image embeddings, no gradient needed);
 ///   the first `real` anchors are pairs, the rest padding.
-pub(crate) fn retrieve<B: Backend>(
-    anchors: Tensor<B, 2>,
-    memory: &MemoryTensors<B>,
-    real: usize,
-) -> Retrieval<B> {
+pub(crate) fn retrieve<B: Backend>(anchors: Tensor<B, 2>, memory: &MemoryTensors<B>, real: usize) -> Retrieval<B> {
     let [p, _] = anchors.dims();
     let c = memory.embeddings.dims()[0];
     let device = anchors.device();
     let k = memory.k.clamp(1, c);
-    let sims = anchors.matmul(memory.embeddings.clone().transpose())
-        + memory.empty_bias.clone().unsqueeze_dim(0);
-    let columns = Tensor::<B, 1, Int>::arange(0..c as i64, &device)
-        .reshape([1, c])
-        .expand([p, c]);
+    let sims = anchors.matmul(memory.embeddings.clone().transpose()) + memory.empty_bias.clone().unsqueeze_dim(0);
+    let columns = Tensor::<B, 1, Int>::arange(0..c as i64, &device).reshape([1, c]).expand([p, c]);
     let mut real_rows = vec![0.0f32; p];
     real_rows[..real.min(p)].fill(1.0);
-    let real_rows =
-        Tensor::<B, 1>::from_data(TensorData::new(real_rows, [p]), &device).reshape([p, 1]);
+    let real_rows = Tensor::<B, 1>::from_data(TensorData::new(real_rows, [p]), &device).reshape([p, 1]);
     // The k maxima one at a time (k is small); each taken column is then excluded.
     let mut rest = sims;
-    let (mut tops, mut idxs, mut chosen) = (
-        Vec::with_capacity(k),
-        Vec::with_capacity(k),
-        None::<Tensor<B, 2>>,
-    );
+    let (mut tops, mut idxs, mut chosen) = (Vec::with_capacity(k), Vec::with_capacity(k), None::<Tensor<B, 2>>);
     for _ in 0..k {
         let (top, idx) = rest.clone().max_dim_with_indices(1);
         let one_hot = idx.clone().expand([p, c]).equal(columns.clone());
-        let pass = top
-            .clone()
-            .greater_equal_elem(memory.min_similarity)
-            .float()
-            * real_rows.clone();
+        let pass = top.clone().greater_equal_elem(memory.min_similarity).float() * real_rows.clone();
         let picked = one_hot.clone().float() * pass.expand([p, c]);
         chosen = Some(match chosen {
             Some(ch) => ch + picked,
@@ -353,19 +275,14 @@ pub(crate) fn retrieve<B: Backend>(
     }
     let top = Tensor::cat(tops, 1);
     let indices = Tensor::cat(idxs, 1).reshape([p * k]);
-    let pass = top
-        .clone()
-        .greater_equal_elem(memory.min_similarity)
-        .float()
-        * real_rows.clone();
+    let pass = top.clone().greater_equal_elem(memory.min_similarity).float() * real_rows.clone();
     let chosen = chosen.expect("k >= 1");
     let to_bias = |m: Tensor<B, 2>| m.neg().add_scalar(1.0).mul_scalar(BLOCKED);
     // Column j (pair q's m-th retrieval) is a positive of pair i when i chose that slot and
     // the column itself is a real retrieval above the threshold: a padding pair's copy of a
     // slot, or one below its own pair's threshold, is in nobody's loss.
     let passing = pass.clone().reshape([1, p * k]);
-    let positive =
-        chosen.select(1, indices.clone()).clamp_max(1.0) * passing.clone().expand([p, p * k]);
+    let positive = chosen.select(1, indices.clone()).clamp_max(1.0) * passing.clone().expand([p, p * k]);
     let filled = (top.clone().greater_elem(BLOCKED / 2.0).float() * real_rows).reshape([p * k]);
     Retrieval {
         indices,
@@ -387,10 +304,7 @@ mod tests {
     }
 
     fn image(value: f32, rows: usize) -> ImageRows {
-        ImageRows {
-            features: vec![value; rows * 3],
-            locations: vec![[0.0, 0.0, 1.0, 1.0, 1.0]; rows],
-        }
+        ImageRows { features: vec![value; rows * 3], locations: vec![[0.0, 0.0, 1.0, 1.0, 1.0]; rows] }
     }
 
     fn rows(t: Tensor<NdArray, 2>) -> Vec<Vec<f32>> {
@@ -400,68 +314,34 @@ mod tests {
     }
 
     fn memory(capacity: usize, positives: usize, min_similarity: f32) -> ImageMemory<NdArray> {
-        ImageMemory::new(
-            ImageMemorySettings {
-                capacity,
-                positives,
-                min_similarity,
-            },
-            2,
-            3,
-            4,
-        )
+        ImageMemory::new(ImageMemorySettings { capacity, positives, min_similarity }, 2, 3, 4)
     }
 
     fn embeddings(v: &[Vec<f32>]) -> Tensor<NdArray, 2> {
-        Tensor::from_data(
-            TensorData::new(v.concat(), [v.len(), 2]),
-            &Default::default(),
-        )
+        Tensor::from_data(TensorData::new(v.concat(), [v.len(), 2]), &Default::default())
     }
 
     fn view(m: &ImageMemory<NdArray>) -> MemoryTensors<NdArray> {
-        m.tensors(&[2, 4], |t| t, |t| t, &Default::default())
-            .expect("a filled window")
+        m.tensors(&[2, 4], |t| t, |t| t, &Default::default()).expect("a filled window")
     }
 
     #[test]
     fn the_window_keeps_one_slot_per_image_in_ring_order_with_its_features() {
         let mut m = memory(2, 1, 0.5);
-        assert!(m
-            .tensors::<NdArray>(&[2, 4], |t| t, |t| t, &Default::default())
-            .is_none());
+        assert!(m.tensors::<NdArray>(&[2, 4], |t| t, |t| t, &Default::default()).is_none());
         m.insert(&[(1, image(1.0, 1))], embeddings(&[vec![1.0, 0.0]]));
         m.insert(&[(1, image(1.5, 1))], embeddings(&[vec![0.0, 1.0]]));
         assert_eq!(m.len(), 1, "the same image is overwritten in place");
-        m.insert(
-            &[(2, image(2.0, 3)), (3, image(3.0, 2))],
-            embeddings(&[vec![1.0, 0.0], vec![0.6, 0.8]]),
-        );
+        m.insert(&[(2, image(2.0, 3)), (3, image(3.0, 2))], embeddings(&[vec![1.0, 0.0], vec![0.6, 0.8]]));
         assert_eq!(m.len(), 2);
-        assert_eq!(
-            m.keys,
-            vec![Some((3, 2)), Some((2, 3))],
-            "the oldest slot is replaced"
-        );
+        assert_eq!(m.keys, vec![Some((3, 2)), Some((2, 3))], "the oldest slot is replaced");
         let v = view(&m);
         // The longest kept image has 3 rows: bucket 4.
         assert_eq!(v.features.dims(), [2, 4, 3]);
         let f: Vec<f32> = v.features.into_data().to_vec().expect("f32");
-        assert_eq!(
-            &f[..12],
-            &[3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-        );
-        assert_eq!(
-            &f[12..],
-            &[2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0, 0.0, 0.0]
-        );
-        assert_eq!(
-            rows(v.row_bias),
-            vec![
-                vec![0.0, 0.0, BLOCKED, BLOCKED],
-                vec![0.0, 0.0, 0.0, BLOCKED]
-            ]
-        );
+        assert_eq!(&f[..12], &[3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(&f[12..], &[2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0, 0.0, 0.0]);
+        assert_eq!(rows(v.row_bias), vec![vec![0.0, 0.0, BLOCKED, BLOCKED], vec![0.0, 0.0, 0.0, BLOCKED]]);
         assert_eq!(rows(v.embeddings), vec![vec![0.6, 0.8], vec![1.0, 0.0]]);
         assert!(!memory(0, 1, 0.5).collects());
     }
@@ -469,41 +349,22 @@ mod tests {
     #[test]
     fn retrieval_takes_the_nearest_above_the_threshold_for_real_pairs_only() {
         let mut m = memory(3, 1, 0.9);
-        m.insert(
-            &[(10, image(1.0, 1)), (11, image(2.0, 1))],
-            embeddings(&[unit([1.0, 0.0]), unit([0.0, 1.0])]),
-        );
+        m.insert(&[(10, image(1.0, 1)), (11, image(2.0, 1))], embeddings(&[unit([1.0, 0.0]), unit([0.0, 1.0])]));
         let mem = view(&m);
         // Pair 0 is close to slot 0, pair 1 nearer slot 0 but below 0.9, row 2 is padding.
         let anchors = embeddings(&[unit([1.0, 0.1]), unit([1.0, 0.8]), unit([0.0, 1.0])]);
         let r = retrieve(anchors, &mem, 2);
-        let idx: Vec<i64> = r
-            .indices
-            .into_data()
-            .convert::<i64>()
-            .to_vec()
-            .expect("ints");
+        let idx: Vec<i64> = r.indices.into_data().convert::<i64>().to_vec().expect("ints");
         assert_eq!(&idx[..2], &[0, 0], "each pair's nearest filled slot");
         let b = BLOCKED;
         // Pair 1's copy of slot 0 (below its own threshold) is not pair 0's positive either.
-        assert_eq!(
-            rows(r.positive_bias),
-            vec![vec![0.0, b, b], vec![b, b, b], vec![b, b, b]]
-        );
-        assert_eq!(
-            rows(r.candidate_bias),
-            vec![vec![0.0, b, b]],
-            "only pair 0 retrieved above the threshold"
-        );
+        assert_eq!(rows(r.positive_bias), vec![vec![0.0, b, b], vec![b, b, b], vec![b, b, b]]);
+        assert_eq!(rows(r.candidate_bias), vec![vec![0.0, b, b]], "only pair 0 retrieved above the threshold");
         let sims: Vec<f32> = r.similarities.into_data().to_vec().expect("f32");
         assert!((sims[0] - unit([1.0, 0.1])[0]).abs() < 1e-6, "{sims:?}");
         assert_eq!(&sims[1..], &[-2.0, -2.0]);
         let filled: Vec<f32> = r.filled.into_data().to_vec().expect("f32");
-        assert_eq!(
-            filled,
-            vec![1.0, 1.0, 0.0],
-            "padding rows never refresh the window"
-        );
+        assert_eq!(filled, vec![1.0, 1.0, 0.0], "padding rows never refresh the window");
     }
 
     #[test]
@@ -517,14 +378,7 @@ mod tests {
         assert_eq!(rows(r.candidate_bias), vec![vec![0.0, b]]);
         let filled: Vec<f32> = r.filled.clone().into_data().to_vec().expect("f32");
         assert_eq!(filled, vec![1.0, 0.0]);
-        m.refresh(Refresh {
-            indices: r.indices,
-            fresh: embeddings(&[unit([0.0, 1.0]), vec![7.0, 7.0]]),
-            valid: r.filled,
-        });
-        assert_eq!(
-            rows(view(&m).embeddings),
-            vec![unit([0.0, 1.0]), vec![0.0, 0.0], vec![0.0, 0.0]]
-        );
+        m.refresh(Refresh { indices: r.indices, fresh: embeddings(&[unit([0.0, 1.0]), vec![7.0, 7.0]]), valid: r.filled });
+        assert_eq!(rows(view(&m).embeddings), vec![unit([0.0, 1.0]), vec![0.0, 0.0], vec![0.0, 0.0]]);
     }
 }

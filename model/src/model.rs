@@ -7,8 +7,8 @@ use burn::tensor::TensorData;
 
 use crate::config::{Arch, ModelConfig, Objective};
 use crate::group_tensors::{Encoded, GroupTensors};
-use crate::heads::{Heads, HeadsConfig};
 use crate::layout::Layout;
+use crate::heads::{Heads, HeadsConfig};
 use crate::memory::{self, MemoryTensors};
 use crate::objectives::{contrastive, matching, region, token};
 use crate::plan::{Plan, Slot, IMAGE, JOINT};
@@ -155,32 +155,15 @@ impl<B: Backend> PretrainModel<B> {
     }
 
     /// Encodes every non-empty group of `plan`.
-    pub(crate) fn encode_plan(
-        &self,
-        plan: &Plan,
-        settings: &TrainSettings,
-        device: &B::Device,
-    ) -> [Option<Encoded<B>>; 3] {
+    pub(crate) fn encode_plan(&self, plan: &Plan, settings: &TrainSettings, device: &B::Device) -> [Option<Encoded<B>>; 3] {
         self.encode_layout(plan, &Layout::tight(plan, &self.config, settings), device)
     }
 
     /// Encodes the groups of `plan` padded to `layout` (a group of 0 rows is skipped).
-    pub(crate) fn encode_layout(
-        &self,
-        plan: &Plan,
-        layout: &Layout,
-        device: &B::Device,
-    ) -> [Option<Encoded<B>>; 3] {
+    pub(crate) fn encode_layout(&self, plan: &Plan, layout: &Layout, device: &B::Device) -> [Option<Encoded<B>>; 3] {
         let enc = |g: usize| {
             let shape = layout.groups[g];
-            (shape.rows > 0).then(|| {
-                self.encode(&GroupTensors::with_shape(
-                    &plan.groups[g],
-                    shape,
-                    &self.config,
-                    device,
-                ))
-            })
+            (shape.rows > 0).then(|| self.encode(&GroupTensors::with_shape(&plan.groups[g], shape, &self.config, device)))
         };
         [enc(0), enc(1), enc(2)]
     }
@@ -205,28 +188,11 @@ impl<B: Backend> PretrainModel<B> {
         let encoded = self.encode_layout(plan, layout, device);
         let flat = Flat::new(&encoded);
         let mut out = Vec::new();
-        let mut window = WindowOutputs {
-            similarities: None,
-            refresh: None,
-            image_only: None,
-        };
+        let mut window = WindowOutputs { similarities: None, refresh: None, image_only: None };
         let image_rows = layout.groups[IMAGE].rows;
-        if collect && !plan.image_only.is_empty() && config.uses(Objective::Cmcl) && image_rows > 0
-        {
-            let slots: Vec<Slot> = plan
-                .image_only
-                .iter()
-                .map(|&(row, _, _)| Slot {
-                    group: IMAGE,
-                    row,
-                    pos: 0,
-                })
-                .collect();
-            window.image_only = Some(
-                self.heads
-                    .image_embedding(flat.gather(&slots, image_rows, Part::Visual, device))
-                    .detach(),
-            );
+        if collect && !plan.image_only.is_empty() && config.uses(Objective::Cmcl) && image_rows > 0 {
+            let slots: Vec<Slot> = plan.image_only.iter().map(|&(row, _, _)| Slot { group: IMAGE, row, pos: 0 }).collect();
+            window.image_only = Some(self.heads.image_embedding(flat.gather(&slots, image_rows, Part::Visual, device)).detach());
         }
         let int = |v: Vec<i64>| {
             let n = v.len();
@@ -258,12 +224,7 @@ impl<B: Backend> PretrainModel<B> {
             let logits = self.heads.token_logits(hidden, self.backbone.word_weight());
             out.push(ObjectiveLoss {
                 objective,
-                loss: token::masked_cross_entropy(
-                    logits,
-                    int(labels),
-                    float(ones_then_zeros(targets.len(), padded)),
-                    targets.len(),
-                ),
+                loss: token::masked_cross_entropy(logits, int(labels), float(ones_then_zeros(targets.len(), padded)), targets.len()),
                 count: targets.len(),
             });
         }
@@ -279,12 +240,7 @@ impl<B: Backend> PretrainModel<B> {
             }
             let target = Tensor::<B, 2>::from_data(TensorData::new(target, [r, f]), device);
             let weights = float(ones_then_zeros(real, r));
-            let mut loss = region::masked_regression(
-                self.heads.region_features(hidden.clone()),
-                target,
-                weights,
-                real,
-            );
+            let mut loss = region::masked_regression(self.heads.region_features(hidden.clone()), target, weights, real);
             if layout.mrm_classes {
                 if let Some(logits) = self.heads.region_class_logits(hidden) {
                     // Rows without a class distribution (and padding) get a zero target: they
@@ -298,11 +254,7 @@ impl<B: Backend> PretrainModel<B> {
                             with_classes += 1;
                         }
                     }
-                    let plnp: f32 = probs
-                        .iter()
-                        .filter(|&&p| p > 0.0)
-                        .map(|&p| p * p.ln())
-                        .sum();
+                    let plnp: f32 = probs.iter().filter(|&&p| p > 0.0).map(|&p| p * p.ln()).sum();
                     let target = Tensor::<B, 2>::from_data(TensorData::new(probs, [r, c]), device);
                     loss = loss + region::kl_to_classes_over(logits, target, plnp, with_classes);
                 }
@@ -321,18 +273,9 @@ impl<B: Backend> PretrainModel<B> {
                 (plan.cmcl.texts.len(), plan.cmcl.images.len())
             };
             let p = layout.cmcl_pairs;
-            let texts = self.heads.text_embedding(flat.gather(
-                &plan.cmcl.texts[..real_texts],
-                layout.cmcl_texts,
-                Part::Text,
-                device,
-            ));
-            let images = self.heads.image_embedding(flat.gather(
-                &plan.cmcl.images[..real_images],
-                layout.cmcl_images,
-                Part::Visual,
-                device,
-            ));
+            let texts = self.heads.text_embedding(flat.gather(&plan.cmcl.texts[..real_texts], layout.cmcl_texts, Part::Text, device));
+            let images =
+                self.heads.image_embedding(flat.gather(&plan.cmcl.images[..real_images], layout.cmcl_images, Part::Visual, device));
             let padded = |v: Vec<i64>| {
                 let mut v = v;
                 v.resize(p, 0);
@@ -341,8 +284,7 @@ impl<B: Backend> PretrainModel<B> {
             let image_anchors = padded(pairs.iter().map(|q| q.image as i64).collect());
             let text_anchors = padded(pairs.iter().map(|q| q.caption as i64).collect());
             let mut i2t: Vec<Vec<usize>> = pairs.iter().map(|q| q.positive_texts.clone()).collect();
-            let mut t2i: Vec<Vec<usize>> =
-                pairs.iter().map(|q| q.positive_images.clone()).collect();
+            let mut t2i: Vec<Vec<usize>> = pairs.iter().map(|q| q.positive_images.clone()).collect();
             i2t.resize(p, vec![0]);
             t2i.resize(p, vec![0]);
             let scale = self.heads.logit_scale();
@@ -361,25 +303,16 @@ impl<B: Backend> PretrainModel<B> {
                     let features = m.features.clone().select(0, r.indices.clone());
                     let locations = m.locations.clone().select(0, r.indices.clone());
                     let bias = m.row_bias.clone().select(0, r.indices.clone());
-                    let encoded =
-                        self.encode(&GroupTensors::visual_only(features, locations, bias));
+                    let encoded = self.encode(&GroupTensors::visual_only(features, locations, bias));
                     let rows = r.indices.dims()[0];
                     let visual = encoded.visual.expect("visual rows were encoded");
                     // Each row's `[IMG]` state, by a gather (as `Flat::gather` does: on the
                     // fused backends a reshape of a narrowed view gave wrong values here).
-                    let firsts = Tensor::<B, 1, Int>::arange_step(
-                        0..(rows * encoded.n) as i64,
-                        encoded.n,
-                        device,
-                    );
+                    let firsts = Tensor::<B, 1, Int>::arange_step(0..(rows * encoded.n) as i64, encoded.n, device);
                     let img = visual.select(0, firsts);
                     let candidates = self.heads.image_embedding(img);
                     window.similarities = Some(r.similarities);
-                    window.refresh = Some(memory::Refresh {
-                        indices: r.indices,
-                        fresh: candidates.clone().detach(),
-                        valid: r.filled,
-                    });
+                    window.refresh = Some(memory::Refresh { indices: r.indices, fresh: candidates.clone().detach(), valid: r.filled });
                     Some(contrastive::ExtraCandidates {
                         candidates,
                         positive_bias: r.positive_bias,
@@ -412,12 +345,7 @@ impl<B: Backend> PretrainModel<B> {
             }
             out.push(ObjectiveLoss {
                 objective: Objective::Itm,
-                loss: matching::masked_binary_cross_entropy(
-                    logits,
-                    &labels,
-                    float(ones_then_zeros(plan.itm.len(), m)),
-                    plan.itm.len(),
-                ),
+                loss: matching::masked_binary_cross_entropy(logits, &labels, float(ones_then_zeros(plan.itm.len(), m)), plan.itm.len()),
                 count: plan.itm.len(),
             });
         }
@@ -429,22 +357,8 @@ impl<B: Backend> PretrainModel<B> {
     ///
     /// # Shapes
     /// - output: `[padded]`
-    fn itm_logits(
-        &self,
-        flat: &Flat<B>,
-        plan: &Plan,
-        padded: usize,
-        device: &B::Device,
-    ) -> Tensor<B, 1> {
-        let slots: Vec<Slot> = plan
-            .itm
-            .iter()
-            .map(|m| Slot {
-                group: JOINT,
-                row: m.row,
-                pos: 0,
-            })
-            .collect();
+    fn itm_logits(&self, flat: &Flat<B>, plan: &Plan, padded: usize, device: &B::Device) -> Tensor<B, 1> {
+        let slots: Vec<Slot> = plan.itm.iter().map(|m| Slot { group: JOINT, row: m.row, pos: 0 }).collect();
         let cls = flat.gather(&slots, padded, Part::Text, device);
         let img = flat.gather(&slots, padded, Part::Visual, device);
         self.heads.match_logits(cls, img)
@@ -455,12 +369,7 @@ impl<B: Backend> PretrainModel<B> {
     ///
     /// # Shapes
     /// - output: `[itm targets]`
-    pub(crate) fn match_logits(
-        &self,
-        plan: &Plan,
-        settings: &TrainSettings,
-        device: &B::Device,
-    ) -> Tensor<B, 1> {
+    pub(crate) fn match_logits(&self, plan: &Plan, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 1> {
         let encoded = self.encode_plan(plan, settings, device);
         self.itm_logits(&Flat::new(&encoded), plan, plan.itm.len(), device)
     }
@@ -470,40 +379,20 @@ impl<B: Backend> PretrainModel<B> {
     ///
     /// # Shapes
     /// - output: `[candidates, pooled]`
-    pub(crate) fn pooled_texts(
-        &self,
-        plan: &Plan,
-        settings: &TrainSettings,
-        device: &B::Device,
-    ) -> Tensor<B, 2> {
+    pub(crate) fn pooled_texts(&self, plan: &Plan, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 2> {
         let encoded = self.encode_plan(plan, settings, device);
         let texts = &plan.cmcl.texts;
-        self.heads.text_embedding(Flat::new(&encoded).gather(
-            texts,
-            texts.len(),
-            Part::Text,
-            device,
-        ))
+        self.heads.text_embedding(Flat::new(&encoded).gather(texts, texts.len(), Part::Text, device))
     }
 
     /// Pooled, projected, L2-normalised image vectors of the plan's image candidates.
     ///
     /// # Shapes
     /// - output: `[candidates, pooled]`
-    pub(crate) fn pooled_images(
-        &self,
-        plan: &Plan,
-        settings: &TrainSettings,
-        device: &B::Device,
-    ) -> Tensor<B, 2> {
+    pub(crate) fn pooled_images(&self, plan: &Plan, settings: &TrainSettings, device: &B::Device) -> Tensor<B, 2> {
         let encoded = self.encode_plan(plan, settings, device);
         let images = &plan.cmcl.images;
-        self.heads.image_embedding(Flat::new(&encoded).gather(
-            images,
-            images.len(),
-            Part::Visual,
-            device,
-        ))
+        self.heads.image_embedding(Flat::new(&encoded).gather(images, images.len(), Part::Visual, device))
     }
 }
 
@@ -564,29 +453,19 @@ impl<B: Backend> Flat<B> {
     ///
     /// # Shapes
     /// - output: `[padded, hidden]`
-    fn gather(
-        &self,
-        slots: &[Slot],
-        padded: usize,
-        part: Part,
-        device: &B::Device,
-    ) -> Tensor<B, 2> {
+    fn gather(&self, slots: &[Slot], padded: usize, part: Part, device: &B::Device) -> Tensor<B, 2> {
         assert!(padded >= slots.len(), "a layout holds its plan");
         let (states, at) = match part {
             Part::Text => (&self.text, &self.text_at),
             Part::Visual => (&self.visual, &self.visual_at),
         };
-        let states = states
-            .as_ref()
-            .expect("every planned slot points into an encoded group");
+        let states = states.as_ref().expect("every planned slot points into an encoded group");
         let mut idx = vec![0i64; padded];
         for (i, s) in idx.iter_mut().zip(slots) {
             let (base, stride) = at[s.group];
             *i = (base + s.row * stride + s.pos) as i64;
         }
-        states
-            .clone()
-            .select(0, Tensor::from_data(TensorData::new(idx, [padded]), device))
+        states.clone().select(0, Tensor::from_data(TensorData::new(idx, [padded]), device))
     }
 }
 

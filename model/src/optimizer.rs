@@ -45,14 +45,8 @@ impl<B: Backend> SimpleOptimizer<B> for MatrixDecayAdamW {
         let (b1, b2) = (self.beta_1 as f64, self.beta_2 as f64);
         let state = match state {
             Some(s) => AdamWMoments {
-                moment_1: s
-                    .moment_1
-                    .mul_scalar(b1)
-                    .add(grad.clone().mul_scalar(1.0 - b1)),
-                moment_2: s
-                    .moment_2
-                    .mul_scalar(b2)
-                    .add(grad.clone().mul(grad).mul_scalar(1.0 - b2)),
+                moment_1: s.moment_1.mul_scalar(b1).add(grad.clone().mul_scalar(1.0 - b1)),
+                moment_2: s.moment_2.mul_scalar(b2).add(grad.clone().mul(grad).mul_scalar(1.0 - b2)),
                 time: s.time + 1,
             },
             None => AdamWMoments {
@@ -118,16 +112,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
 
 /// The global L2 norm of all gradients of `module` (NaN or infinite when any gradient is).
 /// Reads one value from the device.
-pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
-    module: &M,
-    grads: &GradientsParams,
-) -> f32 {
+pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f32 {
     match grad_norm_squared::<B, M>(module, grads) {
-        Some(s) => crate::readback::to_host(s)
-            .first()
-            .copied()
-            .unwrap_or(f32::NAN)
-            .sqrt(),
+        Some(s) => crate::readback::to_host(s).first().copied().unwrap_or(f32::NAN).sqrt(),
         None => 0.0,
     }
 }
@@ -156,8 +143,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGradsBy<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
             let factor: Tensor<B::InnerBackend, D> = self.factor.clone().reshape([1; D]);
-            self.grads
-                .register::<B::InnerBackend, D>(param.id, g.mul(factor));
+            self.grads.register::<B::InnerBackend, D>(param.id, g.mul(factor));
         }
     }
 }
@@ -173,11 +159,7 @@ pub fn scale_grads_by<B: AutodiffBackend, M: AutodiffModule<B>>(
 }
 
 /// Scales all gradients of `module` by `factor` in place.
-pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
-    module: &M,
-    grads: &mut GradientsParams,
-    factor: f64,
-) {
+pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &mut GradientsParams, factor: f64) {
     let mut visitor = ScaleGrads { grads, factor };
     module.visit(&mut visitor);
 }
@@ -220,10 +202,7 @@ mod tests {
         let g = Tensor::<NdArray, 1>::from_floats([3.0, -0.5], &device);
         let (p2, state) = SimpleOptimizer::<NdArray>::step(&opt, 0.01, p, g, None);
         let p2: Vec<f32> = p2.into_data().to_vec().expect("f32");
-        assert!(
-            (p2[0] + 0.01).abs() < 1e-6 && (p2[1] - 0.01).abs() < 1e-6,
-            "{p2:?}"
-        );
+        assert!((p2[0] + 0.01).abs() < 1e-6 && (p2[1] - 0.01).abs() < 1e-6, "{p2:?}");
         assert_eq!(state.map(|s| s.time), Some(1));
     }
 }

@@ -218,12 +218,7 @@ fn mask_regions<R: Rng>(
     rng: &mut R,
 ) -> Vec<RegionTarget> {
     let dim = config.feature_dim;
-    let masked = anchor_mask(
-        &image.locations,
-        masking::MRM_RATIO,
-        masking::ANCHOR_COVERAGE,
-        rng,
-    );
+    let masked = anchor_mask(&image.locations, masking::MRM_RATIO, masking::ANCHOR_COVERAGE, rng);
     let classes = source
         .class_probs
         .as_ref()
@@ -268,8 +263,7 @@ impl Plan {
             match example.kind() {
                 None => plan.dropped += 1,
                 Some(ExampleKind::Text) => {
-                    let Some(ids) = example.text.as_deref().and_then(|t| clean_text(t, config))
-                    else {
+                    let Some(ids) = example.text.as_deref().and_then(|t| clean_text(t, config)) else {
                         plan.dropped += 1;
                         continue;
                     };
@@ -277,8 +271,7 @@ impl Plan {
                     plan.tokens += ids.len();
                     let use_s2s = s2s && (!mlm || rng.random::<bool>());
                     if use_s2s {
-                        let continuation =
-                            config.continuation > 0.0 && rng.random::<f32>() < config.continuation;
+                        let continuation = config.continuation > 0.0 && rng.random::<f32>() < config.continuation;
                         let split = if continuation {
                             caption::continuation_split(&ids, &special, rng)
                         } else {
@@ -289,40 +282,27 @@ impl Plan {
                                 source_len: split.source_len,
                             };
                             let row = plan.groups[TEXT].push_text(split.input, kind);
-                            plan.seq2seq
-                                .extend(split.targets.iter().map(|&(pos, label)| TokenTarget {
-                                    slot: Slot {
-                                        group: TEXT,
-                                        row,
-                                        pos,
-                                    },
-                                    label,
-                                }));
+                            plan.seq2seq.extend(split.targets.iter().map(|&(pos, label)| TokenTarget {
+                                slot: Slot { group: TEXT, row, pos },
+                                label,
+                            }));
                             continue;
                         }
                     }
                     if mlm {
-                        let m =
-                            span_mask(&ids, &special, config.vocab_size, masking::MLM_RATIO, rng);
+                        let m = span_mask(&ids, &special, config.vocab_size, masking::MLM_RATIO, rng);
                         if m.targets.is_empty() {
                             continue;
                         }
                         let row = plan.groups[TEXT].push_text(m.input, MaskKind::Bidirectional);
-                        plan.mlm
-                            .extend(m.targets.iter().map(|&(pos, label)| TokenTarget {
-                                slot: Slot {
-                                    group: TEXT,
-                                    row,
-                                    pos,
-                                },
-                                label,
-                            }));
+                        plan.mlm.extend(m.targets.iter().map(|&(pos, label)| TokenTarget {
+                            slot: Slot { group: TEXT, row, pos },
+                            label,
+                        }));
                     }
                 }
                 Some(ExampleKind::Image) => {
-                    let Some(source) = example.image.as_ref() else {
-                        continue;
-                    };
+                    let Some(source) = example.image.as_ref() else { continue };
                     let Some(mut image) = clean_image(source, config) else {
                         plan.dropped += 1;
                         continue;
@@ -331,11 +311,7 @@ impl Plan {
                     if mrm && image.rows() > 1 {
                         let row = plan.groups[IMAGE].rows();
                         if cmcl {
-                            plan.image_only.push((
-                                row,
-                                positives::image_key(&source.features),
-                                image.clone(),
-                            ));
+                            plan.image_only.push((row, positives::image_key(&source.features), image.clone()));
                         }
                         let targets = mask_regions(&mut image, source, config, IMAGE, row, rng);
                         plan.groups[IMAGE].push_image(image);
@@ -368,25 +344,17 @@ impl Plan {
                 let mut text = ids.clone();
                 if mlm {
                     let m = span_mask(ids, &special, config.vocab_size, masking::MLM_RATIO, rng);
-                    plan.mlm
-                        .extend(m.targets.iter().map(|&(pos, label)| TokenTarget {
-                            slot: Slot {
-                                group: JOINT,
-                                row,
-                                pos,
-                            },
-                            label,
-                        }));
+                    plan.mlm.extend(m.targets.iter().map(|&(pos, label)| TokenTarget {
+                        slot: Slot { group: JOINT, row, pos },
+                        label,
+                    }));
                     text = m.input;
                 }
                 plan.groups[JOINT].push_joint(masked_image, text);
             }
         }
         if config.uses(Objective::Caption) {
-            caption::plan_captions(
-                &mut plan,
-                pairs.iter().map(|(image, ids, _)| (image, ids.as_slice())),
-            );
+            caption::plan_captions(&mut plan, pairs.iter().map(|(image, ids, _)| (image, ids.as_slice())));
         }
         if cmcl && !pairs.is_empty() {
             plan.plan_contrast(&pairs, config);
@@ -394,10 +362,7 @@ impl Plan {
         if itm {
             // The mismatched caption: the first hard negative, else the next pair's caption
             // that belongs to another image (never a caption of the same image or a copy).
-            let keys: Vec<u64> = pairs
-                .iter()
-                .map(|(image, _, _)| positives::image_key(&image.features))
-                .collect();
+            let keys: Vec<u64> = pairs.iter().map(|(image, _, _)| positives::image_key(&image.features)).collect();
             for (i, (image, ids, example)) in pairs.iter().enumerate() {
                 let n = pairs.len();
                 let negative = example
@@ -416,10 +381,7 @@ impl Plan {
                 if let Some(neg) = negative {
                     if &neg != ids {
                         let row = plan.groups[JOINT].push_joint(image.clone(), neg);
-                        plan.itm.push(MatchTarget {
-                            row,
-                            matched: false,
-                        });
+                        plan.itm.push(MatchTarget { row, matched: false });
                     }
                 }
             }
@@ -434,57 +396,25 @@ impl Plan {
             let image_row = self.groups[IMAGE].push_image(image.clone());
             let text_row = self.groups[TEXT].push_text(ids.clone(), MaskKind::Bidirectional);
             let image_idx = self.cmcl.images.len();
-            self.cmcl.images.push(Slot {
-                group: IMAGE,
-                row: image_row,
-                pos: 0,
-            });
+            self.cmcl.images.push(Slot { group: IMAGE, row: image_row, pos: 0 });
             let caption = self.cmcl.texts.len();
-            self.cmcl.texts.push(Slot {
-                group: TEXT,
-                row: text_row,
-                pos: 0,
-            });
+            self.cmcl.texts.push(Slot { group: TEXT, row: text_row, pos: 0 });
             let mut positive_texts = vec![caption];
             let mut positive_images = vec![image_idx];
-            for extra in example
-                .extra_texts
-                .iter()
-                .filter_map(|t| clean_text(t, config))
-            {
+            for extra in example.extra_texts.iter().filter_map(|t| clean_text(t, config)) {
                 let row = self.groups[TEXT].push_text(extra, MaskKind::Bidirectional);
                 positive_texts.push(self.cmcl.texts.len());
-                self.cmcl.texts.push(Slot {
-                    group: TEXT,
-                    row,
-                    pos: 0,
-                });
+                self.cmcl.texts.push(Slot { group: TEXT, row, pos: 0 });
             }
-            for extra in example
-                .extra_images
-                .iter()
-                .filter_map(|i| clean_image(i, config))
-            {
+            for extra in example.extra_images.iter().filter_map(|i| clean_image(i, config)) {
                 let row = self.groups[IMAGE].push_image(extra);
                 positive_images.push(self.cmcl.images.len());
-                self.cmcl.images.push(Slot {
-                    group: IMAGE,
-                    row,
-                    pos: 0,
-                });
+                self.cmcl.images.push(Slot { group: IMAGE, row, pos: 0 });
             }
             // Hard negatives are candidates of every anchor but positives of none.
-            for negative in example
-                .hard_negatives
-                .iter()
-                .filter_map(|t| clean_text(t, config))
-            {
+            for negative in example.hard_negatives.iter().filter_map(|t| clean_text(t, config)) {
                 let row = self.groups[TEXT].push_text(negative, MaskKind::Bidirectional);
-                self.cmcl.texts.push(Slot {
-                    group: TEXT,
-                    row,
-                    pos: 0,
-                });
+                self.cmcl.texts.push(Slot { group: TEXT, row, pos: 0 });
             }
             self.cmcl.pairs.push(ContrastPair {
                 image: image_idx,
@@ -494,18 +424,8 @@ impl Plan {
             });
         }
         // Captions of the same image and copies of a pair are positives, never negatives.
-        let image_keys: Vec<u64> = self
-            .cmcl
-            .images
-            .iter()
-            .map(|s| positives::image_key(&self.groups[s.group].images[s.row].features))
-            .collect();
-        let texts: Vec<&[u32]> = self
-            .cmcl
-            .texts
-            .iter()
-            .map(|s| self.groups[s.group].texts[s.row].as_slice())
-            .collect();
+        let image_keys: Vec<u64> = self.cmcl.images.iter().map(|s| positives::image_key(&self.groups[s.group].images[s.row].features)).collect();
+        let texts: Vec<&[u32]> = self.cmcl.texts.iter().map(|s| self.groups[s.group].texts[s.row].as_slice()).collect();
         positives::share_positives(&mut self.cmcl.pairs[first_pair..], &image_keys, &texts);
     }
 
@@ -529,28 +449,18 @@ impl Plan {
 
     /// Each image truncated to the model's limit, or `None` when unusable
     /// ([`VisualInput::problem`]).
-    pub(crate) fn clean_images(
-        images: &[VisualInput],
-        config: &ModelConfig,
-    ) -> Vec<Option<ImageRows>> {
+    pub(crate) fn clean_images(images: &[VisualInput], config: &ModelConfig) -> Vec<Option<ImageRows>> {
         images.iter().map(|i| clean_image(i, config)).collect()
     }
 
     /// A plan that only encodes texts, for pooled text embeddings (no masking).
-    pub(crate) fn for_texts(
-        texts: &[Vec<u32>],
-        config: &ModelConfig,
-    ) -> (Plan, Vec<Option<usize>>) {
+    pub(crate) fn for_texts(texts: &[Vec<u32>], config: &ModelConfig) -> (Plan, Vec<Option<usize>>) {
         let mut plan = Plan::default();
         let mut index = Vec::with_capacity(texts.len());
         for t in texts {
             index.push(clean_text(t, config).map(|ids| {
                 let row = plan.groups[TEXT].push_text(ids, MaskKind::Bidirectional);
-                plan.cmcl.texts.push(Slot {
-                    group: TEXT,
-                    row,
-                    pos: 0,
-                });
+                plan.cmcl.texts.push(Slot { group: TEXT, row, pos: 0 });
                 plan.cmcl.texts.len() - 1
             }));
         }
@@ -558,20 +468,13 @@ impl Plan {
     }
 
     /// A plan that only encodes images, for pooled image embeddings (no masking).
-    pub(crate) fn for_images(
-        images: &[VisualInput],
-        config: &ModelConfig,
-    ) -> (Plan, Vec<Option<usize>>) {
+    pub(crate) fn for_images(images: &[VisualInput], config: &ModelConfig) -> (Plan, Vec<Option<usize>>) {
         let mut plan = Plan::default();
         let mut index = Vec::with_capacity(images.len());
         for i in images {
             index.push(clean_image(i, config).map(|rows| {
                 let row = plan.groups[IMAGE].push_image(rows);
-                plan.cmcl.images.push(Slot {
-                    group: IMAGE,
-                    row,
-                    pos: 0,
-                });
+                plan.cmcl.images.push(Slot { group: IMAGE, row, pos: 0 });
                 plan.cmcl.images.len() - 1
             }));
         }

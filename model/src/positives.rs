@@ -75,12 +75,7 @@ pub(crate) fn share_positives(pairs: &mut [ContrastPair], image_keys: &[u64], te
         texts_of.extend(texts_by_ids.get(texts[pair.caption]).into_iter().flatten());
         let images_of = group_images.entry(g).or_default();
         images_of.extend(&pair.positive_images);
-        images_of.extend(
-            images_by_key
-                .get(&image_keys[pair.image])
-                .into_iter()
-                .flatten(),
-        );
+        images_of.extend(images_by_key.get(&image_keys[pair.image]).into_iter().flatten());
     }
     for (p, pair) in pairs.iter_mut().enumerate() {
         let g = root(&mut parent, p);
@@ -108,12 +103,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn pair(image: usize, caption: usize) -> ContrastPair {
-        ContrastPair {
-            image,
-            caption,
-            positive_texts: vec![caption],
-            positive_images: vec![image],
-        }
+        ContrastPair { image, caption, positive_texts: vec![caption], positive_images: vec![image] }
     }
 
     #[test]
@@ -130,18 +120,10 @@ mod tests {
             v.sort_unstable();
             v
         };
-        assert_eq!(
-            sorted(&pairs[0].positive_texts),
-            vec![0, 1, 4],
-            "other caption of A, and the copy of x"
-        );
+        assert_eq!(sorted(&pairs[0].positive_texts), vec![0, 1, 4], "other caption of A, and the copy of x");
         assert_eq!(sorted(&pairs[1].positive_texts), vec![0, 1, 4]);
         assert_eq!(sorted(&pairs[0].positive_images), vec![0, 1]);
-        assert_eq!(
-            sorted(&pairs[2].positive_texts),
-            vec![2, 3],
-            "the replayed copy is no negative"
-        );
+        assert_eq!(sorted(&pairs[2].positive_texts), vec![2, 3], "the replayed copy is no negative");
         assert_eq!(sorted(&pairs[3].positive_images), vec![2, 3]);
         // Pair 2's own hard negative stays a negative of pair 2.
         assert!(!pairs[2].positive_texts.contains(&4));
@@ -177,11 +159,7 @@ mod tests {
         let image = |seed: f32| VisualInput {
             dim: 4,
             features: (0..12).map(|i| seed + i as f32).collect(),
-            locations: vec![
-                [0.0, 0.0, 1.0, 1.0, 1.0],
-                [0.0, 0.0, 0.5, 1.0, 0.5],
-                [0.5, 0.0, 1.0, 1.0, 0.5],
-            ],
+            locations: vec![[0.0, 0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0, 0.5], [0.5, 0.0, 1.0, 1.0, 0.5]],
             class_probs: None,
         };
         let example = |img: f32, words: &[u32]| Example {
@@ -200,15 +178,9 @@ mod tests {
         let pairs = &plan.cmcl.pairs;
         assert_eq!(pairs.len(), 5);
         let has = |v: &[usize], x: usize| v.contains(&x);
-        assert!(
-            has(&pairs[0].positive_texts, pairs[1].caption)
-                && has(&pairs[1].positive_texts, pairs[0].caption)
-        );
+        assert!(has(&pairs[0].positive_texts, pairs[1].caption) && has(&pairs[1].positive_texts, pairs[0].caption));
         assert!(has(&pairs[0].positive_images, pairs[1].image));
-        assert!(
-            has(&pairs[2].positive_texts, pairs[3].caption)
-                && has(&pairs[3].positive_images, pairs[2].image)
-        );
+        assert!(has(&pairs[2].positive_texts, pairs[3].caption) && has(&pairs[3].positive_images, pairs[2].image));
         assert_eq!(pairs[4].positive_texts, vec![pairs[4].caption]);
         assert!(!has(&pairs[0].positive_texts, pairs[2].caption));
         // ITM: no pair is shown a caption of its own image (or of its copy) as mismatched.
@@ -220,10 +192,7 @@ mod tests {
             let text = &joint.texts[m.row];
             for e in &examples {
                 let same_image = image_key(&e.image.as_ref().expect("pairs").features) == key;
-                assert!(
-                    !(same_image && e.text.as_ref() == Some(text)),
-                    "a caption of its own image as an ITM negative"
-                );
+                assert!(!(same_image && e.text.as_ref() == Some(text)), "a caption of its own image as an ITM negative");
             }
         }
     }

@@ -18,11 +18,7 @@ thread_local! {
 pub fn to_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
     READS.fetch_add(1, Ordering::Relaxed);
     READS_HERE.with(|c| c.set(c.get() + 1));
-    tensor
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .unwrap_or_default()
+    tensor.into_data().convert::<f32>().to_vec().unwrap_or_default()
 }
 
 /// Device-to-host reads of this process so far.

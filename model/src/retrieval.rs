@@ -35,13 +35,7 @@ mod tests {
 
     #[test]
     fn ranks_by_cosine() {
-        let items = vec![
-            vec![0.0, 1.0],
-            vec![1.0, 0.1],
-            vec![-1.0, 0.0],
-            vec![2.0, 0.0],
-            vec![1.0],
-        ];
+        let items = vec![vec![0.0, 1.0], vec![1.0, 0.1], vec![-1.0, 0.0], vec![2.0, 0.0], vec![1.0]];
         let top = cosine_top_k(&[1.0, 0.0], &items, 2);
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![3, 1]);
         assert!((top[0].1 - 1.0).abs() < 1e-6);

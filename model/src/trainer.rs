@@ -16,9 +16,9 @@ use rand::SeedableRng;
 use crate::config::{ModelConfig, Objective};
 use crate::error::ModelError;
 use crate::example::{Example, VisualInput};
+use crate::model::PretrainModel;
 use crate::layout::Shapes;
 use crate::memory::{ImageMemory, Refresh};
-use crate::model::PretrainModel;
 use crate::optimizer::{grad_norm_squared, scale_grads_by, MatrixDecayAdamW};
 use crate::plan::{ImageRows, Plan};
 use crate::readback;
@@ -96,17 +96,8 @@ pub struct Trainer<B: AutodiffBackend> {
 }
 
 fn image_memory<B: Backend>(config: &ModelConfig, settings: &TrainSettings) -> ImageMemory<B> {
-    let on = if config.uses(Objective::Cmcl) {
-        settings.image_memory
-    } else {
-        Default::default()
-    };
-    ImageMemory::new(
-        on,
-        config.pooled_dim(),
-        config.feature_dim,
-        config.max_objects,
-    )
+    let on = if config.uses(Objective::Cmcl) { settings.image_memory } else { Default::default() };
+    ImageMemory::new(on, config.pooled_dim(), config.feature_dim, config.max_objects)
 }
 
 fn optimizer<B: AutodiffBackend>(settings: &TrainSettings) -> Adam<B> {
@@ -132,11 +123,7 @@ fn weight(config: &ModelConfig, objective: Objective) -> f32 {
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// A trainer with freshly initialised weights.
-    pub fn new(
-        config: ModelConfig,
-        settings: TrainSettings,
-        device: B::Device,
-    ) -> Result<Self, ModelError> {
+    pub fn new(config: ModelConfig, settings: TrainSettings, device: B::Device) -> Result<Self, ModelError> {
         config.validate()?;
         B::seed(&device, settings.seed);
         crate::nn::ops::seed_dropout(settings.seed);
@@ -154,9 +141,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     fn model(&self) -> &PretrainModel<B> {
-        self.model
-            .as_ref()
-            .expect("the model is only taken out during an update")
+        self.model.as_ref().expect("the model is only taken out during an update")
     }
 
     /// The model configuration.
@@ -247,20 +232,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             report.tokens += plan.tokens;
             report.dropped += plan.dropped;
             let layout = self.shapes.layout(&plan, &self.config, &self.settings);
-            let model = self
-                .model
-                .as_ref()
-                .expect("the model is present between steps");
-            let (losses, outputs) =
-                model.step_outputs(&plan, &layout, &self.device, window.as_ref(), collect);
+            let model = self.model.as_ref().expect("the model is present between steps");
+            let (losses, outputs) = model.step_outputs(&plan, &layout, &self.device, window.as_ref(), collect);
             let mut total: Option<Tensor<B, 1>> = None;
             let mut these = [0usize; K];
             let mut values: [Option<Tensor<B::InnerBackend, 1>>; K] = Default::default();
             for l in &losses {
-                let k = Objective::ALL
-                    .iter()
-                    .position(|&o| o == l.objective)
-                    .unwrap_or(0);
+                let k = Objective::ALL.iter().position(|&o| o == l.objective).unwrap_or(0);
                 these[k] = l.count;
                 values[k] = Some(l.loss.clone().detach().inner());
                 let w = weight(&self.config, l.objective);
@@ -284,11 +262,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             parts.push(total.clone().detach().inner());
             let mut update = WindowUpdate {
                 similarities: 0,
-                refresh: outputs.refresh.map(|r| Refresh {
-                    indices: r.indices.inner(),
-                    fresh: r.fresh.inner(),
-                    valid: r.valid.inner(),
-                }),
+                refresh: outputs.refresh.map(|r| Refresh { indices: r.indices.inner(), fresh: r.fresh.inner(), valid: r.valid.inner() }),
                 images: Vec::new(),
                 embeddings: outputs.image_only.map(|e| e.inner()),
             };
@@ -298,10 +272,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
             if update.embeddings.is_some() {
                 // Moved out: the plan is done with them.
-                update.images = std::mem::take(&mut plan.image_only)
-                    .into_iter()
-                    .map(|(_, key, rows)| (key, rows))
-                    .collect();
+                update.images = std::mem::take(&mut plan.image_only).into_iter().map(|(_, key, rows)| (key, rows)).collect();
             }
             updates.push(update);
             packed.push(Tensor::cat(parts, 0));
@@ -312,23 +283,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut sums = [(0.0f64, 0usize); K];
         if !packed.is_empty() {
             let mut grads = accumulator.grads();
-            let model = self
-                .model
-                .take()
-                .expect("the model is present between steps");
+            let model = self.model.take().expect("the model is present between steps");
             let inner_device = packed[0].device();
-            let norm_sq = grad_norm_squared::<B, _>(&model, &grads)
-                .unwrap_or_else(|| Tensor::zeros([1], &inner_device));
+            let norm_sq = grad_norm_squared::<B, _>(&model, &grads).unwrap_or_else(|| Tensor::zeros([1], &inner_device));
             let max = self.settings.max_grad_norm;
             if max > 0.0 {
                 // min(1, max / (norm + 1e-6)), on the device.
-                let factor = norm_sq
-                    .clone()
-                    .sqrt()
-                    .add_scalar(1e-6)
-                    .recip()
-                    .mul_scalar(max)
-                    .clamp_max(1.0);
+                let factor = norm_sq.clone().sqrt().add_scalar(1e-6).recip().mul_scalar(max).clamp_max(1.0);
                 scale_grads_by::<B, _>(&model, &mut grads, factor);
             }
             let before = (model.clone(), self.optimizer.to_record());
@@ -338,18 +299,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             let values = readback::to_host(Tensor::cat(packed, 0));
             let norm = values.last().copied().unwrap_or(f32::NAN).sqrt();
             report.grad_norm = norm;
-            let expected: usize = updates
-                .iter()
-                .map(|u| K + 1 + u.similarities)
-                .sum::<usize>()
-                + 1;
+            let expected: usize = updates.iter().map(|u| K + 1 + u.similarities).sum::<usize>() + 1;
             report.nonfinite = values.len() != expected || !norm.is_finite();
             let mut at = 0;
             let mut similarities = Vec::new();
             for (these, update) in counts.iter().zip(&updates) {
-                let Some(v) = values.get(at..at + K + 1) else {
-                    break;
-                };
+                let Some(v) = values.get(at..at + K + 1) else { break };
                 at += K + 1;
                 if v.iter().any(|x| !x.is_finite()) {
                     report.nonfinite = true;
@@ -425,25 +380,16 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Rebuilds a trainer from [`Trainer::save`]'s state.
-    pub fn load(
-        state: &TrainerState,
-        settings: TrainSettings,
-        device: B::Device,
-    ) -> Result<Self, ModelError> {
+    pub fn load(state: &TrainerState, settings: TrainSettings, device: B::Device) -> Result<Self, ModelError> {
         let config = ModelConfig::from_json(&state.config_json)?;
         let recorder = Bytes::default();
-        let record = Recorder::<B>::load::<<PretrainModel<B> as Module<B>>::Record>(
-            &recorder,
-            state.model.clone(),
-            &device,
-        )
-        .map_err(|e| ModelError::State(format!("model: {e}")))?;
+        let record = Recorder::<B>::load::<<PretrainModel<B> as Module<B>>::Record>(&recorder, state.model.clone(), &device)
+            .map_err(|e| ModelError::State(format!("model: {e}")))?;
         let model = PretrainModel::<B>::new(&config, &device).load_record(record);
         let item: <OptimRecord<B> as Record<B>>::Item<FullPrecisionSettings> =
             Recorder::<B>::load_item(&recorder, &mut state.optimizer.clone())
                 .map_err(|e| ModelError::State(format!("optimizer: {e}")))?;
-        let optim_record =
-            <OptimRecord<B> as Record<B>>::from_item::<FullPrecisionSettings>(item, &device);
+        let optim_record = <OptimRecord<B> as Record<B>>::from_item::<FullPrecisionSettings>(item, &device);
         let optimizer = optimizer::<B>(&settings).load_record(optim_record);
         B::seed(&device, settings.seed ^ state.steps_applied);
         crate::nn::ops::seed_dropout(settings.seed ^ state.steps_applied);
@@ -503,12 +449,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// [`Trainer::embed_images`] / [`Trainer::embed_texts`] are not meaningful for it.
     /// An unusable image or text ([`VisualInput::problem`], empty, ids outside the
     /// vocabulary) scores `f32::NEG_INFINITY` with everything. A `chunk` of 0 is taken as 1.
-    pub fn match_scores(
-        &self,
-        images: &[VisualInput],
-        texts: &[Vec<u32>],
-        chunk: usize,
-    ) -> Vec<Vec<f32>> {
+    pub fn match_scores(&self, images: &[VisualInput], texts: &[Vec<u32>], chunk: usize) -> Vec<Vec<f32>> {
         let mut scores = vec![vec![f32::NEG_INFINITY; texts.len()]; images.len()];
         let clean_images = Plan::clean_images(images, &self.config);
         let clean_texts = Plan::clean_texts(texts, &self.config);
@@ -534,8 +475,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .filter_map(|&(i, j)| Some((clean_images[i].as_ref()?, clean_texts[j].as_deref()?)))
                 .collect();
             let plan = Plan::for_matching(&pairs);
-            let logits: Vec<f32> =
-                readback::to_host(model.match_logits(&plan, &self.settings, &self.device));
+            let logits: Vec<f32> = readback::to_host(model.match_logits(&plan, &self.settings, &self.device));
             for (&(i, j), &v) in part.iter().zip(&logits) {
                 scores[i][j] = v;
             }

@@ -7,9 +7,7 @@ use burn::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::group_tensors::{Encoded, GroupTensors};
-use crate::nn::embeddings::{
-    TextEmbedding, TextEmbeddingConfig, VisualEmbedding, VisualEmbeddingConfig,
-};
+use crate::nn::embeddings::{TextEmbedding, TextEmbeddingConfig, VisualEmbedding, VisualEmbeddingConfig};
 use crate::nn::transformer::{Encoder, EncoderCache, EncoderConfig};
 
 /// Configuration of a [`UnimoBackbone`]; `From<&ModelConfig>` gives the one of a model.
@@ -106,11 +104,7 @@ impl<B: Backend> UnimoBackbone<B> {
         if let Some(ids) = ids {
             parts.push(self.text.forward_at(ids, text_start));
         }
-        let x = if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Tensor::cat(parts, 1)
-        };
+        let x = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(parts, 1) };
         self.encoder.forward_cached(x, bias, cache)
     }
 

@@ -10,10 +10,8 @@ use burn::prelude::*;
 use crate::config::ModelConfig;
 use crate::group_tensors::{Encoded, GroupTensors};
 use crate::nn::co_attention::{CoAttentionBlock, CoAttentionConfig};
-use crate::nn::embeddings::{
-    TextEmbedding, TextEmbeddingConfig, VisualEmbedding, VisualEmbeddingConfig,
-};
 use crate::nn::norm::LayerNorm;
+use crate::nn::embeddings::{TextEmbedding, TextEmbeddingConfig, VisualEmbedding, VisualEmbeddingConfig};
 use crate::nn::transformer::{TransformerLayer, TransformerLayerConfig};
 
 /// Configuration of a [`VilbertBackbone`]; `From<&ModelConfig>` gives the one of a model.
@@ -37,9 +35,7 @@ impl From<&ModelConfig> for VilbertBackboneConfig {
     /// # Panics
     /// When `config` carries no ViLBERT dims (a validated ViLBERT config always does).
     fn from(config: &ModelConfig) -> Self {
-        let v = config
-            .vilbert
-            .expect("validated: vilbert configs carry their dims");
+        let v = config.vilbert.expect("validated: vilbert configs carry their dims");
         Self::new(
             config.text_embedding(),
             config.visual_embedding(),
@@ -58,12 +54,8 @@ impl VilbertBackboneConfig {
         VilbertBackbone {
             text: self.text.init(device),
             visual: self.visual.init(device),
-            text_layers: (0..self.layers)
-                .map(|_| self.text_layer.init(device))
-                .collect(),
-            visual_layers: (0..self.co_layers)
-                .map(|_| self.visual_layer.init(device))
-                .collect(),
+            text_layers: (0..self.layers).map(|_| self.text_layer.init(device)).collect(),
+            visual_layers: (0..self.co_layers).map(|_| self.visual_layer.init(device)).collect(),
             co_layers: (0..self.co_layers).map(|_| co.init(device)).collect(),
             text_norm: self.text_layer.final_norm(device),
             visual_norm: self.visual_layer.final_norm(device),

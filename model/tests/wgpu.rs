@@ -10,10 +10,7 @@ mod common;
 
 use burn::backend::wgpu::WgpuDevice;
 use unimod_model::backend::{Device, WgpuBackend};
-use unimod_model::{
-    readback, Arch, Example, ImageMemorySettings, ShapePolicy, StepReport, TrainSettings, Trainer,
-    TrainerState,
-};
+use unimod_model::{readback, Arch, Example, ImageMemorySettings, ShapePolicy, StepReport, TrainSettings, Trainer, TrainerState};
 
 use common::{image, mixed_batch, settings, text, tiny, Train as Cpu};
 
@@ -21,11 +18,7 @@ type Gpu = WgpuBackend;
 
 fn device() -> WgpuDevice {
     static PROBED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let name = PROBED.get_or_init(|| {
-        unimod_model::backend::probe(Device::Wgpu(None))
-            .expect("a wgpu adapter")
-            .name
-    });
+    let name = PROBED.get_or_init(|| unimod_model::backend::probe(Device::Wgpu(None)).expect("a wgpu adapter").name);
     eprintln!("wgpu adapter: {name}");
     Device::Wgpu(None).wgpu().expect("wgpu device")
 }
@@ -42,11 +35,7 @@ fn gpu_settings() -> TrainSettings {
 /// on both backends.
 fn with_window(settings: TrainSettings) -> TrainSettings {
     TrainSettings {
-        image_memory: ImageMemorySettings {
-            capacity: 8,
-            positives: 1,
-            min_similarity: -1.0,
-        },
+        image_memory: ImageMemorySettings { capacity: 8, positives: 1, min_similarity: -1.0 },
         ..settings
     }
 }
@@ -57,12 +46,7 @@ fn batch() -> Vec<Example> {
     for e in &mut b {
         if let Some(i) = e.image.as_mut() {
             let rows = i.rows();
-            i.class_probs = Some((
-                3,
-                (0..rows)
-                    .flat_map(|r| [0.2, 0.3 + 0.1 * (r % 2) as f32, 0.5 - 0.1 * (r % 2) as f32])
-                    .collect(),
-            ));
+            i.class_probs = Some((3, (0..rows).flat_map(|r| [0.2, 0.3 + 0.1 * (r % 2) as f32, 0.5 - 0.1 * (r % 2) as f32]).collect()));
         }
     }
     b
@@ -80,44 +64,24 @@ fn assert_within(cpu: &StepReport, gpu: &StepReport, tol: f32) {
     for ((n, a), b) in cpu.losses.iter().zip(&gpu.losses) {
         eprintln!("{n}: cpu {a:.6} wgpu {:.6}", b.1);
     }
-    eprintln!(
-        "image positives: cpu {:?} wgpu {:?}",
-        cpu.image_positives, gpu.image_positives
-    );
+    eprintln!("image positives: cpu {:?} wgpu {:?}", cpu.image_positives, gpu.image_positives);
     for ((n, a), (m, b)) in cpu.losses.iter().zip(&gpu.losses) {
         assert_eq!(n, m);
         assert!((a - b).abs() <= tol, "{n}: cpu {a} vs wgpu {b}");
     }
-    assert!(
-        (cpu.grad_norm - gpu.grad_norm).abs() <= tol * cpu.grad_norm.max(1.0),
-        "grad norm {} vs {}",
-        cpu.grad_norm,
-        gpu.grad_norm
-    );
-    assert_eq!(
-        cpu.image_positives.len(),
-        gpu.image_positives.len(),
-        "retrieved image positives"
-    );
+    assert!((cpu.grad_norm - gpu.grad_norm).abs() <= tol * cpu.grad_norm.max(1.0), "grad norm {} vs {}", cpu.grad_norm, gpu.grad_norm);
+    assert_eq!(cpu.image_positives.len(), gpu.image_positives.len(), "retrieved image positives");
     for (a, b) in cpu.image_positives.iter().zip(&gpu.image_positives) {
-        assert!(
-            (a - b).abs() <= tol,
-            "retrieved similarity: cpu {a} vs wgpu {b}"
-        );
+        assert!((a - b).abs() <= tol, "retrieved similarity: cpu {a} vs wgpu {b}");
     }
 }
 
 #[test]
 fn every_objective_matches_the_cpu_within_1e_3() {
     for arch in [Arch::Unimo, Arch::Vilbert] {
-        let state = Trainer::<Cpu>::new(config(arch), settings(), Default::default())
-            .expect("cpu")
-            .save()
-            .expect("save");
-        let mut cpu =
-            Trainer::<Cpu>::load(&state, with_window(settings()), Default::default()).expect("cpu");
-        let mut gpu =
-            Trainer::<Gpu>::load(&state, with_window(gpu_settings()), device()).expect("wgpu");
+        let state = Trainer::<Cpu>::new(config(arch), settings(), Default::default()).expect("cpu").save().expect("save");
+        let mut cpu = Trainer::<Cpu>::load(&state, with_window(settings()), Default::default()).expect("cpu");
+        let mut gpu = Trainer::<Gpu>::load(&state, with_window(gpu_settings()), device()).expect("wgpu");
         let mut seen = std::collections::BTreeSet::new();
         // Three steps: the losses, and the updates that lead to the next step's losses. The
         // learning rate is small because Adam's first updates are about `lr * sign(g)` for
@@ -132,11 +96,7 @@ fn every_objective_matches_the_cpu_within_1e_3() {
             assert_within(&a, &b, 1e-3);
             seen.extend(a.losses.iter().map(|l| l.0));
             let retrieves = arch == Arch::Unimo && step > 0;
-            assert_eq!(
-                !a.image_positives.is_empty(),
-                retrieves,
-                "{arch:?} step {step}: {a:?}"
-            );
+            assert_eq!(!a.image_positives.is_empty(), retrieves, "{arch:?} step {step}: {a:?}");
         }
         for n in ["total", "mlm", "seq2seq", "mrm", "cmcl", "itm"] {
             // ViLBERT has neither a prefix-LM head nor UNIMO's contrastive objective
@@ -150,42 +110,27 @@ fn every_objective_matches_the_cpu_within_1e_3() {
 }
 
 fn probe_inputs() -> (Vec<Vec<u32>>, Vec<unimod_model::VisualInput>) {
-    (
-        (0..4).map(|s| text(s, 7)).collect(),
-        (0..4).map(image).collect(),
-    )
+    ((0..4).map(|s| text(s, 7)).collect(), (0..4).map(image).collect())
 }
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]
 fn a_state_saved_on_one_backend_loads_on_the_other() {
     let (texts, images) = probe_inputs();
     // CPU -> wgpu.
-    let mut cpu =
-        Trainer::<Cpu>::new(config(Arch::Unimo), settings(), Default::default()).expect("cpu");
+    let mut cpu = Trainer::<Cpu>::new(config(Arch::Unimo), settings(), Default::default()).expect("cpu");
     for _ in 0..2 {
         assert!(cpu.step(&[batch()], 1e-3).applied);
     }
     let state: TrainerState = cpu.save().expect("save");
     let gpu = Trainer::<Gpu>::load(&state, gpu_settings(), device()).expect("load on wgpu");
     assert_eq!(gpu.steps_applied(), 2);
-    let d = max_diff(&cpu.embed_texts(&texts), &gpu.embed_texts(&texts)).max(max_diff(
-        &cpu.embed_images(&images),
-        &gpu.embed_images(&images),
-    ));
+    let d = max_diff(&cpu.embed_texts(&texts), &gpu.embed_texts(&texts)).max(max_diff(&cpu.embed_images(&images), &gpu.embed_images(&images)));
     assert!(d <= 1e-3, "embeddings differ by {d}");
-    assert_eq!(
-        gpu.save().expect("save on wgpu"),
-        state,
-        "the state survives the trip bit for bit"
-    );
+    assert_eq!(gpu.save().expect("save on wgpu"), state, "the state survives the trip bit for bit");
 
     // wgpu -> CPU, after training on wgpu.
     let mut gpu = gpu;
@@ -195,10 +140,7 @@ fn a_state_saved_on_one_backend_loads_on_the_other() {
     let state = gpu.save().expect("save on wgpu");
     let cpu = Trainer::<Cpu>::load(&state, settings(), Default::default()).expect("load on cpu");
     assert_eq!(cpu.steps_applied(), 4);
-    let d = max_diff(&cpu.embed_texts(&texts), &gpu.embed_texts(&texts)).max(max_diff(
-        &cpu.embed_images(&images),
-        &gpu.embed_images(&images),
-    ));
+    let d = max_diff(&cpu.embed_texts(&texts), &gpu.embed_texts(&texts)).max(max_diff(&cpu.embed_images(&images), &gpu.embed_images(&images)));
     assert!(d <= 1e-3, "embeddings differ by {d}");
     assert_eq!(cpu.save().expect("save on cpu"), state);
 }
@@ -206,20 +148,12 @@ fn a_state_saved_on_one_backend_loads_on_the_other() {
 #[test]
 fn one_device_read_per_step_on_wgpu() {
     // With the image window: retrieval shares the step's read.
-    let mut gpu = Trainer::<Gpu>::new(config(Arch::Unimo), with_window(gpu_settings()), device())
-        .expect("wgpu");
-    for (step, micro) in [vec![batch()], vec![batch(), batch()]]
-        .into_iter()
-        .enumerate()
-    {
+    let mut gpu = Trainer::<Gpu>::new(config(Arch::Unimo), with_window(gpu_settings()), device()).expect("wgpu");
+    for (step, micro) in [vec![batch()], vec![batch(), batch()]].into_iter().enumerate() {
         let before = readback::reads_on_this_thread();
         let report = gpu.step(&micro, 1e-3);
         assert!(report.applied, "{report:?}");
         assert_eq!(readback::reads_on_this_thread() - before, 1);
-        assert_eq!(
-            report.image_positives.is_empty(),
-            step == 0,
-            "the second step retrieves: {report:?}"
-        );
+        assert_eq!(report.image_positives.is_empty(), step == 0, "the second step retrieves: {report:?}");
     }
 }

@@ -39,21 +39,14 @@ fn span_mask_hits_ratio_and_spares_special_tokens() {
                 assert_eq!(a, b);
             }
         }
-        multi_token_runs += m
-            .targets
-            .windows(2)
-            .filter(|w| w[1].0 == w[0].0 + 1)
-            .count();
+        multi_token_runs += m.targets.windows(2).filter(|w| w[1].0 == w[0].0 + 1).count();
         masked += m.targets.len();
         total += 60;
     }
     let ratio = masked as f32 / total as f32;
     assert!((ratio - 0.15).abs() < 0.01, "mask ratio {ratio}");
     let mask_share = mask_tokens as f32 / masked as f32;
-    assert!(
-        (0.7..0.9).contains(&mask_share),
-        "[MASK] share {mask_share}"
-    );
+    assert!((0.7..0.9).contains(&mask_share), "[MASK] share {mask_share}");
     // Spans, not isolated tokens: most masked tokens have a masked neighbour.
     assert!(multi_token_runs as f32 > 0.5 * masked as f32);
 }
@@ -63,13 +56,7 @@ fn span_mask_masks_at_least_one_and_nothing_without_candidates() {
     let mut rng = StdRng::seed_from_u64(2);
     let m = span_mask(&text(2), &SPECIAL, 100, MLM_RATIO, &mut rng);
     assert_eq!(m.targets.len(), 1);
-    let m = span_mask(
-        &[SPECIAL.cls, SPECIAL.sep],
-        &SPECIAL,
-        100,
-        MLM_RATIO,
-        &mut rng,
-    );
+    let m = span_mask(&[SPECIAL.cls, SPECIAL.sep], &SPECIAL, 100, MLM_RATIO, &mut rng);
     assert!(m.targets.is_empty());
 }
 
@@ -223,10 +210,7 @@ fn coverage_of_known_boxes() {
     let small = [0.0, 0.0, 1.0 / 6.0, 1.0 / 6.0, 1.0 / 36.0];
     assert!((coverage(&small, &big) - 1.0).abs() < 1e-6);
     assert!((coverage(&big, &small) - 0.25).abs() < 1e-6);
-    assert!(
-        (iou(&small, &big) - 0.25).abs() < 1e-6,
-        "what the IoU rule missed"
-    );
+    assert!((iou(&small, &big) - 0.25).abs() < 1e-6, "what the IoU rule missed");
     assert_eq!(coverage(&[0.5, 0.5, 0.5, 0.5, 0.0], &big), 0.0);
 }
 
@@ -234,10 +218,7 @@ fn coverage_of_known_boxes() {
 fn anchor_mask_of_a_single_region_or_degenerate_boxes() {
     let mut rng = StdRng::seed_from_u64(7);
     let one = vec![[0.0, 0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0, 1.0]];
-    assert_eq!(
-        anchor_mask(&one, MRM_RATIO, ANCHOR_COVERAGE, &mut rng),
-        vec![false, true]
-    );
+    assert_eq!(anchor_mask(&one, MRM_RATIO, ANCHOR_COVERAGE, &mut rng), vec![false, true]);
     // Boxes without area: counting decides (round(0.15 * 20) = 3).
     let mut flat = vec![[0.0, 0.0, 1.0, 1.0, 1.0]];
     flat.extend((0..20).map(|i| [i as f32 * 0.05, 0.5, i as f32 * 0.05, 0.5, 0.0]));

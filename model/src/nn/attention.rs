@@ -64,12 +64,7 @@ impl<B: Backend> Attention<B> {
     /// - `context`: `[batch, lk, d_kv]`
     /// - `bias`: `[batch, 1, lq or 1, lk]`, 0 where visible, very negative where blocked
     /// - output: `[batch, lq, d_query]`
-    pub fn forward(
-        &self,
-        query: Tensor<B, 3>,
-        context: Tensor<B, 3>,
-        bias: Tensor<B, 4>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, query: Tensor<B, 3>, context: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         // Separate key and value projections: splitting a fused one would copy both halves.
         let q = ops::linear(&self.query, query);
         let k = ops::linear(&self.key, context.clone());
@@ -124,12 +119,7 @@ impl<B: Backend> AttentionBlock<B> {
     /// - `x`: `[batch, lq, d_query]`, `context`: `[batch, lk, d_kv]`
     /// - `bias`: `[batch, 1, lq or 1, lk]`
     /// - output: `[batch, lq, d_query]`
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        context: Option<Tensor<B, 3>>,
-        bias: Tensor<B, 4>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, context: Option<Tensor<B, 3>>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         if self.pre_ln {
             let normed = self.norm.forward(x.clone());
             let context = context.unwrap_or_else(|| normed.clone());
@@ -156,12 +146,7 @@ impl<B: Backend> Attention<B> {
     ///
     /// # Shapes
     /// - `x`: `[batch, lq, d]`, `bias`: `[batch, 1, lq or 1, cached + lq]` -> `[batch, lq, d]`
-    pub fn forward_cached(
-        &self,
-        x: Tensor<B, 3>,
-        bias: Tensor<B, 4>,
-        cache: &mut KeyValues<B>,
-    ) -> Tensor<B, 3> {
+    pub fn forward_cached(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>, cache: &mut KeyValues<B>) -> Tensor<B, 3> {
         let [b, lq, _] = x.dims();
         let (h, d) = (self.heads, self.head_dim);
         let split = |t: Tensor<B, 3>| t.reshape([b, lq, h, d]).swap_dims(1, 2);
@@ -174,10 +159,7 @@ impl<B: Backend> Attention<B> {
         }
         *cache = Some((k.clone(), v.clone()));
         let scores = q.matmul(k.swap_dims(2, 3));
-        let weights = ops::dropout(
-            &self.dropout,
-            ops::attention_softmax(scores, 1.0 / (d as f64).sqrt(), bias),
-        );
+        let weights = ops::dropout(&self.dropout, ops::attention_softmax(scores, 1.0 / (d as f64).sqrt(), bias));
         let context = weights.matmul(v).swap_dims(1, 2).reshape([b, lq, h * d]);
         ops::linear(&self.output, context)
     }
@@ -186,18 +168,10 @@ impl<B: Backend> Attention<B> {
 impl<B: Backend> AttentionBlock<B> {
     /// [`AttentionBlock::forward`] (self-attention) over cached positions; see
     /// [`Attention::forward_cached`].
-    pub fn forward_cached(
-        &self,
-        x: Tensor<B, 3>,
-        bias: Tensor<B, 4>,
-        cache: &mut KeyValues<B>,
-    ) -> Tensor<B, 3> {
+    pub fn forward_cached(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>, cache: &mut KeyValues<B>) -> Tensor<B, 3> {
         if self.pre_ln {
             let normed = self.norm.forward(x.clone());
-            x + ops::dropout(
-                &self.dropout,
-                self.attention.forward_cached(normed, bias, cache),
-            )
+            x + ops::dropout(&self.dropout, self.attention.forward_cached(normed, bias, cache))
         } else {
             let out = self.attention.forward_cached(x.clone(), bias, cache);
             self.norm.forward(x + ops::dropout(&self.dropout, out))

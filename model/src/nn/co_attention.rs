@@ -58,9 +58,7 @@ impl<B: Backend> CoAttentionBlock<B> {
         let t = self
             .text_attends_visual
             .forward(text.clone(), Some(visual.clone()), visual_keys);
-        let v = self
-            .visual_attends_text
-            .forward(visual, Some(text), text_keys);
+        let v = self.visual_attends_text.forward(visual, Some(text), text_keys);
         (self.text_ffn.forward(t), self.visual_ffn.forward(v))
     }
 }

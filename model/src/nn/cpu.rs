@@ -1,16 +1,18 @@
 //! Fused kernels for the CPU backend (burn's ndarray), each with its own backward under
-//! autodiff: GELU, layer norm and the attention softmax.
+//! autodiff: linear layers, layer norm, GELU, the attention softmax and multi-head attention.
 //!
-//! burn 0.21 builds these from element-wise primitives: under autodiff a layer norm is nine
-//! recorded operations forward and as many backward, each allocating its output; GELU's
-//! backward is twelve (and differentiates the tanh approximation although the forward is the
-//! exact erf form); a softmax five. Here each is one pass over its rows forward and one
-//! backward, over rayon's pool when the tensor is large enough to split. The GPU backends
-//! keep burn's operations, which their fusion compiles into few kernels.
+//! burn 0.21 builds these from primitives: under autodiff a layer norm is nine recorded
+//! operations forward and as many backward, each allocating its output; GELU's backward is
+//! twelve (and differentiates the tanh approximation although the forward is the exact erf
+//! form); a softmax five; splitting and merging attention heads copies every projection; a
+//! linear layer's backward copies its input transposed. Here each is one pass forward and one
+//! backward, over rayon's pool when the tensor is large enough to split, with products read
+//! in place through ndarray's views. The GPU backends keep burn's operations, which their
+//! fusion compiles into few kernels.
 //!
-//! [`super::ops`] chooses: these functions take the tensor when its backend is the CPU's
-//! (`Autodiff<NdArray>` for training, `NdArray` for inference) and its values are `f32`,
-//! and give it back otherwise.
+//! [`super::ops`] chooses: these functions take the tensors when their backend is the CPU's
+//! (`Autodiff<NdArray>` for training, `NdArray` for inference) and their values are `f32`,
+//! and give them back otherwise.
 
 use std::any::Any;
 use std::sync::Arc;

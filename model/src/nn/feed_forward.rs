@@ -59,10 +59,7 @@ impl<B: Backend> FeedForwardBlock<B> {
     /// - `x`: `[batch, len, d_model]` -> `[batch, len, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         if self.pre_ln {
-            let h = ops::linear(
-                &self.outer,
-                ops::gelu(ops::linear(&self.inner, self.norm.forward(x.clone()))),
-            );
+            let h = ops::linear(&self.outer, ops::gelu(ops::linear(&self.inner, self.norm.forward(x.clone()))));
             x + ops::dropout(&self.dropout, h)
         } else {
             let h = ops::linear(&self.outer, ops::gelu(ops::linear(&self.inner, x.clone())));

@@ -1,12 +1,12 @@
 //! Transformer encoder layer and stack (post-LN as in UNIMO, or pre-LN).
 
-use super::norm::{LayerNorm, LayerNormConfig};
 use burn::config::Config;
 use burn::module::Module;
 use burn::prelude::*;
 
 use super::attention::{AttentionBlock, AttentionBlockConfig, AttentionConfig};
 use super::feed_forward::{FeedForwardBlock, FeedForwardConfig};
+use super::norm::{LayerNorm, LayerNormConfig};
 
 /// Configuration of a [`TransformerLayer`]; also describes a Transformer stream (its width,
 /// heads, dropout, initialisation and LayerNorm) where other blocks join two streams.
@@ -66,9 +66,7 @@ impl TransformerLayerConfig {
     /// The layer with fresh weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> TransformerLayer<B> {
         TransformerLayer {
-            attention: self
-                .attention(self.d_model, self.d_model, self.heads)
-                .init(device),
+            attention: self.attention(self.d_model, self.d_model, self.heads).init(device),
             ffn: self.feed_forward().init(device),
         }
     }
@@ -139,17 +137,12 @@ pub struct EncoderCache<B: Backend> {
 impl<B: Backend> EncoderCache<B> {
     /// An empty cache for `layers` layers.
     pub fn new(layers: usize) -> Self {
-        Self {
-            layers: vec![None; layers],
-        }
+        Self { layers: vec![None; layers] }
     }
 
     /// Positions cached so far.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.dims()[2])
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
     }
 
     /// True when nothing is cached.
@@ -168,14 +161,8 @@ impl<B: Backend> EncoderCache<B> {
 
 impl<B: Backend> TransformerLayer<B> {
     /// [`TransformerLayer::forward`] over cached positions.
-    pub fn forward_cached(
-        &self,
-        x: Tensor<B, 3>,
-        bias: Tensor<B, 4>,
-        cache: &mut super::attention::KeyValues<B>,
-    ) -> Tensor<B, 3> {
-        self.ffn
-            .forward(self.attention.forward_cached(x, bias, cache))
+    pub fn forward_cached(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>, cache: &mut super::attention::KeyValues<B>) -> Tensor<B, 3> {
+        self.ffn.forward(self.attention.forward_cached(x, bias, cache))
     }
 }
 
@@ -190,12 +177,7 @@ impl<B: Backend> Encoder<B> {
     ///
     /// # Shapes
     /// - `x`: `[batch, lq, hidden]`, `bias`: `[batch, 1, lq or 1, cached + lq]` -> `[batch, lq, hidden]`
-    pub fn forward_cached(
-        &self,
-        mut x: Tensor<B, 3>,
-        bias: Tensor<B, 4>,
-        cache: &mut EncoderCache<B>,
-    ) -> Tensor<B, 3> {
+    pub fn forward_cached(&self, mut x: Tensor<B, 3>, bias: Tensor<B, 4>, cache: &mut EncoderCache<B>) -> Tensor<B, 3> {
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward_cached(x, bias.clone(), kv);
         }

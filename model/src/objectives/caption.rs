@@ -23,10 +23,7 @@ pub fn next_token_targets(ids: &[u32]) -> Vec<(usize, u32)> {
 
 /// Adds one image-to-text joint row per pair (unmasked image, whole caption) and its
 /// next-token targets to `plan.caption`.
-pub(crate) fn plan_captions<'a>(
-    plan: &mut Plan,
-    pairs: impl IntoIterator<Item = (&'a ImageRows, &'a [u32])>,
-) {
+pub(crate) fn plan_captions<'a>(plan: &mut Plan, pairs: impl IntoIterator<Item = (&'a ImageRows, &'a [u32])>) {
     for (image, ids) in pairs {
         let targets = next_token_targets(ids);
         if targets.is_empty() {
@@ -37,15 +34,10 @@ pub(crate) fn plan_captions<'a>(
         group.images.push(image.clone());
         group.texts.push(ids.to_vec());
         group.kinds.push(MaskKind::ImageToText);
-        plan.caption
-            .extend(targets.into_iter().map(|(pos, label)| TokenTarget {
-                slot: Slot {
-                    group: JOINT,
-                    row,
-                    pos,
-                },
-                label,
-            }));
+        plan.caption.extend(targets.into_iter().map(|(pos, label)| TokenTarget {
+            slot: Slot { group: JOINT, row, pos },
+            label,
+        }));
     }
 }
 
@@ -53,11 +45,7 @@ pub(crate) fn plan_captions<'a>(
 /// and the target `wk+1..wm` (`1 <= k < m`), laid out like [`crate::masking::seq2seq_split`]:
 /// the source's `[SEP]` predicts `wk+1`, the last target token predicts `[SEP]`. `None` when
 /// the text has fewer than two inner tokens or is not framed by `[CLS]`/`[SEP]`.
-pub(crate) fn continuation_split<R: Rng>(
-    tokens: &[u32],
-    special: &SpecialTokens,
-    rng: &mut R,
-) -> Option<Seq2SeqText> {
+pub(crate) fn continuation_split<R: Rng>(tokens: &[u32], special: &SpecialTokens, rng: &mut R) -> Option<Seq2SeqText> {
     let n = tokens.len();
     if n < 4 || tokens[0] != special.cls || tokens[n - 1] != special.sep {
         return None;
@@ -77,11 +65,7 @@ pub(crate) fn continuation_split<R: Rng>(
         .map(|(j, &t)| (source_len - 1 + j, t))
         .collect();
     targets.push((n - 1, special.sep));
-    Some(Seq2SeqText {
-        input,
-        source_len,
-        targets,
-    })
+    Some(Seq2SeqText { input, source_len, targets })
 }
 
 #[cfg(test)]
@@ -91,21 +75,12 @@ mod tests {
     use rand::SeedableRng;
 
     fn special() -> SpecialTokens {
-        SpecialTokens {
-            pad: 1,
-            cls: 0,
-            sep: 2,
-            mask: 3,
-            img: 4,
-        }
+        SpecialTokens { pad: 1, cls: 0, sep: 2, mask: 3, img: 4 }
     }
 
     #[test]
     fn caption_targets_shift_by_one() {
-        assert_eq!(
-            next_token_targets(&[0, 10, 11, 2]),
-            vec![(0, 10), (1, 11), (2, 2)]
-        );
+        assert_eq!(next_token_targets(&[0, 10, 11, 2]), vec![(0, 10), (1, 11), (2, 2)]);
         assert!(next_token_targets(&[0]).is_empty());
     }
 
@@ -118,11 +93,7 @@ mod tests {
             assert_eq!(s.input.len(), text.len());
             let k = s.source_len - 2;
             assert!((1..5).contains(&k), "source keeps 1..m-1 words: {k}");
-            assert_eq!(
-                &s.input[..s.source_len - 1],
-                &text[..k + 1],
-                "prefix in order"
-            );
+            assert_eq!(&s.input[..s.source_len - 1], &text[..k + 1], "prefix in order");
             assert_eq!(s.input[s.source_len - 1], 2, "source ends with [SEP]");
             assert_eq!(&s.input[s.source_len..], &text[k + 1..6], "suffix in order");
             // Each target position predicts the next word of the original text, then [SEP].

@@ -16,12 +16,7 @@ use crate::attention_mask::BLOCKED;
 fn logsumexp<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1> {
     let a = x.dims()[0];
     let max = x.clone().max_dim(1).detach();
-    (x - max.clone())
-        .exp()
-        .sum_dim(1)
-        .log()
-        .add(max)
-        .reshape([a])
+    (x - max.clone()).exp().sum_dim(1).log().add(max).reshape([a])
 }
 
 /// One direction of the group InfoNCE loss.
@@ -55,15 +50,7 @@ pub fn masked_group_info_nce<B: Backend>(
     valid_candidates: usize,
     valid_anchors: usize,
 ) -> Tensor<B, 1> {
-    masked_group_info_nce_with_extra(
-        anchors,
-        candidates,
-        scale,
-        positives,
-        valid_candidates,
-        valid_anchors,
-        None,
-    )
+    masked_group_info_nce_with_extra(anchors, candidates, scale, positives, valid_candidates, valid_anchors, None)
 }
 
 /// Extra candidates of [`masked_group_info_nce_with_extra`], with their masks on the device
@@ -96,9 +83,7 @@ pub(crate) fn masked_group_info_nce_with_extra<B: Backend>(
     let c = candidates.dims()[0];
     let device = anchors.device();
     let scale = scale.unsqueeze_dim::<2>(0);
-    let extra_logits = extra
-        .as_ref()
-        .map(|e| anchors.clone().matmul(e.candidates.clone().transpose()) * scale.clone());
+    let extra_logits = extra.as_ref().map(|e| anchors.clone().matmul(e.candidates.clone().transpose()) * scale.clone());
     let logits = anchors.matmul(candidates.transpose()) * scale;
     let mut positive = vec![BLOCKED; a * c];
     let mut all = vec![BLOCKED; a * c];
@@ -117,14 +102,8 @@ pub(crate) fn masked_group_info_nce_with_extra<B: Backend>(
         (Some(e), Some(x)) => {
             let e_cols = e.candidates.dims()[0];
             // In an anchor's denominator: retrieved above the threshold, or a positive of it.
-            let in_all = e
-                .candidate_bias
-                .expand([a, e_cols])
-                .max_pair(e.positive_bias.clone());
-            (
-                Tensor::cat(vec![all, x.clone() + in_all], 1),
-                Tensor::cat(vec![positive, x + e.positive_bias], 1),
-            )
+            let in_all = e.candidate_bias.expand([a, e_cols]).max_pair(e.positive_bias.clone());
+            (Tensor::cat(vec![all, x.clone() + in_all], 1), Tensor::cat(vec![positive, x + e.positive_bias], 1))
         }
         _ => (all, positive),
     };
@@ -132,9 +111,7 @@ pub(crate) fn masked_group_info_nce_with_extra<B: Backend>(
     let mut w = vec![0.0f32; a];
     w[..valid_anchors.min(a)].fill(1.0);
     let w = Tensor::<B, 1>::from_data(TensorData::new(w, [a]), &device);
-    (per_anchor * w)
-        .sum()
-        .div_scalar(valid_anchors.max(1) as f64)
+    (per_anchor * w).sum().div_scalar(valid_anchors.max(1) as f64)
 }
 
 #[cfg(test)]
@@ -146,8 +123,7 @@ mod tests {
     fn matches_hand_computed_group_loss() {
         let device = Default::default();
         let anchors = Tensor::<NdArray, 2>::from_floats([[1.0, 0.0]], &device);
-        let candidates =
-            Tensor::<NdArray, 2>::from_floats([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], &device);
+        let candidates = Tensor::<NdArray, 2>::from_floats([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], &device);
         let scale = Tensor::<NdArray, 1>::from_floats([2.0], &device);
         let loss: f32 = group_info_nce(anchors, candidates, scale, &[vec![0, 2]]).into_scalar();
         let e = |s: f32| (2.0 * s).exp();
@@ -173,12 +149,7 @@ mod tests {
         // Host: anchor 0's positives are batch 0 and extra 0; anchor 1's batch 1; extra 2 is a
         // candidate of both (retrieved by someone, as extra 0 is), extra 1 of none.
         let all_host = t([batch.clone(), vec![extra[0], extra[2]]].concat());
-        let host = group_info_nce(
-            anchors.clone(),
-            all_host,
-            scale.clone(),
-            &[vec![0, 2], vec![1]],
-        );
+        let host = group_info_nce(anchors.clone(), all_host, scale.clone(), &[vec![0, 2], vec![1]]);
         let b = BLOCKED;
         let positive_bias = Tensor::<NdArray, 2>::from_floats([[0.0, b, b], [b, b, b]], &device);
         let candidate_bias = Tensor::<NdArray, 2>::from_floats([[0.0, b, 0.0]], &device);
@@ -189,11 +160,7 @@ mod tests {
             &[vec![0], vec![1]],
             2,
             2,
-            Some(ExtraCandidates {
-                candidates: t(extra),
-                positive_bias,
-                candidate_bias,
-            }),
+            Some(ExtraCandidates { candidates: t(extra), positive_bias, candidate_bias }),
         );
         let (h, d): (f32, f32) = (host.into_scalar(), dev.into_scalar());
         assert!((h - d).abs() < 1e-5, "{h} vs {d}");

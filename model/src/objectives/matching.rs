@@ -31,9 +31,7 @@ pub fn masked_binary_cross_entropy<B: Backend>(
     let y: Vec<f32> = labels.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect();
     let y = Tensor::<B, 1>::from_data(TensorData::new(y, [k]), &logits.device());
     let softplus = logits.clone().clamp_min(0.0) + logits.clone().abs().neg().exp().log1p();
-    ((softplus - logits * y) * weights)
-        .sum()
-        .div_scalar(count.max(1) as f64)
+    ((softplus - logits * y) * weights).sum().div_scalar(count.max(1) as f64)
 }
 
 #[cfg(test)]

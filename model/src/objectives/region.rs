@@ -16,17 +16,10 @@ pub fn regression<B: Backend>(predicted: Tensor<B, 2>, target: Tensor<B, 2>) -> 
 ///
 /// # Shapes
 /// - `predicted`, `target`: `[r, feature_dim]`, `weights`: `[r]` -> `[1]`
-pub fn masked_regression<B: Backend>(
-    predicted: Tensor<B, 2>,
-    target: Tensor<B, 2>,
-    weights: Tensor<B, 1>,
-    count: usize,
-) -> Tensor<B, 1> {
+pub fn masked_regression<B: Backend>(predicted: Tensor<B, 2>, target: Tensor<B, 2>, weights: Tensor<B, 1>, count: usize) -> Tensor<B, 1> {
     let [r, f] = predicted.dims();
     let per_row = (predicted - target).square().sum_dim(1).reshape([r]);
-    (per_row * weights)
-        .sum()
-        .div_scalar((count.max(1) * f) as f64)
+    (per_row * weights).sum().div_scalar((count.max(1) * f) as f64)
 }
 
 /// [`kl_to_classes`] divided by `count` instead of the row count: rows whose target is all
@@ -41,10 +34,7 @@ pub fn kl_to_classes_over<B: Backend>(
     count: usize,
 ) -> Tensor<B, 1> {
     let cross = (target * log_softmax(logits, 1)).sum();
-    cross
-        .neg()
-        .add_scalar(target_entropy_sum)
-        .div_scalar(count.max(1) as f64)
+    cross.neg().add_scalar(target_entropy_sum).div_scalar(count.max(1) as f64)
 }
 
 /// Mean over regions of `KL(target || softmax(logits))`; `target_entropy_sum` is the
@@ -52,11 +42,7 @@ pub fn kl_to_classes_over<B: Backend>(
 ///
 /// # Shapes
 /// - `logits`, `target`: `[r, classes]` -> `[1]`
-pub fn kl_to_classes<B: Backend>(
-    logits: Tensor<B, 2>,
-    target: Tensor<B, 2>,
-    target_entropy_sum: f32,
-) -> Tensor<B, 1> {
+pub fn kl_to_classes<B: Backend>(logits: Tensor<B, 2>, target: Tensor<B, 2>, target_entropy_sum: f32) -> Tensor<B, 1> {
     let r = logits.dims()[0] as f32;
     let cross = (target * log_softmax(logits, 1)).sum();
     cross.neg().add_scalar(target_entropy_sum).div_scalar(r)

@@ -28,13 +28,8 @@ pub fn masked_cross_entropy<B: Backend>(
     count: usize,
 ) -> Tensor<B, 1> {
     let m = labels.dims()[0];
-    let picked = log_softmax(logits, 1)
-        .gather(1, labels.reshape([m, 1]))
-        .reshape([m]);
-    (picked * weights)
-        .sum()
-        .neg()
-        .div_scalar(count.max(1) as f64)
+    let picked = log_softmax(logits, 1).gather(1, labels.reshape([m, 1])).reshape([m]);
+    (picked * weights).sum().neg().div_scalar(count.max(1) as f64)
 }
 
 #[cfg(test)]
@@ -47,8 +42,7 @@ mod tests {
     fn matches_hand_computed_value() {
         let device = Default::default();
         let logits = Tensor::<NdArray, 2>::from_floats([[0.0, 0.0], [2.0, 0.0]], &device);
-        let labels =
-            Tensor::<NdArray, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
+        let labels = Tensor::<NdArray, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
         let loss: f32 = cross_entropy(logits, labels).into_scalar();
         let expect = (2f32.ln() + (1.0 + 2f32.exp()).ln() - 0.0 + 0.0) / 2.0;
         assert!((loss - expect).abs() < 1e-5, "{loss} vs {expect}");
@@ -58,13 +52,10 @@ mod tests {
     #[allow(clippy::single_range_in_vec_init)] // burn's slices: one range per dimension
     fn padding_rows_change_nothing() {
         let device = Default::default();
-        let logits =
-            Tensor::<NdArray, 2>::from_floats([[0.0, 0.0], [2.0, 0.0], [9.0, -9.0]], &device);
-        let labels =
-            Tensor::<NdArray, 1, Int>::from_data(TensorData::new(vec![0i64, 1, 1], [3]), &device);
+        let logits = Tensor::<NdArray, 2>::from_floats([[0.0, 0.0], [2.0, 0.0], [9.0, -9.0]], &device);
+        let labels = Tensor::<NdArray, 1, Int>::from_data(TensorData::new(vec![0i64, 1, 1], [3]), &device);
         let weights = Tensor::<NdArray, 1>::from_floats([1.0, 1.0, 0.0], &device);
-        let masked: f32 =
-            masked_cross_entropy(logits.clone(), labels.clone(), weights, 2).into_scalar();
+        let masked: f32 = masked_cross_entropy(logits.clone(), labels.clone(), weights, 2).into_scalar();
         let plain: f32 = cross_entropy(logits.slice([0..2]), labels.slice([0..2])).into_scalar();
         assert!((masked - plain).abs() < 1e-6, "{masked} vs {plain}");
     }

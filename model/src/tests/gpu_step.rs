@@ -1,11 +1,11 @@
 //! The step as a GPU needs it (issue 8): one device-to-host read per optimizer step, static
 //! shapes that give the same losses as exact ones, and few shape signatures on a mixed stream.
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use crate::layout::Shapes;
 use crate::plan::Plan;
 use crate::{readback, Arch, Example, ShapePolicy, StepReport, TrainSettings, Trainer};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use super::common::{image, image_example, mixed_batch, settings, text, text_example, tiny, Train};
 
@@ -25,9 +25,7 @@ fn with_policy(policy: ShapePolicy) -> TrainSettings {
 #[test]
 fn one_device_read_per_optimizer_step() {
     for policy in [ShapePolicy::Tight, ShapePolicy::Static] {
-        let mut trainer =
-            Trainer::<Train>::new(tiny(Arch::Unimo), with_policy(policy), Default::default())
-                .expect("trainer");
+        let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), with_policy(policy), Default::default()).expect("trainer");
         let (report, reads) = reads_during(|| trainer.step(&[mixed_batch()], 1e-3));
         assert!(report.applied, "{report:?}");
         assert_eq!(reads, 1, "{policy:?}: one micro-batch");
@@ -40,8 +38,7 @@ fn one_device_read_per_optimizer_step() {
         if let Some(i) = poisoned.image.as_mut() {
             i.features.iter_mut().for_each(|x| *x = f32::NAN);
         }
-        let (report, reads) =
-            reads_during(|| trainer.step(&[vec![poisoned, text_example(2)]], 1e-3));
+        let (report, reads) = reads_during(|| trainer.step(&[vec![poisoned, text_example(2)]], 1e-3));
         assert!(report.nonfinite && !report.applied, "{report:?}");
         assert_eq!(reads, 1, "{policy:?}: non-finite step");
         // Nothing to learn from: no read at all.
@@ -55,8 +52,7 @@ fn one_device_read_per_optimizer_step() {
 fn a_skipped_step_restores_the_optimizer_state_too() {
     // Two trainers from the same state: one sees a poisoned step in between. Their next
     // healthy steps must agree exactly (weights and Adam moments were put back).
-    let a =
-        Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
+    let a = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
     let state = a.save().expect("save");
     let mut a = Trainer::<Train>::load(&state, settings(), Default::default()).expect("load");
     let mut b = Trainer::<Train>::load(&state, settings(), Default::default()).expect("load");
@@ -73,11 +69,7 @@ fn a_skipped_step_restores_the_optimizer_state_too() {
     let ra = a.step(&[mixed_batch()], 1e-3);
     let rb = b.step(&[mixed_batch()], 1e-3);
     assert_eq!(ra.losses, rb.losses);
-    assert_eq!(
-        a.save().expect("save"),
-        b.save().expect("save"),
-        "weights and moments equal"
-    );
+    assert_eq!(a.save().expect("save"), b.save().expect("save"), "weights and moments equal");
 }
 
 fn assert_close(a: &StepReport, b: &StepReport, tol: f32) {
@@ -86,21 +78,13 @@ fn assert_close(a: &StepReport, b: &StepReport, tol: f32) {
     assert_eq!(a.losses.len(), b.losses.len(), "{a:?} vs {b:?}");
     for ((na, la), (nb, lb)) in a.losses.iter().zip(&b.losses) {
         assert_eq!(na, nb);
-        assert!(
-            (la - lb).abs() <= tol * la.abs().max(1.0),
-            "{na}: {la} vs {lb}"
-        );
+        assert!((la - lb).abs() <= tol * la.abs().max(1.0), "{na}: {la} vs {lb}");
     }
     // The gradient norm sums the squares of every gradient (1.6M here): burn-ndarray's SIMD
     // reductions group that sum by the tensors' lengths, which padding changes, so it gets
     // ten times the losses' tolerance (measured: 1.3e-4 relative with SIMD on; within 1e-4 before it).
     let grad_tol = 10.0 * tol;
-    assert!(
-        (a.grad_norm - b.grad_norm).abs() <= grad_tol * a.grad_norm.max(1.0),
-        "grad norm {} vs {}",
-        a.grad_norm,
-        b.grad_norm
-    );
+    assert!((a.grad_norm - b.grad_norm).abs() <= grad_tol * a.grad_norm.max(1.0), "grad norm {} vs {}", a.grad_norm, b.grad_norm);
 }
 
 #[test]
@@ -108,26 +92,15 @@ fn static_shapes_give_the_losses_of_exact_shapes() {
     for arch in [Arch::Unimo, Arch::Vilbert] {
         let mut config = tiny(arch);
         config.region_classes = 3;
-        let state = Trainer::<Train>::new(config, settings(), Default::default())
-            .expect("trainer")
-            .save()
-            .expect("save");
+        let state = Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer").save().expect("save");
         // With UNIMO's image window, every pair retrieving (threshold -1): padding pairs'
         // retrievals must stay out of the loss.
         let window = |policy| TrainSettings {
-            image_memory: crate::ImageMemorySettings {
-                capacity: 6,
-                positives: 2,
-                min_similarity: -1.0,
-            },
+            image_memory: crate::ImageMemorySettings { capacity: 6, positives: 2, min_similarity: -1.0 },
             ..with_policy(policy)
         };
-        let mut tight =
-            Trainer::<Train>::load(&state, window(ShapePolicy::Tight), Default::default())
-                .expect("load");
-        let mut padded =
-            Trainer::<Train>::load(&state, window(ShapePolicy::Static), Default::default())
-                .expect("load");
+        let mut tight = Trainer::<Train>::load(&state, window(ShapePolicy::Tight), Default::default()).expect("load");
+        let mut padded = Trainer::<Train>::load(&state, window(ShapePolicy::Static), Default::default()).expect("load");
         let mut batch = mixed_batch();
         // A large first batch raises the high-water marks: the later, smaller ones run padded.
         let mut big = mixed_batch();
@@ -135,12 +108,7 @@ fn static_shapes_give_the_losses_of_exact_shapes() {
         for e in &mut batch {
             if let Some(i) = e.image.as_mut() {
                 let rows = i.rows();
-                i.class_probs = Some((
-                    3,
-                    (0..rows)
-                        .flat_map(|r| [0.2, 0.3 + 0.1 * (r % 2) as f32, 0.5 - 0.1 * (r % 2) as f32])
-                        .collect(),
-                ));
+                i.class_probs = Some((3, (0..rows).flat_map(|r| [0.2, 0.3 + 0.1 * (r % 2) as f32, 0.5 - 0.1 * (r % 2) as f32]).collect()));
             }
         }
         for b in [&big, &batch, &vec![text_example(5)], &batch] {
@@ -176,15 +144,9 @@ fn random_example(rng: &mut StdRng) -> Example {
         _ => Example {
             text: Some(text(seed, rng.random_range(2..20))),
             image: Some(varied_image(rng, seed)),
-            hard_negatives: (0..rng.random_range(0..=2))
-                .map(|k| text(seed + 50 + k, rng.random_range(2..20)))
-                .collect(),
-            extra_texts: (0..rng.random_range(0..=2))
-                .map(|k| text(seed + 80 + k, rng.random_range(2..20)))
-                .collect(),
-            extra_images: (0..rng.random_range(0..=1))
-                .map(|k| varied_image(rng, seed + 90 + k))
-                .collect(),
+            hard_negatives: (0..rng.random_range(0..=2)).map(|k| text(seed + 50 + k, rng.random_range(2..20))).collect(),
+            extra_texts: (0..rng.random_range(0..=2)).map(|k| text(seed + 80 + k, rng.random_range(2..20))).collect(),
+            extra_images: (0..rng.random_range(0..=1)).map(|k| varied_image(rng, seed + 90 + k)).collect(),
         },
     }
 }
@@ -215,10 +177,7 @@ const NEW_SIGNATURES_AFTER_50: usize = 16;
 fn a_mixed_stream_settles_on_few_shape_signatures() {
     let (at_50, total) = signatures(ShapePolicy::Static);
     eprintln!("static shapes: {at_50} signatures after 50 steps, {total} after 500");
-    assert!(
-        total - at_50 <= NEW_SIGNATURES_AFTER_50,
-        "{at_50} -> {total}"
-    );
+    assert!(total - at_50 <= NEW_SIGNATURES_AFTER_50, "{at_50} -> {total}");
     // Without padding the same stream keeps making new shapes (what the bound guards).
     let (t50, t500) = signatures(ShapePolicy::Tight);
     eprintln!("exact shapes: {t50} signatures after 50 steps, {t500} after 500");
@@ -227,12 +186,7 @@ fn a_mixed_stream_settles_on_few_shape_signatures() {
 
 #[test]
 fn the_trainer_counts_the_signatures_of_its_steps() {
-    let mut trainer = Trainer::<Train>::new(
-        tiny(Arch::Unimo),
-        with_policy(ShapePolicy::Static),
-        Default::default(),
-    )
-    .expect("trainer");
+    let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), with_policy(ShapePolicy::Static), Default::default()).expect("trainer");
     let mut rng = StdRng::seed_from_u64(5);
     for _ in 0..30 {
         let batch: Vec<Example> = (0..8).map(|_| random_example(&mut rng)).collect();

@@ -1,13 +1,13 @@
 //! Output shapes, and every attention mask tested by perturbing an input that must not be
 //! visible and checking that the outputs it must not reach do not change.
 
+use burn::prelude::*;
+use burn::tensor::TensorData;
 use crate::attention_mask::MaskKind;
 use crate::group_tensors::{Encoded, GroupTensors};
 use crate::model::PretrainModel;
 use crate::plan::{Group, ImageRows};
 use crate::Arch;
-use burn::prelude::*;
-use burn::tensor::TensorData;
 
 use super::common::{image, settings, text, tiny, Eval, FEAT};
 
@@ -23,11 +23,7 @@ fn image_rows(seed: u32) -> ImageRows {
     }
 }
 
-fn encode(
-    model: &PretrainModel<Eval>,
-    group: &Group,
-    tweak: impl Fn(&mut GroupTensors<Eval>),
-) -> Encoded<Eval> {
+fn encode(model: &PretrainModel<Eval>, group: &Group, tweak: impl Fn(&mut GroupTensors<Eval>)) -> Encoded<Eval> {
     let config = tiny(Arch::Unimo);
     let mut input = GroupTensors::new(group, &config, &settings(), &Default::default());
     tweak(&mut input);
@@ -41,10 +37,7 @@ fn state(all: &[f32], row: usize, pos: usize, stride: usize, d: usize) -> Vec<f3
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]
@@ -80,43 +73,21 @@ fn padding_is_invisible() {
         for x in v.iter_mut().skip(7) {
             *x = 50;
         }
-        input.ids = Some(Tensor::from_data(
-            TensorData::new(v, [1, input.t]),
-            &Default::default(),
-        ));
+        input.ids = Some(Tensor::from_data(TensorData::new(v, [1, input.t]), &Default::default()));
         let f = input.features.take().expect("features");
         let mut fv: Vec<f32> = f.into_data().convert::<f32>().to_vec().expect("features");
         for x in fv.iter_mut().skip(6 * FEAT) {
             *x = 3.0;
         }
-        input.features = Some(Tensor::from_data(
-            TensorData::new(fv, [1, input.n, FEAT]),
-            &Default::default(),
-        ));
+        input.features = Some(Tensor::from_data(TensorData::new(fv, [1, input.n, FEAT]), &Default::default()));
     });
-    let (bt, pt) = (
-        rows_of(base.text.expect("t")),
-        rows_of(poked.text.expect("t")),
-    );
-    let (bv, pv) = (
-        rows_of(base.visual.expect("v")),
-        rows_of(poked.visual.expect("v")),
-    );
+    let (bt, pt) = (rows_of(base.text.expect("t")), rows_of(poked.text.expect("t")));
+    let (bv, pv) = (rows_of(base.visual.expect("v")), rows_of(poked.visual.expect("v")));
     for pos in 0..7 {
-        assert!(
-            max_diff(
-                &state(&bt, 0, pos, base.t, 32),
-                &state(&pt, 0, pos, poked.t, 32)
-            ) < 1e-6
-        );
+        assert!(max_diff(&state(&bt, 0, pos, base.t, 32), &state(&pt, 0, pos, poked.t, 32)) < 1e-6);
     }
     for pos in 0..6 {
-        assert!(
-            max_diff(
-                &state(&bv, 0, pos, base.n, 32),
-                &state(&pv, 0, pos, poked.n, 32)
-            ) < 1e-6
-        );
+        assert!(max_diff(&state(&bv, 0, pos, base.n, 32), &state(&pv, 0, pos, poked.n, 32)) < 1e-6);
     }
 }
 

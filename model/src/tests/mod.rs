@@ -10,9 +10,7 @@ mod vilbert;
 /// The integration tests' fixtures (`tests/model/fixtures.rs`).
 #[allow(dead_code)]
 pub(crate) mod common {
-    use crate::{
-        Arch, Example, ModelConfig, SpecialTokens, StepReport, TrainSettings, VisualInput,
-    };
+    use crate::{Arch, Example, ModelConfig, SpecialTokens, StepReport, TrainSettings, VisualInput};
 
     include!("../../tests/model/fixtures.rs");
 }

@@ -4,8 +4,6 @@
 // Each test crate (`model`, `wgpu`) uses a part of them.
 #![allow(dead_code)]
 
-use unimod_model::{
-    Arch, Example, ModelConfig, SpecialTokens, StepReport, TrainSettings, VisualInput,
-};
+use unimod_model::{Arch, Example, ModelConfig, SpecialTokens, StepReport, TrainSettings, VisualInput};
 
 include!("fixtures.rs");

@@ -15,8 +15,7 @@ fn separable_pairs_reach_perfect_retrieval() {
         itm: 0.0,
         caption: 0.0,
     };
-    let mut trainer =
-        Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer");
+    let mut trainer = Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer");
     let pairs: Vec<_> = (0..8).map(separable_pair).collect();
     let batch: Vec<Example> = pairs
         .iter()

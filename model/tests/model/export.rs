@@ -4,13 +4,11 @@
 use std::collections::{BTreeMap, HashSet};
 
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
-use unimod_model::export::{
-    load_safetensors, model_from_state, name_remapper, tensor_names, to_safetensors, with_weights,
-};
+use unimod_model::export::{load_safetensors, model_from_state, name_remapper, tensor_names, to_safetensors, with_weights};
 use unimod_model::model::PretrainModel;
 use unimod_model::{Arch, ModelConfig, TrainSettings, Trainer};
 
-use crate::common::{image, mixed_batch, settings, text, tiny, Train};
+use crate::common::{mixed_batch, settings, text, tiny, image, Train};
 
 fn config(arch: Arch) -> ModelConfig {
     let mut c = tiny(arch);
@@ -32,15 +30,9 @@ fn trained_with(config: ModelConfig) -> Trainer<Train> {
     t
 }
 
-fn fresh_model(
-    config: &ModelConfig,
-    seed: u64,
-) -> (unimod_model::TrainerState, PretrainModel<Train>) {
+fn fresh_model(config: &ModelConfig, seed: u64) -> (unimod_model::TrainerState, PretrainModel<Train>) {
     let settings = TrainSettings { seed, ..settings() };
-    let state = Trainer::<Train>::new(config.clone(), settings, Default::default())
-        .expect("trainer")
-        .save()
-        .expect("save");
+    let state = Trainer::<Train>::new(config.clone(), settings, Default::default()).expect("trainer").save().expect("save");
     let (_, model) = model_from_state::<Train>(&state, &Default::default()).expect("model");
     (state, model)
 }
@@ -48,13 +40,7 @@ fn fresh_model(
 /// Replaces a layer index by `N`, as the table of docs/export.md writes it.
 fn generic(name: &str) -> String {
     name.split('.')
-        .map(|p| {
-            if p.chars().all(|c| c.is_ascii_digit()) {
-                "N"
-            } else {
-                p
-            }
-        })
+        .map(|p| if p.chars().all(|c| c.is_ascii_digit()) { "N" } else { p })
         .collect::<Vec<_>>()
         .join(".")
 }
@@ -70,52 +56,19 @@ fn exported_names_are_hugging_face_style_complete_and_documented() {
             let (_, model) = fresh_model(&c, 1);
             let names = tensor_names(&model);
             let unique: HashSet<&str> = names.iter().map(|n| n.name.as_str()).collect();
-            assert_eq!(
-                unique.len(),
-                names.len(),
-                "{arch:?}: exported names collide"
-            );
+            assert_eq!(unique.len(), names.len(), "{arch:?}: exported names collide");
             for n in &names {
-                for raw in [
-                    "unimo.",
-                    "vilbert.",
-                    "heads.",
-                    ".gamma",
-                    ".beta",
-                    "attention.attention",
-                ] {
-                    assert!(
-                        !n.name.contains(raw),
-                        "{arch:?}: {} -> {} was not renamed",
-                        n.burn_path,
-                        n.name
-                    );
+                for raw in ["unimo.", "vilbert.", "heads.", ".gamma", ".beta", "attention.attention"] {
+                    assert!(!n.name.contains(raw), "{arch:?}: {} -> {} was not renamed", n.burn_path, n.name);
                 }
                 let g = generic(&n.name);
-                assert!(
-                    doc.contains(&format!("`{g}`")),
-                    "docs/export.md lacks `{g}` ({arch:?})"
-                );
+                assert!(doc.contains(&format!("`{g}`")), "docs/export.md lacks `{g}` ({arch:?})");
             }
-            let get = |name: &str| {
-                names
-                    .iter()
-                    .find(|n| n.name == name)
-                    .map(|n| n.shape.clone())
-            };
-            assert_eq!(
-                get("embeddings.word_embeddings.weight"),
-                Some(vec![c.vocab_size, c.hidden])
-            );
+            let get = |name: &str| names.iter().find(|n| n.name == name).map(|n| n.shape.clone());
+            assert_eq!(get("embeddings.word_embeddings.weight"), Some(vec![c.vocab_size, c.hidden]));
             // Linear weights are [out, in], as in PyTorch.
-            assert_eq!(
-                get("encoder.layer.0.intermediate.dense.weight"),
-                Some(vec![c.ffn, c.hidden])
-            );
-            assert_eq!(
-                get("visual_embeddings.feature_embeddings.weight"),
-                Some(vec![c.visual_hidden(), c.feature_dim])
-            );
+            assert_eq!(get("encoder.layer.0.intermediate.dense.weight"), Some(vec![c.ffn, c.hidden]));
+            assert_eq!(get("visual_embeddings.feature_embeddings.weight"), Some(vec![c.visual_hidden(), c.feature_dim]));
             assert_eq!(get("encoder.final_layer_norm.weight").is_some(), pre_ln);
         }
     }
@@ -125,17 +78,9 @@ fn exported_names_are_hugging_face_style_complete_and_documented() {
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
     let file: BTreeMap<String, Vec<usize>> = {
         use burn_store::ModuleStore;
-        store
-            .get_all_snapshots()
-            .expect("read")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.shape.to_vec()))
-            .collect()
+        store.get_all_snapshots().expect("read").iter().map(|(k, v)| (k.clone(), v.shape.to_vec())).collect()
     };
-    let expected: BTreeMap<String, Vec<usize>> = tensor_names(&model)
-        .into_iter()
-        .map(|n| (n.name, n.shape))
-        .collect();
+    let expected: BTreeMap<String, Vec<usize>> = tensor_names(&model).into_iter().map(|n| (n.name, n.shape)).collect();
     assert_eq!(file, expected);
 }
 
@@ -148,32 +93,16 @@ fn safetensors_round_trip_is_exact_for_both_architectures() {
         let bytes = to_safetensors(&model, &[("unimod_version", "test".into())]).expect("export");
         // Into a model with other random weights.
         let (other_state, other) = fresh_model(&c, 99);
-        let (loaded, report) =
-            load_safetensors(other, bytes, &BTreeMap::new()).expect("strict load");
-        assert!(
-            report.left.is_empty() && report.unused.is_empty(),
-            "{report:?}"
-        );
+        let (loaded, report) = load_safetensors(other, bytes, &BTreeMap::new()).expect("strict load");
+        assert!(report.left.is_empty() && report.unused.is_empty(), "{report:?}");
         assert_eq!(report.loaded.len(), tensor_names(&model).len());
-        let back = Trainer::<Train>::load(
-            &with_weights(other_state, &loaded).expect("state"),
-            settings(),
-            Default::default(),
-        )
-        .expect("load");
+        let back = Trainer::<Train>::load(&with_weights(other_state, &loaded).expect("state"), settings(), Default::default())
+            .expect("load");
         let texts = vec![text(1, 6), text(2, 9)];
         let images = vec![image(1), image(2)];
         assert_eq!(back.embed_texts(&texts), t.embed_texts(&texts), "{arch:?}");
-        assert_eq!(
-            back.embed_images(&images),
-            t.embed_images(&images),
-            "{arch:?}"
-        );
-        assert_eq!(
-            back.match_scores(&images, &texts, 4),
-            t.match_scores(&images, &texts, 4),
-            "{arch:?}"
-        );
+        assert_eq!(back.embed_images(&images), t.embed_images(&images), "{arch:?}");
+        assert_eq!(back.match_scores(&images, &texts, 4), t.match_scores(&images, &texts, 4), "{arch:?}");
     }
 }
 
@@ -194,14 +123,12 @@ fn warm_start_first_step_equals_a_resume_from_the_same_weights() {
         let batch = [mixed_batch()];
         // Each trainer steps right after it is loaded: loading seeds the backend's (global)
         // dropout generator.
-        let mut warm =
-            Trainer::<Train>::load(&warm_state, settings(), Default::default()).expect("warm");
+        let mut warm = Trainer::<Train>::load(&warm_state, settings(), Default::default()).expect("warm");
         let a = warm.step(&batch, 1e-3);
         // Resume from the same weights at the same position of the masking and dropout
         // streams (a resume keeps its step count; the warm start begins at 0).
         state.steps_applied = 0;
-        let mut resumed =
-            Trainer::<Train>::load(&state, settings(), Default::default()).expect("resume");
+        let mut resumed = Trainer::<Train>::load(&state, settings(), Default::default()).expect("resume");
         let b = resumed.step(&batch, 1e-3);
         assert!(a.applied && b.applied);
         assert!(a.losses.len() >= 4, "{arch:?}: {:?}", a.losses);
@@ -217,29 +144,17 @@ fn shape_mismatch_and_missing_tensors_are_named() {
     let mut wider = config(Arch::Unimo);
     wider.ffn = 96;
     let (_, target) = fresh_model(&wider, 1);
-    let err = load_safetensors(target, bytes.clone(), &BTreeMap::new())
-        .expect_err("shape mismatch")
-        .to_string();
-    assert!(
-        err.contains("encoder.layer.") && err.contains("intermediate.dense"),
-        "{err}"
-    );
-    assert!(
-        err.contains("[128, 32]") && err.contains("[96, 32]"),
-        "{err}"
-    );
+    let err = load_safetensors(target, bytes.clone(), &BTreeMap::new()).expect_err("shape mismatch").to_string();
+    assert!(err.contains("encoder.layer.") && err.contains("intermediate.dense"), "{err}");
+    assert!(err.contains("[128, 32]") && err.contains("[96, 32]"), "{err}");
     let mut classes = config(Arch::Unimo);
     classes.region_classes = 4;
     let (_, target) = fresh_model(&classes, 1);
-    let err = load_safetensors(target, bytes.clone(), &BTreeMap::new())
-        .expect_err("missing")
-        .to_string();
+    let err = load_safetensors(target, bytes.clone(), &BTreeMap::new()).expect_err("missing").to_string();
     assert!(err.contains("cls.regions.classes.dense.weight"), "{err}");
     // A file of the other architecture: names of neither side match.
     let (_, vilbert) = fresh_model(&config(Arch::Vilbert), 1);
-    let err = load_safetensors(vilbert, bytes, &BTreeMap::new())
-        .expect_err("other arch")
-        .to_string();
+    let err = load_safetensors(vilbert, bytes, &BTreeMap::new()).expect_err("other arch").to_string();
     assert!(err.contains("missing") || err.contains("belong"), "{err}");
 }
 
@@ -253,31 +168,19 @@ fn prefix_map_loads_a_text_encoder_and_reports_the_rest() {
         .add_pattern(r"^encoder\.", "bert.encoder.")
         .and_then(|r| r.add_pattern(r"^embeddings\.", "bert.embeddings."))
         .expect("patterns");
-    let mut store = SafetensorsStore::from_bytes(None)
-        .with_to_adapter(BurnToPyTorchAdapter)
-        .remap(remapper);
+    let mut store = SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter).remap(remapper);
     source.save_into(&mut store).expect("save");
     let bytes = store.get_bytes().expect("bytes");
 
     let (_, target) = fresh_model(&source_config, 6);
     let before = tensor_names(&target);
     let map = BTreeMap::from([("bert.encoder.".to_string(), "encoder.".to_string())]);
-    let (loaded, report) =
-        load_safetensors(target.clone(), bytes.clone(), &map).expect("partial load");
-    let encoder: Vec<&str> = before
-        .iter()
-        .map(|n| n.name.as_str())
-        .filter(|n| n.starts_with("encoder."))
-        .collect();
+    let (loaded, report) = load_safetensors(target.clone(), bytes.clone(), &map).expect("partial load");
+    let encoder: Vec<&str> = before.iter().map(|n| n.name.as_str()).filter(|n| n.starts_with("encoder.")).collect();
     assert_eq!(report.loaded.len(), encoder.len(), "{report:?}");
-    assert!(
-        report.loaded.iter().all(|n| n.starts_with("encoder.")),
-        "{report:?}"
-    );
+    assert!(report.loaded.iter().all(|n| n.starts_with("encoder.")), "{report:?}");
     assert_eq!(report.left.len(), before.len() - encoder.len());
-    assert!(report
-        .left
-        .contains(&"embeddings.word_embeddings.weight".to_string()));
+    assert!(report.left.contains(&"embeddings.word_embeddings.weight".to_string()));
     assert!(report.unused.is_empty(), "{report:?}");
     assert_eq!(report.ignored, before.len() - encoder.len());
     // Loaded tensors carry the source's values, the others keep the target's.
@@ -307,8 +210,6 @@ fn prefix_map_loads_a_text_encoder_and_reports_the_rest() {
     let mut other_vocab = source_config.clone();
     other_vocab.vocab_size += 3;
     let (_, target) = fresh_model(&other_vocab, 6);
-    let err = load_safetensors(target, bytes, &map)
-        .expect_err("vocab differs")
-        .to_string();
+    let err = load_safetensors(target, bytes, &map).expect_err("vocab differs").to_string();
     assert!(err.contains("embeddings.word_embeddings.weight"), "{err}");
 }

@@ -8,16 +8,8 @@ use crate::common::{image, pair_example, settings, text, tiny, Train};
 #[test]
 fn trained_captions_are_decoded_back() {
     let mut config = tiny(Arch::Unimo);
-    config.weights = unimod_model::ObjectiveWeights {
-        mlm: 0.0,
-        seq2seq: 0.0,
-        mrm: 0.0,
-        cmcl: 0.0,
-        itm: 0.0,
-        caption: 1.0,
-    };
-    let mut trainer =
-        Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer");
+    config.weights = unimod_model::ObjectiveWeights { mlm: 0.0, seq2seq: 0.0, mrm: 0.0, cmcl: 0.0, itm: 0.0, caption: 1.0 };
+    let mut trainer = Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer");
     let batch: Vec<_> = (0..3).map(pair_example).collect();
     let before = trainer.inference(0);
     let mut last = f32::NAN;
@@ -30,21 +22,12 @@ fn trained_captions_are_decoded_back() {
     for seed in 0..3 {
         let want: Vec<u32> = text(seed, 8)[1..9].to_vec();
         for beam in [1, 3] {
-            let opts = DecodeOptions {
-                beam,
-                max_len: 12,
-                ..DecodeOptions::default()
-            };
+            let opts = DecodeOptions { beam, max_len: 12, ..DecodeOptions::default() };
             let got = after.caption(&image(seed), &opts).expect("caption");
             assert_eq!(got.ids, want, "image {seed}, beam {beam}");
             assert!(got.finished, "ends with [SEP]");
         }
-        let untrained = before
-            .caption(&image(seed), &DecodeOptions::default())
-            .expect("caption");
-        assert_ne!(
-            untrained.ids, want,
-            "an untrained model does not know the caption"
-        );
+        let untrained = before.caption(&image(seed), &DecodeOptions::default()).expect("caption");
+        assert_ne!(untrained.ids, want, "an untrained model does not know the caption");
     }
 }

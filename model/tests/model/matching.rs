@@ -65,10 +65,7 @@ fn overfit(arch: Arch) -> (usize, usize, f32, Vec<Vec<f32>>) {
 fn assert_retrieves(arch: Arch) {
     let (before, after, loss, scores) = overfit(arch);
     eprintln!("{arch:?}: diagonal wins {before} -> {after} of {N} (itm loss {loss:.4})");
-    assert!(
-        after >= N - 1,
-        "{arch:?}: diagonal wins {before} -> {after} (loss {loss}); scores {scores:?}"
-    );
+    assert!(after >= N - 1, "{arch:?}: diagonal wins {before} -> {after} (loss {loss}); scores {scores:?}");
 }
 
 #[test]
@@ -88,19 +85,10 @@ fn match_scores_shape_chunking_and_unusable_inputs() {
         let mut bad_image = image(9);
         bad_image.dim = FEAT + 1;
         let images = vec![image(1), bad_image, image(2)];
-        let texts = vec![
-            text(1, 5),
-            text(2, 7),
-            vec![SPECIAL.cls, VOCAB as u32, SPECIAL.sep],
-            vec![],
-            text(3, 3),
-        ];
+        let texts = vec![text(1, 5), text(2, 7), vec![SPECIAL.cls, VOCAB as u32, SPECIAL.sep], vec![], text(3, 3)];
         let scores = trainer.match_scores(&images, &texts, 4);
         assert_eq!(scores.len(), 3, "{arch:?}: one row per image");
-        assert!(
-            scores.iter().all(|r| r.len() == 5),
-            "{arch:?}: one column per text"
-        );
+        assert!(scores.iter().all(|r| r.len() == 5), "{arch:?}: one column per text");
         for (i, row) in scores.iter().enumerate() {
             for (j, &s) in row.iter().enumerate() {
                 let unusable = i == 1 || j == 2 || j == 3;
@@ -120,9 +108,6 @@ fn match_scores_shape_chunking_and_unusable_inputs() {
             }
         }
         assert!(trainer.match_scores(&[], &texts, 4).is_empty());
-        assert_eq!(
-            trainer.match_scores(&images, &[], 4),
-            vec![Vec::<f32>::new(); 3]
-        );
+        assert_eq!(trainer.match_scores(&images, &[], 4), vec![Vec::<f32>::new(); 3]);
     }
 }

@@ -12,8 +12,7 @@ fn probe(trainer: &Trainer<Train>) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
 }
 
 fn round_trip(arch: Arch) {
-    let mut trainer =
-        Trainer::<Train>::new(tiny(arch), settings(), Default::default()).expect("trainer");
+    let mut trainer = Trainer::<Train>::new(tiny(arch), settings(), Default::default()).expect("trainer");
     for _ in 0..2 {
         assert!(trainer.step(&[mixed_batch()], 1e-3).applied);
     }
@@ -42,8 +41,7 @@ fn vilbert_state_round_trips_bit_exactly() {
 
 #[test]
 fn corrupt_state_is_an_error_not_a_panic() {
-    let trainer =
-        Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
+    let trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
     let state = trainer.save().expect("save");
     let mut bad = state.clone();
     bad.model.truncate(bad.model.len() / 2);
@@ -65,8 +63,7 @@ fn corrupt_state_is_an_error_not_a_panic() {
 fn a_fresh_trainer_saves_the_weights_it_uses() {
     // burn initialises parameters lazily; a state saved before the first step must hold
     // the same weights as the trainer itself.
-    let trainer =
-        Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
+    let trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
     let state = trainer.save().expect("save");
     let loaded = Trainer::<Train>::load(&state, settings(), Default::default()).expect("load");
     assert_eq!(probe(&loaded), probe(&trainer));

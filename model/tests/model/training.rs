@@ -7,8 +7,7 @@ use crate::common::{image_example, loss, mixed_batch, settings, text_example, ti
 
 /// Mean of each objective's loss over the first and the last `k` of `steps` steps.
 fn first_last(arch: Arch, steps: usize, k: usize, lr: f64) -> Vec<(&'static str, f32, f32)> {
-    let mut trainer =
-        Trainer::<Train>::new(tiny(arch), settings(), Default::default()).expect("trainer");
+    let mut trainer = Trainer::<Train>::new(tiny(arch), settings(), Default::default()).expect("trainer");
     let batch = mixed_batch();
     let mut history = Vec::new();
     for _ in 0..steps {
@@ -36,10 +35,7 @@ fn first_last(arch: Arch, steps: usize, k: usize, lr: f64) -> Vec<(&'static str,
 fn every_unimo_objective_learns_a_fixed_batch() {
     let result = first_last(Arch::Unimo, 60, 8, 2e-3);
     let names: Vec<&str> = result.iter().map(|r| r.0).collect();
-    assert_eq!(
-        names,
-        ["total", "mlm", "seq2seq", "mrm", "cmcl", "itm", "caption"]
-    );
+    assert_eq!(names, ["total", "mlm", "seq2seq", "mrm", "cmcl", "itm", "caption"]);
     for (name, first, last) in result {
         eprintln!("unimo {name}: {first:.4} -> {last:.4}");
         // Regressing pseudo-random region features is pure memorisation and the slowest
@@ -50,27 +46,15 @@ fn every_unimo_objective_learns_a_fixed_batch() {
 
 #[test]
 fn report_counts_targets_and_samples() {
-    let mut trainer =
-        Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
+    let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
     let report = trainer.step(&[mixed_batch()], 1e-3);
     assert_eq!(report.samples, 9);
     assert_eq!(report.dropped, 0);
     let count = |n: &str| report.counts.iter().find(|c| c.0 == n).map(|c| c.1);
     assert_eq!(count("cmcl"), Some(3), "one CMCL anchor per pair");
-    assert_eq!(
-        count("itm"),
-        Some(6),
-        "a matched and a rewritten caption per pair"
-    );
-    assert_eq!(
-        count("caption"),
-        Some(3 * 9),
-        "each caption token but [SEP] predicts the next"
-    );
-    assert!(
-        count("mrm").is_some_and(|c| c >= 6),
-        "at least one region per image and pair"
-    );
+    assert_eq!(count("itm"), Some(6), "a matched and a rewritten caption per pair");
+    assert_eq!(count("caption"), Some(3 * 9), "each caption token but [SEP] predicts the next");
+    assert!(count("mrm").is_some_and(|c| c >= 6), "at least one region per image and pair");
     assert!(report.grad_norm > 0.0 && report.grad_norm.is_finite());
     assert_eq!(trainer.steps_applied(), 1);
     // Texts: 3 texts of 12 tokens and 3 captions of 10.
@@ -79,8 +63,7 @@ fn report_counts_targets_and_samples() {
 
 #[test]
 fn unusable_examples_are_dropped_not_fatal() {
-    let mut trainer =
-        Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
+    let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
     let mut bad_image = image_example(1);
     if let Some(i) = bad_image.image.as_mut() {
         i.features.pop();
@@ -89,31 +72,15 @@ fn unusable_examples_are_dropped_not_fatal() {
         text: Some(vec![0, 5000, 2]),
         ..Example::default()
     };
-    let report = trainer.step(
-        &[vec![
-            bad_image,
-            bad_text,
-            Example::default(),
-            text_example(1),
-        ]],
-        1e-3,
-    );
+    let report = trainer.step(&[vec![bad_image, bad_text, Example::default(), text_example(1)]], 1e-3);
     assert_eq!((report.samples, report.dropped), (1, 3));
     assert!(report.applied);
 }
 
 #[test]
 fn micro_batches_accumulate_into_one_update() {
-    let mut trainer =
-        Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
-    let report = trainer.step(
-        &[
-            vec![text_example(1)],
-            vec![image_example(2)],
-            vec![text_example(3)],
-        ],
-        1e-3,
-    );
+    let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
+    let report = trainer.step(&[vec![text_example(1)], vec![image_example(2)], vec![text_example(3)]], 1e-3);
     assert!(report.applied);
     assert_eq!(report.samples, 3);
     assert_eq!(trainer.steps_applied(), 1);
@@ -121,8 +88,7 @@ fn micro_batches_accumulate_into_one_update() {
 
 #[test]
 fn non_finite_input_skips_the_update() {
-    let mut trainer =
-        Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
+    let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
     let probe = vec![crate::common::text(9, 6)];
     let before = trainer.embed_texts(&probe);
     let mut poisoned = image_example(1);
@@ -151,18 +117,12 @@ fn alone(objective: &'static str, steps: usize) -> (f32, f32) {
         itm: w("itm"),
         caption: w("caption"),
     };
-    let mut trainer =
-        Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer");
+    let mut trainer = Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer");
     let batch = mixed_batch();
     let values: Vec<f32> = (0..steps)
         .map(|_| {
             let r = trainer.step(std::slice::from_ref(&batch), 2e-3);
-            assert_eq!(
-                r.losses.len(),
-                2,
-                "total and {objective} only: {:?}",
-                r.losses
-            );
+            assert_eq!(r.losses.len(), 2, "total and {objective} only: {:?}", r.losses);
             loss(&r, objective).expect("the objective in use")
         })
         .collect();
@@ -206,16 +166,12 @@ fn region_class_distributions_add_a_kl_term_that_learns() {
     };
     let batch: Vec<Example> = (0..4).map(with_classes).collect();
     let plain: Vec<Example> = (0..4).map(image_example).collect();
-    let mut trainer =
-        Trainer::<Train>::new(config.clone(), settings(), Default::default()).expect("trainer");
+    let mut trainer = Trainer::<Train>::new(config.clone(), settings(), Default::default()).expect("trainer");
     let mut twin = Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer");
     // Same weights and masks: the only difference in the first loss is the KL term (> 0).
     let with_kl = loss(&trainer.step(std::slice::from_ref(&batch), 2e-3), "mrm").expect("mrm");
     let without = loss(&twin.step(std::slice::from_ref(&plain), 2e-3), "mrm").expect("mrm");
-    assert!(
-        with_kl > without + 0.5,
-        "KL of a near-uniform prediction: {with_kl} vs {without}"
-    );
+    assert!(with_kl > without + 0.5, "KL of a near-uniform prediction: {with_kl} vs {without}");
     let mut last = with_kl;
     for _ in 0..40 {
         last = loss(&trainer.step(std::slice::from_ref(&batch), 2e-3), "mrm").expect("mrm");
