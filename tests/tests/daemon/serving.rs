@@ -7,7 +7,7 @@ use std::time::Duration;
 use unimod_e2e::synth::SynthConfig;
 use unimod_e2e::Broker;
 
-use crate::harness::{free_port, http_get, wait_for, Setup, Topics};
+use crate::harness::{free_port, http_get, latest_over_http, wait_for, Setup, Topics};
 
 async fn post(url: &str, body: impl Into<reqwest::Body>) -> anyhow::Result<(u16, serde_json::Value)> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
@@ -104,7 +104,11 @@ async fn serving_routes_answer_while_run_trains() -> anyhow::Result<()> {
     .await;
     assert!(later.is_some(), "the served step never moved past {step_before}; log:\n{}", daemon.log_tail(4000));
 
-    // The commands read the checkpoint through the running daemon.
+    // The commands read the checkpoint through the running daemon: wait for its first one
+    // (every 5 steps here; the served snapshot moves every 2, so it can come first on a
+    // loaded machine: CI saw "the store holds no valid checkpoint" once).
+    let checkpointed = wait_for(Duration::from_secs(180), async || latest_over_http(&setup).await).await;
+    assert!(checkpointed.is_some(), "no checkpoint while training; log:\n{}", daemon.log_tail(4000));
     let cfg = setup.config.display().to_string();
     let (status, out, err) = setup.command(&["caption", "--config", &cfg, "--json", "--pairs", &held_out.display().to_string()])?;
     assert!(status.success(), "caption while running: {err}");
