@@ -11,7 +11,9 @@
 #
 # Environment: SOAK_MINUTES (30), SOAK_IMAGE_MB (5), SOAK_AHEAD (records kept waiting in
 # Kafka, 60), SOAK_SIZE (model size, tiny), SOAK_OUT (where rss.csv and summary.json go:
-# bench/soak-out). Uses $CARGO_TARGET_DIR (target)/release binaries when present, else debug.
+# bench/soak-out). The daemon inherits the environment, so allocator settings such as
+# MALLOC_ARENA_MAX can be compared run against run. rss.csv also splits the RSS by mapping
+# (heap, other anonymous, file-backed). Uses $CARGO_TARGET_DIR (target)/release binaries when present, else debug.
 # Disk: every image the daemon consumes was written to the broker's sqlite file once (the
 # scratch directory is removed at the end).
 set -euo pipefail
@@ -77,14 +79,26 @@ metric() { # sum of a metric's series, optionally filtered by a label fragment
     { curl -fsS --max-time 2 "http://127.0.0.1:$mport/metrics" 2>/dev/null || true; } |
         awk -v n="$1" -v f="${2:-}" '$1 ~ "^"n"({|$)" && index($1, f) { s += $2 } END { print s + 0 }'
 }
-echo "seconds,rss_kib,image_records_trained,images_pending,image_lag,produced" >"$OUT/rss.csv"
+# Where the RSS lives, from /proc/PID/smaps: the main heap ([heap]), other anonymous memory
+# (glibc's per-thread arenas, large allocations mmapped on their own, thread stacks), and
+# file-backed pages (the binary, libraries); plus how many anonymous mappings of 32 MiB or more
+# exist (glibc reserves 64 MiB per arena).
+smaps_split() {
+    awk '/^[0-9a-f]+-[0-9a-f]+ / {
+            kind = ($6 == "[heap]") ? "heap" : ($6 == "" || $6 ~ /^\[(anon|stack)/) ? "anon" : ($6 ~ /^\[/) ? "other" : "file"
+         }
+         /^Size:/ { if (kind == "anon" && $2 >= 32768) big++ }
+         /^Rss:/ { rss[kind] += $2 }
+         END { printf "%d,%d,%d,%d", rss["heap"], rss["anon"], rss["file"], big }' "/proc/$1/smaps" 2>/dev/null || echo "0,0,0,0"
+}
+echo "seconds,rss_kib,image_records_trained,images_pending,image_lag,produced,heap_kib,anon_kib,file_kib,anon_maps_32mib" >"$OUT/rss.csv"
 start=$SECONDS
 while kill -0 "$daemon_pid" 2>/dev/null; do
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$daemon_pid/status" 2>/dev/null || echo 0)
     trained=$(metric unimod_records_total 'kind="image",outcome="trained"')
     pending=$(metric unimod_records_pending 'kind="image"')
     lag=$(metric unimod_kafka_consumer_lag 'soak.image')
-    echo "$((SECONDS - start)),$rss,$trained,$pending,$lag,$produced" >>"$OUT/rss.csv"
+    echo "$((SECONDS - start)),$rss,$trained,$pending,$lag,$produced,$(smaps_split "$daemon_pid")" >>"$OUT/rss.csv"
     # Keep the backlog ahead of the daemon: images always wait in Kafka.
     for _ in 1 2 3; do
         [[ ${lag%.*} -lt $AHEAD ]] || break
@@ -112,5 +126,7 @@ print(json.dumps({
     "rss_mib_after_5min": {"min": round(min(settled), 1), "max": round(max(settled), 1)} if settled else None,
     "rss_mib_mean_first_half": round(sum(first) / len(first), 1) if first else None,
     "rss_mib_mean_second_half": round(sum(second) / len(second), 1) if second else None,
+    "last_split_mib": {k: round(int(rows[-1][k + "_kib"]) / 1024, 1) for k in ("heap", "anon", "file")} if rows else None,
+    "last_anon_maps_32mib": int(rows[-1]["anon_maps_32mib"]) if rows else None,
 }))
 PY

@@ -78,6 +78,7 @@ fn assert_within(cpu: &StepReport, gpu: &StepReport, tol: f32) {
 
 #[test]
 fn every_objective_matches_the_cpu_within_1e_3() {
+    let _serial = crate::common::autodiff_lock();
     for arch in [Arch::Unimo, Arch::Vilbert] {
         let state = Trainer::<Cpu>::new(config(arch), settings(), Default::default()).expect("cpu").save().expect("save");
         let mut cpu = Trainer::<Cpu>::load(&state, with_window(settings()), Default::default()).expect("cpu");
@@ -119,6 +120,7 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 
 #[test]
 fn a_state_saved_on_one_backend_loads_on_the_other() {
+    let _serial = crate::common::autodiff_lock();
     let (texts, images) = probe_inputs();
     // CPU -> wgpu.
     let mut cpu = Trainer::<Cpu>::new(config(Arch::Unimo), settings(), Default::default()).expect("cpu");
@@ -147,6 +149,7 @@ fn a_state_saved_on_one_backend_loads_on_the_other() {
 
 #[test]
 fn one_device_read_per_step_on_wgpu() {
+    let _serial = crate::common::autodiff_lock();
     // With the image window: retrieval shares the step's read.
     let mut gpu = Trainer::<Gpu>::new(config(Arch::Unimo), with_window(gpu_settings()), device()).expect("wgpu");
     for (step, micro) in [vec![batch()], vec![batch(), batch()]].into_iter().enumerate() {

@@ -66,6 +66,7 @@ fn losses_text(report: &unimod_model::StepReport) -> String {
 #[test]
 #[ignore = "writes the fixtures; run with UNIMOD_WRITE_FIXTURES=1"]
 fn write() {
+    let _serial = crate::common::autodiff_lock();
     if std::env::var("UNIMOD_WRITE_FIXTURES").as_deref() != Ok("1") {
         return;
     }
@@ -194,11 +195,13 @@ fn old_checkpoint_loads(arch: Arch) {
 
 #[test]
 fn an_old_unimo_checkpoint_loads_exports_and_trains_as_before() {
+    let _serial = crate::common::autodiff_lock();
     old_checkpoint_loads(Arch::Unimo);
 }
 
 #[test]
 fn an_old_vilbert_checkpoint_loads_exports_and_trains_as_before() {
+    let _serial = crate::common::autodiff_lock();
     old_checkpoint_loads(Arch::Vilbert);
 }
 
@@ -209,6 +212,7 @@ fn an_old_vilbert_checkpoint_loads_exports_and_trains_as_before() {
 #[test]
 #[ignore = "seeds burn's global generator: run alone (--test-threads=1)"]
 fn fresh_weights_and_first_step_match_the_old_code() {
+    let _serial = crate::common::autodiff_lock();
     for arch in [Arch::Unimo, Arch::Vilbert] {
         let mut t =
             Trainer::<Train>::new(config(arch), settings(), Default::default()).expect("trainer");

@@ -6,6 +6,7 @@ use crate::common::{separable_pair, settings, tiny, Train};
 
 #[test]
 fn separable_pairs_reach_perfect_retrieval() {
+    let _serial = crate::common::autodiff_lock();
     let mut config = tiny(Arch::Unimo);
     config.weights = ObjectiveWeights {
         mlm: 0.0,

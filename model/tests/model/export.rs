@@ -47,6 +47,7 @@ fn generic(name: &str) -> String {
 
 #[test]
 fn exported_names_are_hugging_face_style_complete_and_documented() {
+    let _serial = crate::common::autodiff_lock();
     let doc = include_str!("../../../docs/export.md");
     for arch in [Arch::Unimo, Arch::Vilbert] {
         for pre_ln in [false, true] {
@@ -86,6 +87,7 @@ fn exported_names_are_hugging_face_style_complete_and_documented() {
 
 #[test]
 fn safetensors_round_trip_is_exact_for_both_architectures() {
+    let _serial = crate::common::autodiff_lock();
     for arch in [Arch::Unimo, Arch::Vilbert] {
         let t = trained(arch);
         let state = t.save().expect("save");
@@ -108,6 +110,7 @@ fn safetensors_round_trip_is_exact_for_both_architectures() {
 
 #[test]
 fn warm_start_first_step_equals_a_resume_from_the_same_weights() {
+    let _serial = crate::common::autodiff_lock();
     for arch in [Arch::Unimo, Arch::Vilbert] {
         // No dropout: the backend's dropout generator is global, and the other tests of this
         // binary draw from it concurrently.
@@ -139,6 +142,7 @@ fn warm_start_first_step_equals_a_resume_from_the_same_weights() {
 
 #[test]
 fn shape_mismatch_and_missing_tensors_are_named() {
+    let _serial = crate::common::autodiff_lock();
     let (_, model) = fresh_model(&config(Arch::Unimo), 1);
     let bytes = to_safetensors(&model, &[]).expect("export");
     let mut wider = config(Arch::Unimo);
@@ -160,6 +164,7 @@ fn shape_mismatch_and_missing_tensors_are_named() {
 
 #[test]
 fn prefix_map_loads_a_text_encoder_and_reports_the_rest() {
+    let _serial = crate::common::autodiff_lock();
     // A BERT-style file: the encoder under `bert.encoder.`, the embeddings under
     // `bert.embeddings.`, plus the heads under their own names.
     let source_config = config(Arch::Unimo);

@@ -124,3 +124,13 @@ pub(crate) fn separable_pair(i: usize) -> (Vec<u32>, VisualInput) {
     };
     (caption, image)
 }
+
+/// Serialises the tests that train in one test process. burn 0.21's autodiff keeps one
+/// process-wide registry of computation graphs; tests that ran backward passes concurrently
+/// in one process occasionally got different gradients for the same step (the warm-start and
+/// round-trip comparisons, a few times in 20 runs on a loaded machine, before and after the
+/// fused CPU kernels). The daemon trains on one thread, so only tests are affected.
+pub(crate) fn autodiff_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -7,6 +7,7 @@ use crate::common::{image, pair_example, settings, text, tiny, Train};
 
 #[test]
 fn trained_captions_are_decoded_back() {
+    let _serial = crate::common::autodiff_lock();
     let mut config = tiny(Arch::Unimo);
     config.weights = unimod_model::ObjectiveWeights { mlm: 0.0, seq2seq: 0.0, mrm: 0.0, cmcl: 0.0, itm: 0.0, caption: 1.0 };
     let mut trainer = Trainer::<Train>::new(config, settings(), Default::default()).expect("trainer");

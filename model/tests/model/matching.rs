@@ -70,16 +70,19 @@ fn assert_retrieves(arch: Arch) {
 
 #[test]
 fn unimo_match_scores_retrieve_the_true_caption() {
+    let _serial = crate::common::autodiff_lock();
     assert_retrieves(Arch::Unimo);
 }
 
 #[test]
 fn vilbert_match_scores_retrieve_the_true_caption() {
+    let _serial = crate::common::autodiff_lock();
     assert_retrieves(Arch::Vilbert);
 }
 
 #[test]
 fn match_scores_shape_chunking_and_unusable_inputs() {
+    let _serial = crate::common::autodiff_lock();
     for arch in [Arch::Unimo, Arch::Vilbert] {
         let trainer = itm_only(arch);
         let mut bad_image = image(9);

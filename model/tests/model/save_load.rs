@@ -31,16 +31,19 @@ fn round_trip(arch: Arch) {
 
 #[test]
 fn unimo_state_round_trips_bit_exactly() {
+    let _serial = crate::common::autodiff_lock();
     round_trip(Arch::Unimo);
 }
 
 #[test]
 fn vilbert_state_round_trips_bit_exactly() {
+    let _serial = crate::common::autodiff_lock();
     round_trip(Arch::Vilbert);
 }
 
 #[test]
 fn corrupt_state_is_an_error_not_a_panic() {
+    let _serial = crate::common::autodiff_lock();
     let trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
     let state = trainer.save().expect("save");
     let mut bad = state.clone();
@@ -61,6 +64,7 @@ fn corrupt_state_is_an_error_not_a_panic() {
 
 #[test]
 fn a_fresh_trainer_saves_the_weights_it_uses() {
+    let _serial = crate::common::autodiff_lock();
     // burn initialises parameters lazily; a state saved before the first step must hold
     // the same weights as the trainer itself.
     let trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");

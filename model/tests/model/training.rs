@@ -33,6 +33,7 @@ fn first_last(arch: Arch, steps: usize, k: usize, lr: f64) -> Vec<(&'static str,
 
 #[test]
 fn every_unimo_objective_learns_a_fixed_batch() {
+    let _serial = crate::common::autodiff_lock();
     let result = first_last(Arch::Unimo, 60, 8, 2e-3);
     let names: Vec<&str> = result.iter().map(|r| r.0).collect();
     assert_eq!(names, ["total", "mlm", "seq2seq", "mrm", "cmcl", "itm", "caption"]);
@@ -46,6 +47,7 @@ fn every_unimo_objective_learns_a_fixed_batch() {
 
 #[test]
 fn report_counts_targets_and_samples() {
+    let _serial = crate::common::autodiff_lock();
     let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
     let report = trainer.step(&[mixed_batch()], 1e-3);
     assert_eq!(report.samples, 9);
@@ -63,6 +65,7 @@ fn report_counts_targets_and_samples() {
 
 #[test]
 fn unusable_examples_are_dropped_not_fatal() {
+    let _serial = crate::common::autodiff_lock();
     let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
     let mut bad_image = image_example(1);
     if let Some(i) = bad_image.image.as_mut() {
@@ -79,6 +82,7 @@ fn unusable_examples_are_dropped_not_fatal() {
 
 #[test]
 fn micro_batches_accumulate_into_one_update() {
+    let _serial = crate::common::autodiff_lock();
     let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
     let report = trainer.step(&[vec![text_example(1)], vec![image_example(2)], vec![text_example(3)]], 1e-3);
     assert!(report.applied);
@@ -88,6 +92,7 @@ fn micro_batches_accumulate_into_one_update() {
 
 #[test]
 fn non_finite_input_skips_the_update() {
+    let _serial = crate::common::autodiff_lock();
     let mut trainer = Trainer::<Train>::new(tiny(Arch::Unimo), settings(), Default::default()).expect("trainer");
     let probe = vec![crate::common::text(9, 6)];
     let before = trainer.embed_texts(&probe);
@@ -133,6 +138,7 @@ fn alone(objective: &'static str, steps: usize) -> (f32, f32) {
 
 #[test]
 fn each_objective_alone_learns_a_fixed_batch() {
+    let _serial = crate::common::autodiff_lock();
     for objective in ["mlm", "seq2seq", "mrm", "cmcl", "itm", "caption"] {
         let (first, last) = alone(objective, 64);
         eprintln!("alone {objective}: {first:.4} -> {last:.4}");
@@ -142,6 +148,7 @@ fn each_objective_alone_learns_a_fixed_batch() {
 
 #[test]
 fn region_class_distributions_add_a_kl_term_that_learns() {
+    let _serial = crate::common::autodiff_lock();
     let mut config = tiny(Arch::Unimo);
     config.region_classes = 5;
     config.weights = unimod_model::ObjectiveWeights {
@@ -182,6 +189,7 @@ fn region_class_distributions_add_a_kl_term_that_learns() {
 
 #[test]
 fn trainer_can_move_to_a_training_thread() {
+    let _serial = crate::common::autodiff_lock();
     fn assert_send<T: Send>() {}
     assert_send::<Trainer<Train>>();
     assert_send::<unimod_model::TrainerState>();
