@@ -244,7 +244,12 @@ async fn twenty_kill_9_rounds_keep_every_record_exactly_once_by_identity() -> an
 
     // Identity: every good record trained exactly once, every hostile one rejected once.
     let (lineage, restores) = lineage_from_trace(&trace)?;
-    assert!(restores >= ROUNDS + 2, "a restore line per start: {restores}");
+    // A start killed early (anywhere in its first 3 s) may die before it restores; every other
+    // start trained first, so it restored (CI once saw 21 lines for a round killed 0.5 s in).
+    assert!(
+        (ROUNDS - early_kills + 2..=ROUNDS + 2).contains(&restores),
+        "a restore line per start that got that far: {restores} for {ROUNDS} rounds ({early_kills} killed early) + 2"
+    );
     let mut seen: HashMap<Pos, Vec<String>> = HashMap::new();
     for (outcome, kind, pos) in &lineage {
         let p = by_pos.get(pos).ok_or_else(|| anyhow::anyhow!("traced {pos:?} was never published"))?;
