@@ -1,4 +1,4 @@
-//! The checkpoint store: atomic, verified checkpoints of the trainer in sled
+//! The checkpoint store: atomic, verified checkpoints of the trainer in one sled database
 //! (docs/interface.md section 4, issue 4 item 3).
 //!
 //! # What a checkpoint is
@@ -12,24 +12,15 @@
 //! offsets can be committed.
 //!
 //! # Layout and atomicity
-//! The store directory holds one main sled database and, under `data/<id>/`, one sled
-//! database per checkpoint. Each checkpoint's database holds its blobs cut into chunks, keyed
-//! by `(id, blob index, chunk index)` and each framed with a CRC-32 of key and payload; it is
-//! written once and never changed. The main database's `checkpoint.meta` tree holds one
-//! metadata record per id (itself checksummed) and `checkpoint.state` the id counter.
-//! [`CheckpointStore::write`] writes the checkpoint's database and flushes it (fsync), then
-//! inserts the metadata record (the single write that makes the checkpoint visible), then
-//! flushes the main database. A kill at any instant leaves the old set of checkpoints or the
-//! old set plus the new one; data without a metadata record is invisible and deleted on the
-//! next open or prune. Ids strictly increase for the store's lifetime, across restarts,
-//! pruning and interrupted writes. Stores written before the per-checkpoint databases kept
-//! the chunks in the main database's `checkpoint.data` tree; those checkpoints are still
-//! read from there, and the tree empties as they are pruned.
-//!
-//! Why one database per checkpoint: sled 0.34 cannot open a database one of whose blob files
-//! is missing (its recovery panics), so with one database for everything a single lost file
-//! made every checkpoint unreachable. Now it damages one checkpoint, which the loads skip for
-//! the previous one; and pruning deletes a directory, returning the space at once.
+//! Three sled trees: `checkpoint.data` holds every blob cut into chunks, keyed by
+//! `(id, blob index, chunk index)` and each framed with a CRC-32 of key and payload;
+//! `checkpoint.meta` holds one metadata record per id (itself checksummed);
+//! `checkpoint.state` holds the id counter. [`CheckpointStore::write`] inserts all chunks,
+//! flushes (fsync), then inserts the metadata record (the single write that makes the
+//! checkpoint visible), then flushes again. A kill at any instant leaves the old set of
+//! checkpoints or the old set plus the new one; chunks without a metadata record are
+//! invisible and deleted on the next open or prune. Ids strictly increase for the store's
+//! lifetime, across restarts, pruning and interrupted writes.
 //!
 //! # Verification
 //! Loading checks every chunk's CRC, each blob's length and whole-blob CRC, and the metadata
@@ -41,12 +32,12 @@
 //! over in silence.
 //!
 //! # Chunk size, chosen by measurement (sled 0.34.7, see BENCHMARKS.md "## Checkpoints")
-//! Measured when every checkpoint shared one database: values above about 128 KiB (a quarter
-//! of sled's 512 KiB segment) are stored by sled as separate blob files that it failed to
-//! reclaim (14-23x the live bytes after 20 checkpoints with 3 kept), 64 KiB chunks levelled
-//! off at 2.2-2.8x. [`DEFAULT_CHUNK_SIZE`] stays 64 KiB; with a database per checkpoint a
-//! prune deletes its files outright, and a unit test holds the store within 3x of the live
-//! bytes.
+//! Values above about 128 KiB (a quarter of sled's 512 KiB segment) are stored by sled as
+//! separate blob files that it fails to reclaim: with 128 KiB, 1 MiB or 4 MiB chunks the
+//! store grew to 14-23x the live bytes after 20 checkpoints with 3 kept, and kept growing.
+//! With 64 KiB chunks it levels off at 2.2-2.8x (peaks below 3x for checkpoints of 16 MB
+//! and more); 4-8 KiB chunks avoid sled blob files entirely but level off at 3.2-4.3x. So
+//! [`DEFAULT_CHUNK_SIZE`] is 64 KiB, and a unit test holds the 3x bound.
 //!
 //! sled never fsyncs its blob files (it stores leaf pages holding several chunks as such
 //! files), so before each flush the writer fsyncs the blob files created since the last one:
@@ -69,7 +60,6 @@ mod contents;
 mod error;
 mod meta;
 mod newest_record;
-mod segments;
 mod store;
 mod writer;
 

@@ -1,23 +1,16 @@
-//! [`CheckpointStore`]: atomic, checksummed, chunked checkpoints in sled: the metadata in the
-//! store's main database, each checkpoint's chunks in a database of its own
-//! (`data/<id>/`, see `segments`).
+//! [`CheckpointStore`]: atomic, checksummed, chunked checkpoints in one sled database.
 //!
 //! Write protocol (one writer at a time, serialised by a mutex):
 //! 1. allocate the next id (kept in the state tree, so ids never repeat, even after a crash
 //!    or after pruning);
-//! 2. create the checkpoint's database and insert every blob as fixed-size chunks, each
-//!    framed with a CRC;
-//! 3. `flush` it (fsync, with its blob files and directory entries), so everything the
-//!    checkpoint names is durable;
-//! 4. insert the metadata record in the main database: this single write makes the
-//!    checkpoint visible;
-//! 5. `flush` the main database, so the checkpoint is durable when `write` returns.
+//! 2. insert every blob as fixed-size chunks in the data tree, each framed with a CRC;
+//! 3. `flush` (fsync), so everything the checkpoint names is durable;
+//! 4. insert the metadata record: this single write makes the checkpoint visible;
+//! 5. `flush` again, so the checkpoint is durable when `write` returns.
 //!
 //! A kill at any point leaves either the old set of checkpoints or the old set plus the new
-//! one: data without metadata is invisible and is deleted when the store is opened and when
-//! it is pruned. Pruning deletes the metadata first (durably), then the data, for the same
-//! reason. Stores written before the per-checkpoint databases keep their chunks in the main
-//! database's data tree; those checkpoints are read from there until pruned.
+//! one: chunks without metadata are invisible and are deleted when the store is opened and
+//! when it is pruned. Pruning deletes the metadata first, then the chunks, for the same reason.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -32,7 +25,6 @@ use super::chunk::{frame, ChunkKey, KEY_LEN};
 use super::error::CheckpointError;
 use super::meta::{decode_meta, encode_meta, BlobMeta, CheckpointMeta};
 use super::newest_record::NewestRecord;
-use super::segments::Segments;
 
 /// Chunk payload size. Chosen by measurement (see the module header of `checkpoint` and
 /// BENCHMARKS.md): sled 0.34 reclaims the space of removed 64 KiB values (the store levels
@@ -44,8 +36,7 @@ pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
 const LOCK_FILE: &str = "unimod.lock";
 /// Tree holding one metadata record per checkpoint, keyed by id (u64 BE).
 const META_TREE: &str = "checkpoint.meta";
-/// Tree of the main database holding the chunks of checkpoints written before the
-/// per-checkpoint databases, keyed by [`ChunkKey`] (read, collected, never written).
+/// Tree holding the chunks of every checkpoint, keyed by [`ChunkKey`].
 const DATA_TREE: &str = "checkpoint.data";
 /// Tree holding store-wide state (the id counter).
 const STATE_TREE: &str = "checkpoint.state";
@@ -74,7 +65,7 @@ impl Default for StoreOptions {
     }
 }
 
-/// The checkpoint store: sled databases in one directory, held exclusively by one process.
+/// The checkpoint store: one sled database in a directory, held exclusively by one process.
 /// `Send + Sync`: share it behind an `Arc` between the trainer (writes) and the HTTP server
 /// (reads). Reads never block on a write in progress.
 pub struct CheckpointStore {
@@ -83,8 +74,6 @@ pub struct CheckpointStore {
     meta: sled::Tree,
     data: sled::Tree,
     state: sled::Tree,
-    /// The per-checkpoint databases holding the chunks.
-    segments: Segments,
     options: StoreOptions,
     /// The id of the newest checkpoint written, recorded outside sled.
     newest: NewestRecord,
@@ -149,13 +138,12 @@ impl CheckpointStore {
             }
             Err(TryLockError::Error(e)) => return Err(open_err(e)),
         }
-        let db = open_database(path, options.cache_capacity, true)?;
+        let db = open_database(path, &options)?;
         let store = Self {
             path: path.to_owned(),
             meta: db.open_tree(META_TREE)?,
             data: db.open_tree(DATA_TREE)?,
             state: db.open_tree(STATE_TREE)?,
-            segments: Segments::new(path),
             db,
             options,
             newest: NewestRecord::new(path),
@@ -183,8 +171,8 @@ impl CheckpointStore {
             if removed > 0 {
                 tracing::info!(
                     store = %path.display(),
-                    removed,
-                    "removed the data of checkpoints that were never completed"
+                    chunks = removed,
+                    "removed chunks of checkpoints that were never completed"
                 );
                 store.db.flush()?;
             }
@@ -224,24 +212,35 @@ impl CheckpointStore {
         if u32::try_from(blobs.len()).is_err() {
             return Err(CheckpointError::Invalid("too many blobs".to_owned()));
         }
-        for (name, payload) in &blobs {
-            if u32::try_from(payload.len().div_ceil(self.options.chunk_size)).is_err() {
-                return Err(CheckpointError::Invalid(format!("blob {name:?} has too many chunks")));
-            }
-        }
         let mut writing = self.lock_writer();
         let id = self.allocate_id()?;
         meta.id = id;
-        let record = match self.write_data(&mut meta, &blobs) {
-            Ok(record) => record,
-            Err(e) => {
-                // A failed write (disk full) leaves nothing behind to fill the disk further.
-                if let Err(cleanup) = self.segments.remove(id) {
-                    tracing::warn!(checkpoint = id, error = %cleanup, "cannot remove the data of a failed checkpoint write");
-                }
-                return Err(e);
+        meta.blobs = Vec::with_capacity(blobs.len());
+        meta.bytes = 0;
+        for (index, (name, payload)) in blobs.iter().enumerate() {
+            let chunks = payload.len().div_ceil(self.options.chunk_size);
+            let chunks = u32::try_from(chunks).map_err(|_| {
+                CheckpointError::Invalid(format!("blob {name:?} has too many chunks"))
+            })?;
+            let blob = u32::try_from(index).expect("blob count checked above");
+            for (chunk, part) in payload.chunks(self.options.chunk_size).enumerate() {
+                let chunk = u32::try_from(chunk).expect("chunk count checked above");
+                let key = ChunkKey { id, blob, chunk }.encode();
+                self.data.insert(key, frame(&key, part))?;
             }
-        };
+            meta.blobs.push(BlobMeta {
+                name: name.clone(),
+                len: payload.len() as u64,
+                chunks,
+                crc32: crc32fast::hash(payload),
+            });
+            meta.bytes += payload.len() as u64;
+        }
+        meta.created_at = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
+        let record = encode_meta(&meta)?;
+        // Everything the checkpoint names is durable before the record that makes it visible.
+        writing.sync_new(&self.path)?;
+        self.db.flush()?;
         self.meta.insert(id.to_be_bytes(), record)?;
         writing.sync_new(&self.path)?;
         self.db.flush()?;
@@ -257,59 +256,6 @@ impl CheckpointStore {
             "checkpoint written"
         );
         Ok(meta)
-    }
-
-    /// Writes the chunks of checkpoint `meta.id` into its own database and makes them durable
-    /// (everything the checkpoint names is on disk before the record that makes it visible);
-    /// fills in `blobs`, `bytes` and `created_at` and returns the encoded metadata record.
-    fn write_data(&self, meta: &mut CheckpointMeta, blobs: &[(String, Vec<u8>)]) -> Result<Vec<u8>, CheckpointError> {
-        let id = meta.id;
-        let db = self.segments.create(id)?;
-        meta.blobs = Vec::with_capacity(blobs.len());
-        meta.bytes = 0;
-        for (index, (name, payload)) in blobs.iter().enumerate() {
-            let chunks = u32::try_from(payload.len().div_ceil(self.options.chunk_size)).expect("chunk count checked by write");
-            let blob = u32::try_from(index).expect("blob count checked by write");
-            for (chunk, part) in payload.chunks(self.options.chunk_size).enumerate() {
-                let chunk = u32::try_from(chunk).expect("chunk count checked by write");
-                let key = ChunkKey { id, blob, chunk }.encode();
-                db.insert(key, frame(&key, part))?;
-            }
-            meta.blobs.push(BlobMeta {
-                name: name.clone(),
-                len: payload.len() as u64,
-                chunks,
-                crc32: crc32fast::hash(payload),
-            });
-            meta.bytes += payload.len() as u64;
-        }
-        meta.created_at = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
-        let record = encode_meta(meta)?;
-        self.segments.seal(id, db)?;
-        Ok(record)
-    }
-
-    /// The tree holding checkpoint `id`'s chunks: its own database, or for a checkpoint
-    /// written before the per-checkpoint databases, the main database's data tree.
-    ///
-    /// # Errors
-    /// [`CheckpointError::Corrupt`] when the checkpoint has chunks but neither holds them
-    /// (its directory was deleted), [`CheckpointError::Storage`] when its database cannot be
-    /// opened.
-    fn chunk_tree(&self, meta: &CheckpointMeta) -> Result<sled::Tree, CheckpointError> {
-        let id = meta.id;
-        if let Some(tree) = self.segments.tree(id)? {
-            return Ok(tree);
-        }
-        let has_chunks = meta.blobs.iter().any(|b| b.chunks > 0);
-        let end = id.checked_add(1).map_or([0xff; KEY_LEN], ChunkKey::first_of);
-        if !has_chunks || self.data.range(ChunkKey::first_of(id)..end).next().is_some() {
-            return Ok(self.data.clone());
-        }
-        Err(CheckpointError::Corrupt {
-            id,
-            reason: format!("its data directory {} is missing", self.segments.path(id).display()),
-        })
     }
 
     /// Metadata of every stored checkpoint, newest first. A record that does not verify is
@@ -354,7 +300,6 @@ impl CheckpointStore {
     /// [`CheckpointError::Corrupt`], or [`CheckpointError::Storage`].
     pub fn load(&self, id: u64) -> Result<(CheckpointMeta, Blobs), CheckpointError> {
         let meta = self.meta(id)?;
-        let tree = self.chunk_tree(&meta).map_err(|e| self.unless_pruned(id, e))?;
         let mut blobs = Blobs::default();
         for (index, blob) in meta.blobs.iter().enumerate() {
             let index = u32::try_from(index).map_err(|_| CheckpointError::Corrupt {
@@ -362,7 +307,7 @@ impl CheckpointStore {
                 reason: "too many blobs".to_owned(),
             })?;
             let mut payload = Vec::with_capacity(usize::try_from(blob.len).unwrap_or(0));
-            for part in BlobChunks::new(&tree, id, index, blob.clone()) {
+            for part in BlobChunks::new(&self.data, id, index, blob.clone()) {
                 match part {
                     Ok(part) => payload.extend_from_slice(&part),
                     Err(e) => return Err(self.unless_pruned(id, e)),
@@ -384,13 +329,12 @@ impl CheckpointStore {
         if self.is_verified(id) {
             return Ok(meta);
         }
-        let tree = self.chunk_tree(&meta).map_err(|e| self.unless_pruned(id, e))?;
         for (index, blob) in meta.blobs.iter().enumerate() {
             let index = u32::try_from(index).map_err(|_| CheckpointError::Corrupt {
                 id,
                 reason: "too many blobs".to_owned(),
             })?;
-            for part in BlobChunks::new(&tree, id, index, blob.clone()) {
+            for part in BlobChunks::new(&self.data, id, index, blob.clone()) {
                 if let Err(e) = part {
                     return Err(self.unless_pruned(id, e));
                 }
@@ -522,8 +466,7 @@ impl CheckpointStore {
             id,
             reason: "too many blobs".to_owned(),
         })?;
-        let tree = self.chunk_tree(&meta).map_err(|e| self.unless_pruned(id, e))?;
-        Ok(BlobChunks::new(&tree, id, index, blob.clone()))
+        Ok(BlobChunks::new(&self.data, id, index, blob.clone()))
     }
 
     /// Keeps the newest `keep` checkpoints and deletes the older ones (metadata first, then
@@ -540,10 +483,6 @@ impl CheckpointStore {
         for id in doomed {
             self.meta.remove(id.to_be_bytes())?;
         }
-        if !doomed.is_empty() {
-            // The records go durably before the data they name.
-            self.db.flush()?;
-        }
         let chunks = self.collect_garbage()?;
         if !doomed.is_empty() || chunks > 0 {
             self.db.flush()?;
@@ -557,13 +496,12 @@ impl CheckpointStore {
         Ok(doomed.len())
     }
 
-    /// Bytes the store occupies on disk (the main database's files and every checkpoint's
-    /// database).
+    /// Bytes the database occupies on disk (sled's data file and blob files).
     ///
     /// # Errors
     /// [`CheckpointError::Storage`] when the files cannot be inspected.
     pub fn size_on_disk(&self) -> Result<u64, CheckpointError> {
-        Ok(self.db.size_on_disk()? + self.segments.size_on_disk()?)
+        Ok(self.db.size_on_disk()?)
     }
 
     /// Blocks until everything written so far is durable.
@@ -634,18 +572,15 @@ impl CheckpointStore {
             Some((key, _)) => ChunkKey::decode(&key).map_or(0, |k| k.id + 1),
             None => 0,
         };
-        let after_segments = self.segments.ids()?.last().map_or(0, |id| id.saturating_add(1));
-        let id = counter.max(after_meta).max(after_data).max(after_segments).max(1);
+        let id = counter.max(after_meta).max(after_data).max(1);
         // Made durable by the flush that precedes the metadata write.
         self.state.insert(NEXT_ID_KEY, &(id + 1).to_be_bytes())?;
         Ok(id)
     }
 
-    /// Deletes the data of checkpoints that have no metadata record: their databases, and
-    /// chunks in the main database's data tree (stores written before the per-checkpoint
-    /// databases). Reads only the first key of each checkpoint's range, so it is cheap when
-    /// there is nothing to delete. Returns how many databases and chunks it deleted. Caller
-    /// holds the writer lock.
+    /// Deletes chunks whose checkpoint has no metadata record. Reads only the first key of
+    /// each checkpoint's range, so it is cheap when there is nothing to delete. Caller holds
+    /// the writer lock.
     fn collect_garbage(&self) -> Result<usize, CheckpointError> {
         let live: BTreeSet<u64> = self
             .meta
@@ -684,17 +619,6 @@ impl CheckpointStore {
                 None => break,
             }
         }
-        let dead: Vec<u64> = self.segments.ids()?.into_iter().filter(|id| !live.contains(id)).collect();
-        if let Some(last) = dead.last() {
-            // Never hand out an id that was already used, even by an invisible checkpoint;
-            // recorded durably before the directories that show it go.
-            self.raise_next_id(last.saturating_add(1))?;
-            self.db.flush()?;
-            for id in &dead {
-                self.segments.remove(*id)?;
-            }
-            removed += dead.len();
-        }
         Ok(removed)
     }
 
@@ -728,19 +652,18 @@ fn guard_sled<T>(read: impl FnOnce() -> Result<T, CheckpointError>) -> Result<T,
 /// before in this process releases sled's lock only when sled's I/O threads finish.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Opens the sled database in `path` with a page cache of `cache_capacity` bytes, waiting up
-/// to [`SLED_LOCK_WAIT`] for sled's file lock. `background_flush` keeps sled's periodic flush
-/// thread (the main database); a checkpoint's own database is flushed once, when written.
-pub(crate) fn open_database(path: &Path, cache_capacity: u64, background_flush: bool) -> Result<sled::Db, CheckpointError> {
+/// Opens the sled database, waiting up to [`SLED_LOCK_WAIT`] for sled's file lock.
+fn open_database(path: &Path, options: &StoreOptions) -> Result<sled::Db, CheckpointError> {
     let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
     let mut pause = std::time::Duration::from_millis(5);
     loop {
         // sled 0.34 panics in its recovery when a blob file is missing ("tried to serialize
         // Uninitialized"): report that as a damaged database, not a crash.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let config = sled::Config::new().path(path).cache_capacity(cache_capacity);
-            let config = if background_flush { config } else { config.flush_every_ms(None) };
-            config.open()
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(options.cache_capacity)
+                .open()
         }))
         .unwrap_or_else(|_| {
             Err(sled::Error::Io(std::io::Error::other(

@@ -262,19 +262,20 @@ async fn kill_9_at_random_moments_keeps_every_record_exactly_once_and_skips_a_co
 
 /// Damages checkpoint `id` the way bit rot would: one byte of one of its stored chunks is
 /// flipped inside a value sled itself still reads back fine, so only the store's own
-/// checksums can notice. Each checkpoint's chunks are a sled database of their own
-/// (`data/<id>/`); damage to sled's own files, a missing blob file among them, is covered by
-/// the store's unit tests (`checkpoint::store::tests`).
+/// checksums can notice. (Damage to sled's own files is covered by the store's unit tests;
+/// sled refuses to open a store whose blob file is damaged, which stops the daemon with an
+/// error instead of training over it.)
 fn corrupt_checkpoint(store_dir: &std::path::Path, id: u64) -> anyhow::Result<()> {
-    let db = sled::open(store_dir.join("data").join(format!("{id:020}")))?;
-    let (key, value) = db
+    let db = sled::open(store_dir)?;
+    let data = db.open_tree("checkpoint.data")?;
+    let (key, value) = data
         .scan_prefix(id.to_be_bytes())
         .next()
         .ok_or_else(|| anyhow::anyhow!("no chunk of checkpoint {id}"))??;
     let mut bytes = value.to_vec();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x5A;
-    db.insert(key, bytes)?;
+    data.insert(key, bytes)?;
     db.flush()?;
     Ok(())
 }
