@@ -151,7 +151,7 @@ fn env_list(key: &str, default: &str) -> Vec<String> {
 fn write_speed(root: &Path, size: &Size) {
     let dir = root.join(format!("speed-{}", size.name));
     let store = CheckpointStore::open(&dir).expect("open store");
-    let (mut sled_t, mut file_t, mut load_t) = (vec![], vec![], vec![]);
+    let (mut store_t, mut file_t, mut load_t) = (vec![], vec![], vec![]);
     let mut bytes = 0;
     for rep in 0..size.reps {
         let blobs = blobs(size.payload_bytes(), rep as u64 + 7);
@@ -170,7 +170,7 @@ fn write_speed(root: &Path, size: &Size) {
                 blobs.clone(),
             )
             .expect("write");
-        sled_t.push(start.elapsed());
+        store_t.push(start.elapsed());
         if rep % 2 == 1 {
             file_t.push(file_write(root, &blobs));
         }
@@ -181,7 +181,7 @@ fn write_speed(root: &Path, size: &Size) {
         load_t.push(start.elapsed());
         drop(loaded);
     }
-    let (s, f, l) = (median(sled_t), median(file_t), median(load_t));
+    let (s, f, l) = (median(store_t), median(file_t), median(load_t));
     println!(
         "| {:<5} | {:>11} | {:>9.1} | {:>8.2} s ({:>5.0} MB/s) | {:>8.2} s ({:>5.0} MB/s) | {:>5.2} | {:>8.2} s ({:>5.0} MB/s) | {} |",
         size.name,
@@ -263,7 +263,7 @@ fn main() {
     std::fs::create_dir_all(&root).expect("bench directory");
     println!("checkpoint store benchmark in {}", root.display());
     println!();
-    println!("| size  | parameters  | bytes (MB) | sled write (median)         | file write + fsync (median) | ratio | load + verify (median)       | reps |");
+    println!("| size  | parameters  | bytes (MB) | store write (median)        | file write + fsync (median) | ratio | load + verify (median)       | reps |");
     println!("|-------|-------------|-----------|-----------------------------|-----------------------------|-------|------------------------------|------|");
     let wanted = env_list("UNIMOD_BENCH_SIZES", "tiny,small");
     for size in SIZES.iter().filter(|s| wanted.iter().any(|w| w == s.name)) {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::chunk::{unframe, ChunkKey};
+use super::data_file::FileChunks;
 use super::error::CheckpointError;
 use super::meta::BlobMeta;
 
@@ -53,20 +54,30 @@ impl Blobs {
 
 /// Iterator over the verified chunk payloads of one blob, in order. Yields an error (and
 /// then stops) at the first missing or damaged chunk, or at the end if the whole blob's
-/// length or CRC does not match its metadata. Owns its sled iterator, so it is `Send` and
-/// can be moved into a blocking task that streams an HTTP response.
+/// length or CRC does not match its metadata. Owns its file (or, for checkpoints of older
+/// stores, its sled iterator), so it is `Send` and can be moved into a blocking task that
+/// streams an HTTP response.
 pub struct BlobChunks {
     id: u64,
     blob: BlobMeta,
-    range: sled::Iter,
+    source: Source,
     next_chunk: u32,
     seen: u64,
     hasher: crc32fast::Hasher,
     finished: bool,
 }
 
+/// Where the chunks come from.
+enum Source {
+    /// The checkpoint's data file (every checkpoint written since 2026-12-01).
+    File(FileChunks),
+    /// The sled data tree (checkpoints of older stores).
+    Tree(sled::Iter),
+}
+
 impl BlobChunks {
-    pub(crate) fn new(data: &sled::Tree, id: u64, index: u32, blob: BlobMeta) -> Self {
+    /// A reader of a blob stored in the sled data tree (older stores).
+    pub(crate) fn in_tree(data: &sled::Tree, id: u64, index: u32, blob: BlobMeta) -> Self {
         let start = ChunkKey::first_of_blob(id, index);
         let end = ChunkKey {
             id,
@@ -74,10 +85,19 @@ impl BlobChunks {
             chunk: blob.chunks,
         }
         .encode();
+        Self::with_source(id, blob, Source::Tree(data.range(start..end)))
+    }
+
+    /// A reader of a blob stored in a data file.
+    pub(crate) fn in_file(id: u64, blob: BlobMeta, file: FileChunks) -> Self {
+        Self::with_source(id, blob, Source::File(file))
+    }
+
+    fn with_source(id: u64, blob: BlobMeta, source: Source) -> Self {
         Self {
             id,
             blob,
-            range: data.range(start..end),
+            source,
             next_chunk: 0,
             seen: 0,
             hasher: crc32fast::Hasher::new(),
@@ -97,6 +117,39 @@ impl BlobChunks {
             reason,
         }))
     }
+
+    /// The next chunk's verified payload from the sled tree.
+    fn next_in_tree(&mut self) -> Option<Result<Vec<u8>, CheckpointError>> {
+        let Source::Tree(range) = &mut self.source else {
+            unreachable!("called for a tree source only")
+        };
+        match range.next()? {
+            Ok((key, value)) => {
+                let expected = self.next_chunk;
+                let found = ChunkKey::decode(&key).map(|k| k.chunk);
+                if found != Some(expected) {
+                    let name = self.blob.name.clone();
+                    return self.corrupt(format!("blob {name:?}: chunk {expected} is missing"));
+                }
+                match unframe(&key, &value) {
+                    Ok(payload) => Some(Ok(payload.to_vec())),
+                    Err(why) => {
+                        let name = self.blob.name.clone();
+                        self.corrupt(format!("blob {name:?}, chunk {expected}: {why}"))
+                    }
+                }
+            }
+            // sled verifies its own on-disk checksums: damage below us surfaces here.
+            Err(sled::Error::Corruption { .. }) => {
+                let (name, chunk) = (self.blob.name.clone(), self.next_chunk);
+                self.corrupt(format!("blob {name:?}, chunk {chunk}: damaged on disk"))
+            }
+            Err(e) => {
+                self.finished = true;
+                Some(Err(CheckpointError::Storage(e)))
+            }
+        }
+    }
 }
 
 impl Iterator for BlobChunks {
@@ -106,35 +159,20 @@ impl Iterator for BlobChunks {
         if self.finished {
             return None;
         }
-        match self.range.next() {
-            Some(Ok((key, value))) => {
-                let expected = self.next_chunk;
-                let found = ChunkKey::decode(&key).map(|k| k.chunk);
-                if found != Some(expected) {
-                    let name = self.blob.name.clone();
-                    return self.corrupt(format!("blob {name:?}: chunk {expected} is missing"));
-                }
-                match unframe(&key, &value) {
-                    Ok(payload) => {
-                        self.next_chunk += 1;
-                        self.seen += payload.len() as u64;
-                        self.hasher.update(payload);
-                        Some(Ok(payload.to_vec()))
-                    }
-                    Err(why) => {
-                        let name = self.blob.name.clone();
-                        self.corrupt(format!("blob {name:?}, chunk {expected}: {why}"))
-                    }
-                }
-            }
-            // sled verifies its own on-disk checksums: damage below us surfaces here.
-            Some(Err(sled::Error::Corruption { .. })) => {
-                let (name, chunk) = (self.blob.name.clone(), self.next_chunk);
-                self.corrupt(format!("blob {name:?}, chunk {chunk}: damaged on disk"))
+        let next = match &mut self.source {
+            Source::File(file) => file.next_chunk(self.next_chunk),
+            Source::Tree(_) => self.next_in_tree(),
+        };
+        match next {
+            Some(Ok(payload)) => {
+                self.next_chunk += 1;
+                self.seen += payload.len() as u64;
+                self.hasher.update(&payload);
+                Some(Ok(payload))
             }
             Some(Err(e)) => {
                 self.finished = true;
-                Some(Err(CheckpointError::Storage(e)))
+                Some(Err(e))
             }
             None => {
                 let name = self.blob.name.clone();

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use unimod_ingest::offsets::PartitionOffsets;
 use unimod_ingest::record::RecordKind;
 
+use super::data_file::DataFile;
 use super::error::CheckpointError;
 
 /// Format version of the encoded metadata record.
@@ -40,6 +41,10 @@ pub struct CheckpointMeta {
     /// position, counters, ...). `null` when unused.
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// The file holding the blobs' chunks (`data/<id>.ckpt` in the store directory). Absent
+    /// for checkpoints written by versions before 2026-12-01, whose chunks are in sled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_file: Option<DataFile>,
 }
 
 /// Fresh-record counts per kind, plus the records rejected before training.
@@ -168,6 +173,11 @@ mod tests {
                 crc32: 9,
             }],
             extra: serde_json::json!({"schedule_step": 1200}),
+            data_file: Some(DataFile {
+                path: "data/00000000000000000007.ckpt".to_owned(),
+                chunk_size: 65_536,
+                bytes: 14,
+            }),
         }
     }
 

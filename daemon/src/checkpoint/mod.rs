@@ -12,36 +12,33 @@
 //! offsets can be committed.
 //!
 //! # Layout and atomicity
-//! Three sled trees: `checkpoint.data` holds every blob cut into chunks, keyed by
-//! `(id, blob index, chunk index)` and each framed with a CRC-32 of key and payload;
-//! `checkpoint.meta` holds one metadata record per id (itself checksummed);
-//! `checkpoint.state` holds the id counter. [`CheckpointStore::write`] inserts all chunks,
-//! flushes (fsync), then inserts the metadata record (the single write that makes the
-//! checkpoint visible), then flushes again. A kill at any instant leaves the old set of
-//! checkpoints or the old set plus the new one; chunks without a metadata record are
-//! invisible and deleted on the next open or prune. Ids strictly increase for the store's
-//! lifetime, across restarts, pruning and interrupted writes.
+//! Each checkpoint's blobs, cut into chunks each framed with a CRC-32 of its key and payload,
+//! are a file of their own, `data/<id>.ckpt` ([`DataFile`]); three sled trees hold the rest:
+//! `checkpoint.meta` one metadata record per id (itself checksummed, naming the data file),
+//! `checkpoint.state` the id counter, and `checkpoint.data` the chunks of checkpoints written
+//! before 2026-12-01 (still read). [`CheckpointStore::write`] writes and fsyncs the data file,
+//! flushes sled, then inserts the metadata record (the single write that makes the checkpoint
+//! visible), then flushes again. A kill at any instant leaves the old set of checkpoints or the
+//! old set plus the new one; a data file without a metadata record is invisible and deleted on
+//! the next open or prune. Pruning removes the records durably first, then the files. Ids
+//! strictly increase for the store's lifetime, across restarts, pruning and interrupted writes.
 //!
 //! # Verification
 //! Loading checks every chunk's CRC, each blob's length and whole-blob CRC, and the metadata
-//! record's CRC. [`CheckpointStore::load_latest_valid`] skips a newest checkpoint that fails
-//! with a `warn!` naming it and returns the previous one. Because sled 0.34 recovers from a
-//! damaged log by silently dropping everything after the damage, the id of the newest
-//! checkpoint is also recorded in a small file outside sled (`newest-checkpoint.json`); a
-//! newest checkpoint that vanished this way is reported with a warning too, never trained
-//! over in silence.
+//! record's CRC; a missing or truncated data file is a corrupt checkpoint.
+//! [`CheckpointStore::load_latest_valid`] skips a newest checkpoint that fails with a `warn!`
+//! naming it and returns the previous one. Because sled 0.34 recovers from a damaged log by
+//! silently dropping everything after the damage, the id of the newest checkpoint is also
+//! recorded in a small file outside sled (`newest-checkpoint.json`); a newest checkpoint that
+//! vanished this way is reported with a warning too, never trained over in silence.
 //!
-//! # Chunk size, chosen by measurement (sled 0.34.7, see BENCHMARKS.md "## Checkpoints")
-//! Values above about 128 KiB (a quarter of sled's 512 KiB segment) are stored by sled as
-//! separate blob files that it fails to reclaim: with 128 KiB, 1 MiB or 4 MiB chunks the
-//! store grew to 14-23x the live bytes after 20 checkpoints with 3 kept, and kept growing.
-//! With 64 KiB chunks it levels off at 2.2-2.8x (peaks below 3x for checkpoints of 16 MB
-//! and more); 4-8 KiB chunks avoid sled blob files entirely but level off at 3.2-4.3x. So
-//! [`DEFAULT_CHUNK_SIZE`] is 64 KiB, and a unit test holds the 3x bound.
-//!
-//! sled never fsyncs its blob files (it stores leaf pages holding several chunks as such
-//! files), so before each flush the writer fsyncs the blob files created since the last one:
-//! without it a power failure could leave the log naming data that never reached the disk.
+//! # Why a file per checkpoint (measured, see BENCHMARKS.md "## Checkpoints")
+//! In sled 0.34 itself, chunks above about 128 KiB become sled blob files it never reclaims
+//! (the store grew to 14-23x the live bytes), 64 KiB chunks level off at 2.2-2.8x, a missing
+//! sled blob file makes the whole database unopenable (a panic in sled's recovery), and a sled
+//! database per checkpoint held more memory the longer the daemon ran (not diagnosed). A plain
+//! file is written once, read sequentially, deleted whole, and its damage stays its own.
+//! sled never fsyncs its blob files, so before each flush the writer fsyncs any it created.
 //!
 //! # Access while the daemon runs
 //! sled allows one process per database, and [`CheckpointStore::open`] takes the directory
@@ -57,6 +54,7 @@ mod blob_sync;
 mod blobs;
 mod chunk;
 mod contents;
+mod data_file;
 mod error;
 mod meta;
 mod newest_record;
@@ -65,6 +63,7 @@ mod writer;
 
 pub use blobs::{BlobChunks, Blobs};
 pub use contents::{blob, Restored};
+pub use data_file::DataFile;
 pub use error::CheckpointError;
 pub use meta::{BlobMeta, CheckpointMeta, ModelSummary, RecordCounts};
 pub use store::{CheckpointStore, StoreOptions, DEFAULT_CHUNK_SIZE};

@@ -21,7 +21,8 @@ use chrono::{SecondsFormat, Utc};
 
 use super::blob_sync::SyncedBlobs;
 use super::blobs::{BlobChunks, Blobs};
-use super::chunk::{frame, ChunkKey, KEY_LEN};
+use super::chunk::{ChunkKey, KEY_LEN};
+use super::data_file::{self, FileChunks};
 use super::error::CheckpointError;
 use super::meta::{decode_meta, encode_meta, BlobMeta, CheckpointMeta};
 use super::newest_record::NewestRecord;
@@ -171,8 +172,8 @@ impl CheckpointStore {
             if removed > 0 {
                 tracing::info!(
                     store = %path.display(),
-                    chunks = removed,
-                    "removed chunks of checkpoints that were never completed"
+                    removed,
+                    "removed the data of checkpoints that were never completed"
                 );
                 store.db.flush()?;
             }
@@ -217,17 +218,11 @@ impl CheckpointStore {
         meta.id = id;
         meta.blobs = Vec::with_capacity(blobs.len());
         meta.bytes = 0;
-        for (index, (name, payload)) in blobs.iter().enumerate() {
+        for (name, payload) in &blobs {
             let chunks = payload.len().div_ceil(self.options.chunk_size);
             let chunks = u32::try_from(chunks).map_err(|_| {
                 CheckpointError::Invalid(format!("blob {name:?} has too many chunks"))
             })?;
-            let blob = u32::try_from(index).expect("blob count checked above");
-            for (chunk, part) in payload.chunks(self.options.chunk_size).enumerate() {
-                let chunk = u32::try_from(chunk).expect("chunk count checked above");
-                let key = ChunkKey { id, blob, chunk }.encode();
-                self.data.insert(key, frame(&key, part))?;
-            }
             meta.blobs.push(BlobMeta {
                 name: name.clone(),
                 len: payload.len() as u64,
@@ -236,9 +231,15 @@ impl CheckpointStore {
             });
             meta.bytes += payload.len() as u64;
         }
+        // The chunks go to a file of their own, fsynced before the record that names it.
+        let file = data_file::write(&self.path, id, &blobs, self.options.chunk_size)
+            .map_err(|e| CheckpointError::Storage(sled::Error::Io(e)))?;
+        drop(blobs);
+        meta.data_file = Some(file);
         meta.created_at = Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true);
         let record = encode_meta(&meta)?;
-        // Everything the checkpoint names is durable before the record that makes it visible.
+        // Everything the checkpoint names is durable before the record that makes it visible
+        // (the data file is; the id counter in sled, and any sled blob file, now too).
         writing.sync_new(&self.path)?;
         self.db.flush()?;
         self.meta.insert(id.to_be_bytes(), record)?;
@@ -307,7 +308,7 @@ impl CheckpointStore {
                 reason: "too many blobs".to_owned(),
             })?;
             let mut payload = Vec::with_capacity(usize::try_from(blob.len).unwrap_or(0));
-            for part in BlobChunks::new(&self.data, id, index, blob.clone()) {
+            for part in self.reader(&meta, index) {
                 match part {
                     Ok(part) => payload.extend_from_slice(&part),
                     Err(e) => return Err(self.unless_pruned(id, e)),
@@ -329,12 +330,12 @@ impl CheckpointStore {
         if self.is_verified(id) {
             return Ok(meta);
         }
-        for (index, blob) in meta.blobs.iter().enumerate() {
+        for index in 0..meta.blobs.len() {
             let index = u32::try_from(index).map_err(|_| CheckpointError::Corrupt {
                 id,
                 reason: "too many blobs".to_owned(),
             })?;
-            for part in BlobChunks::new(&self.data, id, index, blob.clone()) {
+            for part in self.reader(&meta, index) {
                 if let Err(e) = part {
                     return Err(self.unless_pruned(id, e));
                 }
@@ -458,7 +459,7 @@ impl CheckpointStore {
     /// metadata record; chunk errors come from the iterator.
     pub fn blob_chunks(&self, id: u64, name: &str) -> Result<BlobChunks, CheckpointError> {
         let meta = self.meta(id)?;
-        let (index, blob) = meta.blob(name).ok_or_else(|| CheckpointError::NoSuchBlob {
+        let (index, _) = meta.blob(name).ok_or_else(|| CheckpointError::NoSuchBlob {
             id,
             name: name.to_owned(),
         })?;
@@ -466,7 +467,20 @@ impl CheckpointStore {
             id,
             reason: "too many blobs".to_owned(),
         })?;
-        Ok(BlobChunks::new(&self.data, id, index, blob.clone()))
+        Ok(self.reader(&meta, index))
+    }
+
+    /// The verifying reader of blob `index` of the checkpoint `meta` describes, from its data
+    /// file or, for checkpoints of older stores, from the sled data tree.
+    fn reader(&self, meta: &CheckpointMeta, index: u32) -> BlobChunks {
+        let blob = meta.blobs[index as usize].clone();
+        match &meta.data_file {
+            Some(file) => {
+                let chunks = FileChunks::open(&self.path, meta.id, file, &meta.blobs, index as usize);
+                BlobChunks::in_file(meta.id, blob, chunks)
+            }
+            None => BlobChunks::in_tree(&self.data, meta.id, index, blob),
+        }
     }
 
     /// Keeps the newest `keep` checkpoints and deletes the older ones (metadata first, then
@@ -483,6 +497,11 @@ impl CheckpointStore {
         for id in doomed {
             self.meta.remove(id.to_be_bytes())?;
         }
+        if !doomed.is_empty() {
+            // The records go first and durably: a crash must never leave a record naming a
+            // deleted data file.
+            self.db.flush()?;
+        }
         let chunks = self.collect_garbage()?;
         if !doomed.is_empty() || chunks > 0 {
             self.db.flush()?;
@@ -496,12 +515,21 @@ impl CheckpointStore {
         Ok(doomed.len())
     }
 
-    /// Bytes the database occupies on disk (sled's data file and blob files).
+    /// Bytes the store occupies on disk (the data files, sled's log and its blob files).
     ///
     /// # Errors
     /// [`CheckpointError::Storage`] when the files cannot be inspected.
     pub fn size_on_disk(&self) -> Result<u64, CheckpointError> {
-        Ok(self.db.size_on_disk()?)
+        let mut bytes = self.db.size_on_disk()?;
+        for (_, path) in data_file::present(&self.path).map_err(sled::Error::Io)? {
+            match std::fs::metadata(&path) {
+                Ok(m) => bytes += m.len(),
+                // Pruned meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CheckpointError::Storage(sled::Error::Io(e))),
+            }
+        }
+        Ok(bytes)
     }
 
     /// Blocks until everything written so far is durable.
@@ -572,15 +600,20 @@ impl CheckpointStore {
             Some((key, _)) => ChunkKey::decode(&key).map_or(0, |k| k.id + 1),
             None => 0,
         };
-        let id = counter.max(after_meta).max(after_data).max(1);
+        let after_files = data_file::present(&self.path)
+            .map_err(sled::Error::Io)?
+            .last()
+            .map_or(0, |(id, _)| id + 1);
+        let id = counter.max(after_meta).max(after_data).max(after_files).max(1);
         // Made durable by the flush that precedes the metadata write.
         self.state.insert(NEXT_ID_KEY, &(id + 1).to_be_bytes())?;
         Ok(id)
     }
 
-    /// Deletes chunks whose checkpoint has no metadata record. Reads only the first key of
-    /// each checkpoint's range, so it is cheap when there is nothing to delete. Caller holds
-    /// the writer lock.
+    /// Deletes the data files and chunks whose checkpoint has no metadata record (pruned, or
+    /// a write interrupted before its record). Reads only the data directory and the first
+    /// key of each checkpoint's range in the data tree, so it is cheap when there is nothing
+    /// to delete. Returns the files and chunks removed. Caller holds the writer lock.
     fn collect_garbage(&self) -> Result<usize, CheckpointError> {
         let live: BTreeSet<u64> = self
             .meta
@@ -590,6 +623,19 @@ impl CheckpointStore {
             .map(u64::from_be_bytes)
             .collect();
         let mut removed = 0;
+        let files = data_file::present(&self.path).map_err(sled::Error::Io)?;
+        for (id, path) in files {
+            if live.contains(&id) {
+                continue;
+            }
+            // Never hand out an id that was already used, even by an invisible checkpoint.
+            self.raise_next_id(id.saturating_add(1))?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CheckpointError::Storage(sled::Error::Io(e))),
+            }
+        }
         let mut cursor = ChunkKey::first_of(0);
         loop {
             let Some(first) = self.data.range(cursor..).keys().next() else {

@@ -205,6 +205,7 @@ fn write_one(
         },
         blobs: Vec::new(),
         extra: serde_json::Value::Null,
+        data_file: None,
     };
     let blobs = vec![
         (blob::MODEL.to_owned(), job.trainer.model),

@@ -231,7 +231,7 @@ async fn kill_9_at_random_moments_keeps_every_record_exactly_once_and_skips_a_co
     let finals = setup.latest_checkpoint()?.expect("final checkpoint");
     assert_eq!(counts(&finals), want, "exactly once after kill -9");
 
-    // Corrupt the newest checkpoint on disk: the next start skips it with a warning and loads
+    // Delete the newest checkpoint's data file: the next start skips it with a warning and loads
     // the previous one, then re-consumes what came after it, still exactly once.
     let list = {
         let cfg = setup.config.display().to_string();
@@ -260,23 +260,14 @@ async fn kill_9_at_random_moments_keeps_every_record_exactly_once_and_skips_a_co
     Ok(())
 }
 
-/// Damages checkpoint `id` the way bit rot would: one byte of one of its stored chunks is
-/// flipped inside a value sled itself still reads back fine, so only the store's own
-/// checksums can notice. (Damage to sled's own files is covered by the store's unit tests;
-/// sled refuses to open a store whose blob file is damaged, which stops the daemon with an
-/// error instead of training over it.)
+/// Damages checkpoint `id` the way a lost file would: its data file (`data/<id>.ckpt` in the
+/// store directory) is deleted, as a bad disk, a careless cleanup or an incomplete restore
+/// might. (Bit rot inside a data file, truncation, and the sled layout of older stores are
+/// covered by the store's unit tests, `checkpoint::store::tests`.) Before data files, a
+/// missing file of sled's stopped the start with an error.
 fn corrupt_checkpoint(store_dir: &std::path::Path, id: u64) -> anyhow::Result<()> {
-    let db = sled::open(store_dir)?;
-    let data = db.open_tree("checkpoint.data")?;
-    let (key, value) = data
-        .scan_prefix(id.to_be_bytes())
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no chunk of checkpoint {id}"))??;
-    let mut bytes = value.to_vec();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x5A;
-    data.insert(key, bytes)?;
-    db.flush()?;
+    let path = store_dir.join("data").join(format!("{id:020}.ckpt"));
+    std::fs::remove_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(())
 }
 
