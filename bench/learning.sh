@@ -11,23 +11,27 @@
 #      LEARN_BATCH/2: the same pairs per step as the other rows, without the single-modal half)
 #   b  a + single-modal texts and images (MLM/seq2seq on texts, MRM on images)
 #   c  b + hard negatives: rewritten captions and other images' captions close by TF-IDF
-#   d  c + retrieved positives (texts by TF-IDF, images by embedding similarity) = defaults
+#   d  c + retrieved positives (texts by TF-IDF, images by embedding similarity): every
+#      objective (MLM, seq2seq on texts, MRM, CMCL, ITM, captioning), the defaults until
+#      2026-12-01
 #   r  the reference's objective set on everything: MLM + MRM + CMCL only (no ITM, no
 #      seq2seq on texts, no captioning), no rewritten negatives, no retrieved positives
 #   e  d without ITM (which of the objectives r turns off costs the recall)
+#   s  d without ITM and without seq2seq on texts (captioning and the CMCL extras kept): the
+#      defaults since 2026-12-01
 #   p  the PyTorch reference (../shared/bench/torch_unimo_reference.py), same data, same
 #      samples per step (LEARN_BATCH/2 pairs + LEARN_BATCH/4 texts + LEARN_BATCH/4 images)
 #
 # Every row uses the reference's input representation (grid 1x1..4x4 + [IMG], 8x8 crops) and
 # schedule (learning rate 3e-4, 100 warm-up steps, AdamW, clip 1.0), batch LEARN_BATCH.
 #
-#   bench/learning.sh                                  # rows a b c d r p, seeds 1 2, 300 steps
+#   bench/learning.sh                                  # rows a b c d e r s p, seeds 1 2, 300 steps
 #   LEARN_ROWS="d p" LEARN_SEEDS=1 LEARN_STEPS=100 bench/learning.sh
 #
 # Environment: LEARN_STEPS (300), LEARN_BATCH (32), LEARN_SEEDS ("1 2"), LEARN_ROWS
-# ("a b c d r p"), LEARN_EVAL (200 held-out pairs per split), LEARN_CAPTION_ROWS (rows whose
+# ("a b c d e r s p"), LEARN_EVAL (200 held-out pairs per split), LEARN_CAPTION_ROWS (rows whose
 # model also captions the seen held-out images, greedy: BLEU-4, CIDEr-D and how often the
-# captions name the right colours and shapes against chance, ops/caption_words.py; "d"),
+# captions name the right colours and shapes against chance, ops/caption_words.py; "s"),
 # LEARN_OUT (bench/learning-out: results.jsonl, one line per run, and table.md), UNIMOD_PYTHON (a Python with torch,
 # numpy and pillow; default the twin's venv) and LEARN_REFERENCE (the reference script).
 # UNIMOD_<SECTION>__<KEY> variables already in the environment apply to every daemon row (a
@@ -38,9 +42,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 STEPS=${LEARN_STEPS:-300}
 BATCH=${LEARN_BATCH:-32}
 SEEDS=${LEARN_SEEDS:-1 2}
-ROWS=${LEARN_ROWS:-a b c d r p}
+ROWS=${LEARN_ROWS:-a b c d e r s p}
 EVAL=${LEARN_EVAL:-200}
-CAPTION_ROWS=${LEARN_CAPTION_ROWS:-d}
+CAPTION_ROWS=${LEARN_CAPTION_ROWS:-s}
 OUT=${LEARN_OUT:-bench/learning-out}
 PY=${UNIMOD_PYTHON:-$HOME/.cache/unimod/venv/bin/python}
 REFERENCE=${LEARN_REFERENCE:-../shared/bench/torch_unimo_reference.py}
@@ -63,14 +67,19 @@ done
 
 row_env() { # ROW -> the config overrides (UNIMOD_<SECTION>__<KEY>=value) that make the row
     local no_extras="UNIMOD_CMCL__HARD_NEGATIVES=0 UNIMOD_CMCL__TFIDF_NEGATIVES=0 UNIMOD_CMCL__TEXT_POSITIVES=0 UNIMOD_CMCL__IMAGE_POSITIVES=0"
+    # Rows a-d build up the full recipe: every objective on, as the defaults were until
+    # 2026-12-01 (set explicitly, so the rows mean the same with either build).
+    local all_objectives="UNIMOD_MODEL__WEIGHTS__ITM=1.0 UNIMOD_MODEL__WEIGHTS__SEQ2SEQ=1.0"
     case $1 in
     # The same pairs per step as the other rows (half the batch), and nothing else.
-    a) echo "UNIMOD_TRAIN__BATCH_SIZE=$((BATCH / 2)) UNIMOD_TRAIN__MIX__TEXT=0.0 UNIMOD_TRAIN__MIX__IMAGE=0.0 UNIMOD_TRAIN__MIX__PAIR=1.0 $no_extras" ;;
-    b) echo "$no_extras" ;;
-    c) echo "UNIMOD_CMCL__TEXT_POSITIVES=0 UNIMOD_CMCL__IMAGE_POSITIVES=0" ;;
-    d) echo "" ;;
-    e) echo "UNIMOD_MODEL__WEIGHTS__ITM=0.0" ;;
+    a) echo "$all_objectives UNIMOD_TRAIN__BATCH_SIZE=$((BATCH / 2)) UNIMOD_TRAIN__MIX__TEXT=0.0 UNIMOD_TRAIN__MIX__IMAGE=0.0 UNIMOD_TRAIN__MIX__PAIR=1.0 $no_extras" ;;
+    b) echo "$all_objectives $no_extras" ;;
+    c) echo "$all_objectives UNIMOD_CMCL__TEXT_POSITIVES=0 UNIMOD_CMCL__IMAGE_POSITIVES=0" ;;
+    d) echo "$all_objectives" ;;
+    e) echo "UNIMOD_MODEL__WEIGHTS__ITM=0.0 UNIMOD_MODEL__WEIGHTS__SEQ2SEQ=1.0" ;;
     r) echo "UNIMOD_MODEL__WEIGHTS__ITM=0.0 UNIMOD_MODEL__WEIGHTS__SEQ2SEQ=0.0 UNIMOD_MODEL__WEIGHTS__CAPTION=0.0 $no_extras" ;;
+    # The defaults since 2026-12-01 (given explicitly for builds before them).
+    s) echo "UNIMOD_MODEL__WEIGHTS__ITM=0.0 UNIMOD_MODEL__WEIGHTS__SEQ2SEQ=0.0" ;;
     *) return 1 ;;
     esac
 }
@@ -176,11 +185,12 @@ for line in open(sys.argv[1]):
     r = json.loads(line)
     if r["steps"] == int(sys.argv[2]):
         rows[r["row"]].append(r)
-names = {"a": "pairs only", "b": "+ single-modal", "c": "+ hard negatives", "d": "+ retrieved positives (defaults)",
-         "r": "reference's objectives (MLM+MRM+CMCL)", "e": "defaults without ITM", "p": "PyTorch reference"}
+names = {"a": "pairs only", "b": "+ single-modal", "c": "+ hard negatives", "d": "+ retrieved positives (all objectives)",
+         "r": "reference's objectives (MLM+MRM+CMCL)", "e": "defaults without ITM",
+         "s": "d without ITM and text seq2seq (defaults)", "p": "PyTorch reference"}
 print(f"| row | seeds | i2t R@1 seen | i2t R@5 seen | t2i R@5 seen | i2t R@1 unseen | i2t R@5 unseen | t2i R@5 unseen | train s |")
 print("|---|---|---|---|---|---|---|---|---|")
-for key in "abcderp":
+for key in "abcdersp":
     rs = rows.get(key)
     if not rs:
         continue

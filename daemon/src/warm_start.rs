@@ -85,7 +85,7 @@ fn export_model_config(config: &Config, dir: &Path, tokenizer: &TextTokenizer) -
     mc.dropout = m.dropout;
     mc.max_objects = *config.train.object_buckets.last().unwrap_or(&mc.max_objects);
     // The caption weight stays the exported model's (as before the weights had one type).
-    mc.weights = unimod_model::ObjectiveWeights { caption: mc.weights.caption, ..m.weights };
+    mc.weights = unimod_model::ObjectiveWeights { caption: mc.weights.caption, ..m.weights.resolve(mc.arch) };
     mc.validate().map_err(|e| startup(format!("model.init_from: {e}")))?;
     Ok(mc)
 }

@@ -129,3 +129,25 @@ fn a_device_this_build_lacks_is_rejected_naming_the_key() {
         }
     }
 }
+
+/// Issue 11: UNIMO's defaults leave out image-text matching and text seq2seq (measured to cost
+/// recall and time, BENCHMARKS.md "Learning"); ViLBERT keeps ITM, its alignment objective; a
+/// key given in the file or the environment wins, and a bad one is named.
+#[test]
+fn objective_weights_default_by_architecture_and_given_keys_win() {
+    let c = parse(MINIMAL, &[]).expect("minimal");
+    let w = c.model.weights.resolve(Arch::Unimo);
+    assert_eq!((w.mlm, w.seq2seq, w.mrm, w.cmcl, w.itm, w.caption), (1.0, 0.0, 1.0, 1.0, 0.0, 1.0));
+    let v = c.model.weights.resolve(Arch::Vilbert);
+    assert_eq!((v.mlm, v.mrm, v.itm), (1.0, 1.0, 1.0));
+
+    let c = parse(&format!("{MINIMAL}\n[model.weights]\nitm = 0.5\n"), &[("UNIMOD_MODEL__WEIGHTS__SEQ2SEQ", "1.0")])
+        .expect("weights given");
+    let w = c.model.weights.resolve(Arch::Unimo);
+    assert_eq!((w.seq2seq, w.itm, w.caption), (1.0, 0.5, 1.0));
+    let v = c.model.weights.resolve(Arch::Vilbert);
+    assert_eq!(v.itm, 0.5);
+
+    let err = parse(&format!("{MINIMAL}\n[model.weights]\ncaption = -1.0\n"), &[]).expect_err("negative weight");
+    assert!(err.to_string().contains("model.weights.caption"), "{err}");
+}

@@ -68,7 +68,7 @@ impl Pipeline {
         let Start { restored_from, trainer, tokenizer, tokenizer_json, step, mut lineage, replay, start_offsets, .. } = start;
         let feature_dim = trainer.config().feature_dim;
         let model_size = trainer.config().size.clone();
-        let use_cmcl = trainer.config().arch == unimod_model::Arch::Unimo && config.model.weights.cmcl > 0.0;
+        let use_cmcl = trainer.config().arch == unimod_model::Arch::Unimo && config.model.weights.resolve(trainer.config().arch).cmcl > 0.0;
 
         shared.kafka_metrics.pending_reset();
         let consume_stop = CancellationToken::new();

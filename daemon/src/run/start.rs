@@ -196,7 +196,7 @@ fn new_model_config(config: &Config, tokenizer: &TextTokenizer) -> anyhow::Resul
     mc.pre_ln = m.pre_ln;
     mc.max_text_len = tokenizer.max_length().max(*config.train.text_buckets.last().unwrap_or(&2));
     mc.max_objects = *config.train.object_buckets.last().unwrap_or(&1);
-    mc.weights = m.weights;
+    mc.weights = m.weights.resolve(mc.arch);
     mc.continuation = m.continuation;
     mc.validate().map_err(|e| StartupError(format!("model: {e}")))?;
     Ok(mc)
