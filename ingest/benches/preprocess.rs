@@ -60,7 +60,10 @@ fn encode_inputs() -> (Vec<u8>, Vec<u8>) {
 fn benches(c: &mut Criterion) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
     let (jpeg, png) = encode_inputs();
-    let config = ImageConfig::default();
+    // The pyramid only, as bench/preprocess_pillow.py computes it; the salient boxes' cost is
+    // measured on its own below.
+    let config = ImageConfig { salient_boxes: 0, ..ImageConfig::default() };
+    let salient = ObjectExtractor::new(&ImageConfig::default());
     let full = ImageConfig { jpeg_reduced_decode: false, ..config.clone() };
     let extractor = ObjectExtractor::new(&config);
 
@@ -91,6 +94,7 @@ fn benches(c: &mut Criterion) {
         pool.install(|| b.iter(|| image::load_from_memory_with_format(&jpeg, ImageFormat::Jpeg).expect("decodes")))
     });
     group.bench_function("objects_from_160x120", |b| b.iter(|| extractor.extract(&decoded.rgb)));
+    group.bench_function("objects_from_160x120_with_salient_boxes", |b| b.iter(|| salient.extract(&decoded.rgb)));
     group.finish();
 
     let corpus: Vec<String> = (0..400)

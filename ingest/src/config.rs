@@ -119,6 +119,11 @@ pub struct ImageConfig {
     /// Side of the square RGB patch every box is resampled to; the region feature width is
     /// `3 * crop_size * crop_size`.
     pub crop_size: u32,
+    /// Largest number of saliency-ranked object boxes added after the pyramid: the tight
+    /// bounding boxes of the largest regions that stand out from the image's border colour
+    /// (connected pixels of one colour), so that an object is cropped whole and centred
+    /// whatever its position. 0 turns them off.
+    pub salient_boxes: usize,
     /// Largest accepted image area in pixels, checked from the header before decoding.
     pub max_pixels: u64,
     /// Largest accepted width or height in pixels, checked from the header before decoding.
@@ -140,6 +145,7 @@ impl Default for ImageConfig {
         Self {
             box_scales: vec![1, 2, 3, 4, 6],
             crop_size: 16,
+            salient_boxes: 6,
             max_pixels: 40_000_000,
             max_dimension: 16_384,
             max_objects: 100,
@@ -173,12 +179,16 @@ impl ImageConfig {
         if !(self.max_abs_feature.is_finite() && self.max_abs_feature > 0.0 && self.max_abs_feature <= 1e30) {
             return Err(ConfigError::new("image.max_abs_feature", "must be in (0, 1e30]"));
         }
-        if self.region_count() > self.max_objects {
+        if self.salient_boxes > 64 {
+            return Err(ConfigError::new("image.salient_boxes", "must be in 0..=64"));
+        }
+        if self.region_count() + self.salient_boxes > self.max_objects {
             return Err(ConfigError::new(
                 "image.box_scales",
                 format!(
-                    "give {} regions, more than image.max_objects = {}",
-                    self.region_count(),
+                    "give {} regions with image.salient_boxes = {}, more than image.max_objects = {}",
+                    self.region_count() + self.salient_boxes,
+                    self.salient_boxes,
                     self.max_objects
                 ),
             ));
@@ -186,7 +196,8 @@ impl ImageConfig {
         Ok(())
     }
 
-    /// Number of built-in regions (without the global row): the sum of `n * n` over the scales.
+    /// Number of built-in pyramid regions (without the global row and the salient boxes): the
+    /// sum of `n * n` over the scales.
     pub fn region_count(&self) -> usize {
         self.box_scales.iter().map(|&s| (s as usize) * (s as usize)).sum()
     }
@@ -322,6 +333,13 @@ mod tests {
         assert!(image.validate().expect_err("zero crop").to_string().starts_with("image.crop_size"));
         let image = ImageConfig { box_scales: vec![1, 20], ..ImageConfig::default() };
         assert!(image.validate().expect_err("too many").to_string().starts_with("image.box_scales"));
+        let image = ImageConfig { salient_boxes: 65, ..ImageConfig::default() };
+        assert!(image.validate().expect_err("too many").to_string().starts_with("image.salient_boxes"));
+        // 66 pyramid boxes + 35 salient boxes > 100 objects; 34 fit.
+        let image = ImageConfig { salient_boxes: 35, ..ImageConfig::default() };
+        let err = image.validate().expect_err("over max_objects").to_string();
+        assert!(err.starts_with("image.box_scales") && err.contains("image.salient_boxes = 35"), "{err}");
+        ImageConfig { salient_boxes: 34, ..ImageConfig::default() }.validate().expect("fits");
         let text = TextConfig { max_length: 2, ..TextConfig::default() };
         assert!(text.validate().expect_err("short").to_string().starts_with("text.max_length"));
         let fetch = FetchConfig { timeout_seconds: f64::NAN, ..FetchConfig::default() };

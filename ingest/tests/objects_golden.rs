@@ -24,13 +24,38 @@ fn value(x: u32, y: u32, c: u32) -> u8 {
     ((x * 37 + y * 91 + c * 53 + (x * y) % 17 * 11) % 256) as u8
 }
 
-fn cases() -> Vec<(&'static str, Vec<u8>, Vec<u32>, u32)> {
+/// Shapes on a grey background, as the synthetic stream draws them: a disc, a square, an
+/// upward triangle and a touching square of another colour (salient objects to find).
+fn shapes(side: u32) -> RgbImage {
+    let s = side as f32;
+    RgbImage::from_fn(side, side, |x, y| {
+        let (fx, fy) = ((x as f32 + 0.5) / s, (y as f32 + 0.5) / s);
+        let (dx, dy) = (fx - 0.2, fy - 0.25);
+        if dx * dx + dy * dy <= 0.12 * 0.12 {
+            return image::Rgb([220, 30, 30]);
+        }
+        if (fx - 0.7).abs() <= 0.1 && (fy - 0.3).abs() <= 0.1 {
+            return image::Rgb([30, 60, 220]);
+        }
+        if (0.8..=0.9).contains(&fx) && (fy - 0.3).abs() <= 0.1 {
+            return image::Rgb([240, 230, 40]);
+        }
+        let dy = fy - 0.75;
+        if (-0.15..=0.15).contains(&dy) && (fx - 0.4).abs() <= 0.15 * (dy + 0.15) / 0.3 {
+            return image::Rgb([30, 180, 40]);
+        }
+        image::Rgb([128, 128, 128])
+    })
+}
+
+/// (name, PNG, box scales, crop size, salient boxes).
+fn cases() -> Vec<(&'static str, Vec<u8>, Vec<u32>, u32, usize)> {
     let rgb = |w, h| DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| image::Rgb([value(x, y, 0), value(x, y, 1), value(x, y, 2)])));
     vec![
-        ("rgb-37x23", png(rgb(37, 23)), vec![1, 2, 3], 4),
+        ("rgb-37x23", png(rgb(37, 23)), vec![1, 2, 3], 4, 0),
         // Large enough to be box-reduced first (factor 12).
-        ("rgb-200x150-reduced", png(rgb(200, 150)), vec![1, 2, 3], 4),
-        ("grey-20x30", png(DynamicImage::ImageLuma8(GrayImage::from_fn(20, 30, |x, y| image::Luma([value(x, y, 1)])))), vec![1, 2], 3),
+        ("rgb-200x150-reduced", png(rgb(200, 150)), vec![1, 2, 3], 4, 0),
+        ("grey-20x30", png(DynamicImage::ImageLuma8(GrayImage::from_fn(20, 30, |x, y| image::Luma([value(x, y, 1)])))), vec![1, 2], 3, 0),
         (
             "rgba-16x16",
             png(DynamicImage::ImageRgba8(RgbaImage::from_fn(16, 16, |x, y| {
@@ -38,8 +63,13 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Vec<u32>, u32)> {
             }))),
             vec![2],
             2,
+            0,
         ),
-        ("rgb-5x3-upsampled", png(rgb(5, 3)), vec![1, 2], 4),
+        ("rgb-5x3-upsampled", png(rgb(5, 3)), vec![1, 2], 4, 0),
+        // Salient boxes: many small objects and ties on a busy pattern, then drawn shapes.
+        ("rgb-37x23-salient", png(rgb(37, 23)), vec![1, 2], 4, 6),
+        ("shapes-64-salient", png(DynamicImage::ImageRgb8(shapes(64))), vec![1, 2, 3, 4], 8, 6),
+        ("shapes-300-reduced-salient", png(DynamicImage::ImageRgb8(shapes(300))), vec![1, 2, 3], 8, 3),
     ]
 }
 
@@ -49,8 +79,8 @@ fn golden_path() -> PathBuf {
 
 fn compute() -> Value {
     let mut out = Vec::new();
-    for (name, bytes, scales, crop) in cases() {
-        let config = ImageConfig { box_scales: scales.clone(), crop_size: crop, ..ImageConfig::default() };
+    for (name, bytes, scales, crop, salient) in cases() {
+        let config = ImageConfig { box_scales: scales.clone(), crop_size: crop, salient_boxes: salient, ..ImageConfig::default() };
         let extractor = ObjectExtractor::new(&config);
         let seq = image_to_objects(&bytes, &config, &extractor).expect("extracts");
         out.push(json!({
@@ -58,6 +88,7 @@ fn compute() -> Value {
             "png_base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
             "box_scales": scales,
             "crop_size": crop,
+            "salient_boxes": salient,
             "dim": seq.dim,
             "features": seq.features,
             "locations": seq.locations,

@@ -54,7 +54,9 @@ class Twin:
         self.tokenizer.no_padding()
         self.max_length = max(3, int(self.config.get("text", {}).get("max_length", self.config["max_text_len"])))
         image = self.config.get("image", {})
-        self.extractor = ObjectExtractor(image.get("box_scales", [1, 2, 3, 4, 6]), image.get("crop_size", 16))
+        self.extractor = ObjectExtractor(
+            image.get("box_scales", [1, 2, 3, 4, 6]), image.get("crop_size", 16), image.get("salient_boxes", 0)
+        )
         checkpoint = os.path.join(export_dir, "checkpoint.json")
         self.checkpoint = json.load(open(checkpoint, encoding="utf-8")) if os.path.exists(checkpoint) else {}
 

@@ -2,7 +2,8 @@
 
 A port of ``ingest/src/image/objects.rs`` (the built-in region extractor: a pyramid of
 ``n x n`` grids, each box area-averaged to a ``crop x crop`` RGB patch of normalised pixels,
-plus the global row), of ``ingest/src/decode/regions.rs`` (precomputed detector regions) and
+then up to ``salient_boxes`` tight boxes of the largest objects that stand out from the
+border colour, plus the global row), of ``ingest/src/decode/regions.rs`` (precomputed detector regions) and
 a dependency-free PNG decoder. The arithmetic follows the Rust code operation by operation
 (integer box sums, then float32 in the same order), so the features are bit-identical for
 PNG images. Other formats are decoded with Pillow when it is installed; JPEG decoders differ
@@ -156,25 +157,90 @@ def box_reduce(rgb: torch.Tensor, factor: int) -> torch.Tensor:
     return ((sums + div // 2) // div).to(torch.uint8)
 
 
-class ObjectExtractor:
-    """``image.box_scales`` and ``image.crop_size`` of the daemon's configuration."""
+# ---- salient objects (ingest/src/image/objects.rs) --------------------------------------------
 
-    def __init__(self, box_scales: Sequence[int], crop_size: int):
+FOREGROUND_DISTANCE = 60
+JOIN_DISTANCE = 60
+MIN_OBJECT_AREA_PER_MILLE = 1
+SALIENT_MIN_SIDE = 128
+
+
+def border_colour(rgb: torch.Tensor) -> list:
+    """Per-channel upper median of the border pixels (an image of at least 3x3)."""
+    h, w, _ = rgb.shape
+    border = torch.cat([rgb[0], rgb[h - 1], rgb[1 : h - 1, 0], rgb[1 : h - 1, w - 1]]).long()
+    values, _ = border.sort(dim=0)
+    return values[border.shape[0] // 2].tolist()
+
+
+def salient_objects(rgb: torch.Tensor, limit: int) -> list:
+    """Up to ``limit`` boxes ``(x0, y0, x1, y1)`` of the largest objects, as the Rust code finds
+    them: foreground = colour distance from the border colour above FOREGROUND_DISTANCE, 4-neighbours
+    of one object within JOIN_DISTANCE, at least a thousandth of the image (and 4 pixels), largest
+    first, ties in raster order of the first pixel."""
+    h, w, _ = rgb.shape
+    if limit == 0 or w < 3 or h < 3:
+        return []
+    px = rgb.long()
+    bg = torch.tensor(border_colour(rgb), dtype=torch.long)
+    fg = ((px - bg).abs().sum(-1) > FOREGROUND_DISTANCE).flatten().tolist()
+    join_right = ((px[:, 1:] - px[:, :-1]).abs().sum(-1) <= JOIN_DISTANCE).tolist()  # [h][w-1]
+    join_down = ((px[1:] - px[:-1]).abs().sum(-1) <= JOIN_DISTANCE).tolist()  # [h-1][w]
+    seen = [not f for f in fg]
+    found = []
+    for start in range(w * h):
+        if seen[start]:
+            continue
+        seen[start] = True
+        stack = [start]
+        count, x0, y0, x1, y1 = 0, w, h, 0, 0
+        while stack:
+            i = stack.pop()
+            y, x = divmod(i, w)
+            count += 1
+            x0, y0, x1, y1 = min(x0, x), min(y0, y), max(x1, x + 1), max(y1, y + 1)
+            if x > 0 and not seen[i - 1] and join_right[y][x - 1]:
+                seen[i - 1] = True
+                stack.append(i - 1)
+            if x + 1 < w and not seen[i + 1] and join_right[y][x]:
+                seen[i + 1] = True
+                stack.append(i + 1)
+            if y > 0 and not seen[i - w] and join_down[y - 1][x]:
+                seen[i - w] = True
+                stack.append(i - w)
+            if y + 1 < h and not seen[i + w] and join_down[y][x]:
+                seen[i + w] = True
+                stack.append(i + w)
+        found.append((count, start, (x0, y0, x1, y1)))
+    min_pixels = max(-(-(w * h * MIN_OBJECT_AREA_PER_MILLE) // 1000), 4)
+    found = [f for f in found if f[0] >= min_pixels]
+    found.sort(key=lambda f: (-f[0], f[1]))
+    return [f[2] for f in found[:limit]]
+
+
+class ObjectExtractor:
+    """``image.box_scales``, ``image.crop_size`` and ``image.salient_boxes`` of the daemon's
+    configuration (exports written before salient boxes existed have none: 0)."""
+
+    def __init__(self, box_scales: Sequence[int], crop_size: int, salient_boxes: int = 0):
         self.scales = [int(s) for s in box_scales]
         self.crop = max(1, min(int(crop_size), 256))
+        self.salient = max(0, min(int(salient_boxes), 64))
 
     @property
     def feature_dim(self) -> int:
         return 3 * self.crop * self.crop
 
     @property
-    def rows(self) -> int:
-        return 1 + sum(s * s for s in self.scales)
+    def max_rows(self) -> int:
+        return 1 + sum(s * s for s in self.scales) + self.salient
 
     def extract(self, rgb: torch.Tensor) -> ObjectSequence:
         c = self.crop
         finest = max(self.scales) if self.scales else 1
         min_side = finest * c
+        if self.salient > 0:
+            min_side = max(min_side, SALIENT_MIN_SIDE)
         h, w, _ = rgb.shape
         factor = max(min(w // max(min_side, 1), h // max(min_side, 1)), 1)
         if factor >= 2:
@@ -206,6 +272,20 @@ class ObjectExtractor:
                     y0 = gy * h // n
                     y1 = min(max((gy + 1) * h // n, y0 + 1), h)
                     boxes.append((x0, y0, x1, y1))
+        wf, hf, area = _f32(float(w)), _f32(float(h)), _f32(float(w * h))
+        for x0, y0, x1, y1 in salient_objects(rgb, self.salient):
+            locations.append(
+                torch.stack(
+                    [
+                        _f32(float(x0)) / wf,
+                        _f32(float(y0)) / hf,
+                        _f32(float(x1)) / wf,
+                        _f32(float(y1)) / hf,
+                        _f32(float((x1 - x0) * (y1 - y0))) / area,
+                    ]
+                )
+            )
+            boxes.append((x0, y0, x1, y1))
         xa, xb, ya, yb = [], [], [], []
         for x0, y0, x1, y1 in boxes:
             bw, bh = x1 - x0, y1 - y0

@@ -147,8 +147,8 @@ fn cooled_model(
 
 /// `config.json` of a safetensors export: every field of the model configuration, plus
 /// `model_type`, `unimod_version`, and what a reader needs to prepare inputs like the daemon:
-/// `text.max_length` and (for the built-in region extractor) `image.box_scales` and
-/// `image.crop_size`.
+/// `text.max_length` and (for the built-in region extractor) `image.box_scales`,
+/// `image.crop_size` and `image.salient_boxes`.
 pub fn export_config_json(config: &Config, model: &ModelConfig) -> serde_json::Value {
     let mut json: serde_json::Value =
         serde_json::from_str(&model.to_json()).unwrap_or_else(|_| serde_json::json!({}));
@@ -159,7 +159,11 @@ pub fn export_config_json(config: &Config, model: &ModelConfig) -> serde_json::V
     if config.image.feature_dim() == model.feature_dim {
         obj.insert(
             "image".into(),
-            serde_json::json!({ "box_scales": config.image.box_scales, "crop_size": config.image.crop_size }),
+            serde_json::json!({
+                "box_scales": config.image.box_scales,
+                "crop_size": config.image.crop_size,
+                "salient_boxes": config.image.salient_boxes,
+            }),
         );
     } else {
         eprintln!(

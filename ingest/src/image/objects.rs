@@ -4,6 +4,17 @@
 //! 5-d location `(x1/W, y1/H, x2/W, y2/H, area/(W*H))`. Row 0 is the global `[IMG]` entry:
 //! the mean of the region features at location `[0, 0, 1, 1, 1]`.
 //!
+//! After the pyramid come up to `image.salient_boxes` saliency-ranked object boxes (MODEL.md's
+//! "optional saliency-ranked boxes", our stand-in for a detector's proposals): the background
+//! colour is the per-channel median of the border pixels; a pixel is foreground when its
+//! colour differs from it by more than [`FOREGROUND_DISTANCE`] (sum over channels); two
+//! 4-neighbouring foreground pixels belong to one object when their colours differ by at most
+//! [`JOIN_DISTANCE`]. The largest objects (at least [`MIN_OBJECT_AREA_PER_MILLE`] of the
+//! image) come first, ties in raster order of their first pixel; each is cropped by its tight
+//! bounding box. A grid cell shows an object cut at arbitrary places; the tight crop shows it
+//! whole and scaled to the patch, so a shape is the same feature wherever it is drawn. All of
+//! it is integer arithmetic on the pixels, which the PyTorch twin repeats bit for bit.
+//!
 //! Resampling uses a summed-area table, so every output pixel is an O(1) box mean whatever
 //! the box size; images much larger than needed are first reduced by an integer box filter so
 //! that the table stays small.
@@ -18,17 +29,30 @@ pub const PIXEL_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// Per-channel standard deviation of the pixel normalisation.
 pub const PIXEL_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// A pixel is foreground when the sum over channels of its absolute difference from the
+/// background colour exceeds this.
+pub const FOREGROUND_DISTANCE: u32 = 60;
+/// Two neighbouring foreground pixels are one object when the sum over channels of their
+/// absolute difference is at most this.
+pub const JOIN_DISTANCE: u32 = 60;
+/// With salient boxes on, images are never box-reduced below this side: an object's tight
+/// crop needs the pixels of the original, not of the pyramid's coarsest need.
+pub const SALIENT_MIN_SIDE: u32 = 128;
+/// Smallest object kept, in thousandths of the image's pixels (and at least 4 pixels).
+pub const MIN_OBJECT_AREA_PER_MILLE: usize = 1;
+
 /// Builds object sequences from RGB images with a fixed box pyramid and crop size.
 #[derive(Debug, Clone)]
 pub struct ObjectExtractor {
     scales: Vec<u32>,
     crop: u32,
+    salient: usize,
 }
 
 impl ObjectExtractor {
     /// An extractor for `config.box_scales` and `config.crop_size` (assumed validated).
     pub fn new(config: &ImageConfig) -> Self {
-        Self { scales: config.box_scales.clone(), crop: config.crop_size.clamp(1, 256) }
+        Self { scales: config.box_scales.clone(), crop: config.crop_size.clamp(1, 256), salient: config.salient_boxes.min(64) }
     }
 
     /// Width of one region feature: `3 * crop_size^2`, laid out channel-major
@@ -37,16 +61,22 @@ impl ObjectExtractor {
         3 * (self.crop as usize) * (self.crop as usize)
     }
 
-    /// Number of rows of every sequence: the global row plus one per box.
-    pub fn rows(&self) -> usize {
-        1 + self.scales.iter().map(|&s| (s as usize) * (s as usize)).sum::<usize>()
+    /// Largest number of rows of a sequence: the global row, one per pyramid box and the
+    /// salient boxes (an image may have fewer salient objects than allowed).
+    pub fn max_rows(&self) -> usize {
+        1 + self.scales.iter().map(|&s| (s as usize) * (s as usize)).sum::<usize>() + self.salient
     }
 
     /// The smallest image size (width, height) that still gives every box of the finest scale
-    /// at least `crop_size` pixels per side: a hint for reduced-scale decoding.
+    /// at least `crop_size` pixels per side (and, with salient boxes, at least
+    /// [`SALIENT_MIN_SIDE`]): a hint for reduced-scale decoding.
     pub fn min_useful_size(&self) -> (u32, u32) {
         let finest = self.scales.iter().copied().max().unwrap_or(1);
-        (finest * self.crop, finest * self.crop)
+        let mut side = finest * self.crop;
+        if self.salient > 0 {
+            side = side.max(SALIENT_MIN_SIDE);
+        }
+        (side, side)
     }
 
     /// The object sequence of an image.
@@ -63,11 +93,12 @@ impl ObjectExtractor {
         };
         let table = SummedArea::new(source);
         let dim = self.feature_dim();
-        let rows = self.rows();
+        let (w, h) = (source.width as usize, source.height as usize);
+        let objects = salient_objects(source, self.salient);
+        let rows = 1 + self.scales.iter().map(|&s| (s as usize) * (s as usize)).sum::<usize>() + objects.len();
         let mut features = vec![0f32; rows * dim];
         let mut locations = Vec::with_capacity(rows);
         locations.push([0.0, 0.0, 1.0, 1.0, 1.0]);
-        let (w, h) = (source.width as usize, source.height as usize);
         let mut row = 1;
         for &n in &self.scales {
             let n = n as usize;
@@ -85,6 +116,13 @@ impl ObjectExtractor {
                     row += 1;
                 }
             }
+        }
+        let (wf, hf, area) = (w as f32, h as f32, (w * h) as f32);
+        for b in &objects {
+            locations.push([b.x0 as f32 / wf, b.y0 as f32 / hf, b.x1 as f32 / wf, b.y1 as f32 / hf, ((b.x1 - b.x0) * (b.y1 - b.y0)) as f32 / area]);
+            let out = &mut features[row * dim..(row + 1) * dim];
+            self.crop_into(&table, (b.x0, b.y0, b.x1, b.y1), out);
+            row += 1;
         }
         // Global row: mean of the regions.
         let (global, regions) = features.split_at_mut(dim);
@@ -124,6 +162,107 @@ impl ObjectExtractor {
             }
         }
     }
+}
+
+/// The tight bounding box `[x0, x1) x [y0, y1)` of one salient object, in source pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ObjectBox {
+    x0: usize,
+    y0: usize,
+    x1: usize,
+    y1: usize,
+}
+
+/// Sum over the three channels of the absolute differences of two pixels.
+#[inline]
+fn colour_distance(a: &[u8], b: &[u8]) -> u32 {
+    a.iter().zip(b).map(|(&x, &y)| u32::from(x.abs_diff(y))).sum()
+}
+
+/// Per-channel median of the border pixels (top and bottom rows, then the left and right
+/// columns without the corners): the upper median of each channel's sorted values.
+fn border_colour(image: &RgbBuffer) -> [u8; 3] {
+    let (w, h) = (image.width as usize, image.height as usize);
+    let px = |x: usize, y: usize| &image.data[(y * w + x) * 3..(y * w + x) * 3 + 3];
+    let mut border: Vec<&[u8]> = Vec::with_capacity(2 * (w + h));
+    for x in 0..w {
+        border.push(px(x, 0));
+        if h > 1 {
+            border.push(px(x, h - 1));
+        }
+    }
+    for y in 1..h.saturating_sub(1) {
+        border.push(px(0, y));
+        if w > 1 {
+            border.push(px(w - 1, y));
+        }
+    }
+    std::array::from_fn(|ch| {
+        let mut values: Vec<u8> = border.iter().map(|p| p[ch]).collect();
+        values.sort_unstable();
+        values[values.len() / 2]
+    })
+}
+
+/// Up to `limit` salient objects of `image` (module documentation), largest first.
+fn salient_objects(image: &RgbBuffer, limit: usize) -> Vec<ObjectBox> {
+    let (w, h) = (image.width as usize, image.height as usize);
+    if limit == 0 || w < 3 || h < 3 {
+        return Vec::new();
+    }
+    let background = border_colour(image);
+    let px = |i: usize| &image.data[i * 3..i * 3 + 3];
+    const UNSEEN: u32 = u32::MAX;
+    const BACKGROUND: u32 = u32::MAX - 1;
+    let mut label = vec![UNSEEN; w * h];
+    for (i, l) in label.iter_mut().enumerate() {
+        if colour_distance(px(i), &background) <= FOREGROUND_DISTANCE {
+            *l = BACKGROUND;
+        }
+    }
+    // (pixels, first pixel index, box) per object, found by flood fill in raster order.
+    let mut found: Vec<(usize, usize, ObjectBox)> = Vec::new();
+    let mut stack = Vec::new();
+    for start in 0..w * h {
+        if label[start] != UNSEEN {
+            continue;
+        }
+        let id = found.len() as u32;
+        label[start] = id;
+        stack.push(start);
+        let (mut count, mut b) = (0usize, ObjectBox { x0: w, y0: h, x1: 0, y1: 0 });
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % w, i / w);
+            count += 1;
+            b.x0 = b.x0.min(x);
+            b.y0 = b.y0.min(y);
+            b.x1 = b.x1.max(x + 1);
+            b.y1 = b.y1.max(y + 1);
+            let mut visit = |j: usize| {
+                if label[j] == UNSEEN && colour_distance(px(i), px(j)) <= JOIN_DISTANCE {
+                    label[j] = id;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < w {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - w);
+            }
+            if y + 1 < h {
+                visit(i + w);
+            }
+        }
+        found.push((count, start, b));
+    }
+    let min_pixels = (w * h * MIN_OBJECT_AREA_PER_MILLE).div_ceil(1000).max(4);
+    found.retain(|&(count, _, _)| count >= min_pixels);
+    found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    found.into_iter().take(limit).map(|(_, _, b)| b).collect()
 }
 
 /// Integer box-filter reduction by `factor` (each output pixel = mean of a factor x factor
@@ -194,7 +333,104 @@ mod tests {
     use super::*;
 
     fn config(scales: Vec<u32>, crop: u32) -> ImageConfig {
-        ImageConfig { box_scales: scales, crop_size: crop, ..ImageConfig::default() }
+        ImageConfig { box_scales: scales, crop_size: crop, salient_boxes: 0, ..ImageConfig::default() }
+    }
+
+    /// A `side x side` grey image with the given filled rectangles and discs drawn in order.
+    enum Draw {
+        Rect { x0: usize, y0: usize, x1: usize, y1: usize, rgb: [u8; 3] },
+        Disc { cx: f32, cy: f32, r: f32, rgb: [u8; 3] },
+    }
+
+    fn scene(side: usize, draws: &[Draw]) -> RgbBuffer {
+        let mut data = vec![128u8; side * side * 3];
+        for y in 0..side {
+            for x in 0..side {
+                for d in draws {
+                    let hit = match *d {
+                        Draw::Rect { x0, y0, x1, y1, rgb } => (x0..x1).contains(&x) && (y0..y1).contains(&y) && { data[(y * side + x) * 3..][..3].copy_from_slice(&rgb); true },
+                        Draw::Disc { cx, cy, r, rgb } => {
+                            let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+                            dx * dx + dy * dy <= r * r && { data[(y * side + x) * 3..][..3].copy_from_slice(&rgb); true }
+                        }
+                    };
+                    let _ = hit;
+                }
+            }
+        }
+        RgbBuffer { width: side as u32, height: side as u32, data }
+    }
+
+    fn salient(scales: Vec<u32>, crop: u32, boxes: usize) -> ObjectExtractor {
+        ObjectExtractor::new(&ImageConfig { box_scales: scales, crop_size: crop, salient_boxes: boxes, ..ImageConfig::default() })
+    }
+
+    const RED: [u8; 3] = [220, 30, 30];
+    const BLUE: [u8; 3] = [30, 60, 220];
+
+    #[test]
+    fn salient_boxes_crop_each_object_by_its_tight_box_largest_first() {
+        // A 10x10 red square at (5, 40) and a blue disc of radius 8 centred at (44, 20).
+        let img = scene(64, &[Draw::Rect { x0: 5, y0: 40, x1: 15, y1: 50, rgb: RED }, Draw::Disc { cx: 44.0, cy: 20.0, r: 8.0, rgb: BLUE }]);
+        let seq = salient(vec![1, 2], 4, 6).extract(&img);
+        // Global + 5 pyramid rows + 2 objects: the disc (about 200 pixels) before the square (100).
+        assert_eq!(seq.len(), 8);
+        let disc = seq.locations[6];
+        assert_eq!(disc, [36.0 / 64.0, 12.0 / 64.0, 52.0 / 64.0, 28.0 / 64.0, 256.0 / 4096.0]);
+        let square = seq.locations[7];
+        assert_eq!(square, [5.0 / 64.0, 40.0 / 64.0, 15.0 / 64.0, 50.0 / 64.0, 100.0 / 4096.0]);
+        // The square's crop is red everywhere; the disc's crop has grey-ish corners, a blue
+        // centre.
+        let dim = seq.dim;
+        let sq = &seq.features[7 * dim..8 * dim];
+        for ch in 0..3 {
+            for v in &sq[ch * 16..(ch + 1) * 16] {
+                assert!((v - normalised(RED[ch], ch)).abs() < 1e-5);
+            }
+        }
+        let dc = &seq.features[6 * dim..7 * dim];
+        let blue_at = |i: usize| dc[2 * 16 + i];
+        assert!(blue_at(0) < blue_at(5) - 1.0, "corner {} centre {}", blue_at(0), blue_at(5));
+        assert!((blue_at(5) - normalised(BLUE[2], 2)).abs() < 1e-5);
+        // The global row is the mean of every region row, the objects included.
+        for k in [0, 17, 40] {
+            let mean = (1..8).map(|r| seq.features[r * dim + k]).sum::<f32>() / 7.0;
+            assert!((seq.features[k] - mean).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn an_object_gives_the_same_salient_feature_wherever_it_is() {
+        let ex = salient(vec![1, 2, 3], 8, 6);
+        let at = |x0: usize, y0: usize| {
+            let seq = ex.extract(&scene(64, &[Draw::Rect { x0, y0, x1: x0 + 12, y1: y0 + 12, rgb: RED }, Draw::Disc { cx: x0 as f32 + 6.0, cy: y0 as f32 + 6.0, r: 4.0, rgb: BLUE }]));
+            // Two objects: the red ring around the disc (144 - 52 pixels) first, then the disc.
+            assert_eq!(seq.len(), 1 + 14 + 2);
+            seq.features[15 * seq.dim..].to_vec()
+        };
+        let (a, b) = (at(3, 5), at(40, 31));
+        assert_eq!(a, b);
+        // The grid cells containing the object differ between the two positions.
+        let grid = |x0: usize, y0: usize| ex.extract(&scene(64, &[Draw::Rect { x0, y0, x1: x0 + 12, y1: y0 + 12, rgb: RED }])).features[..15 * 192].to_vec();
+        assert_ne!(grid(3, 5), grid(40, 31));
+    }
+
+    #[test]
+    fn touching_objects_of_other_colours_are_separate_specks_are_dropped_and_the_limit_holds() {
+        let touching = scene(64, &[Draw::Rect { x0: 10, y0: 10, x1: 30, y1: 30, rgb: RED }, Draw::Rect { x0: 30, y0: 10, x1: 40, y1: 30, rgb: BLUE }]);
+        let seq = salient(vec![1], 2, 6).extract(&touching);
+        assert_eq!(&seq.locations[2..], &[[10.0 / 64.0, 10.0 / 64.0, 30.0 / 64.0, 30.0 / 64.0, 400.0 / 4096.0], [30.0 / 64.0, 10.0 / 64.0, 40.0 / 64.0, 30.0 / 64.0, 200.0 / 4096.0]]);
+        // Limit 1 keeps the largest.
+        let seq = salient(vec![1], 2, 1).extract(&touching);
+        assert_eq!(seq.len(), 3);
+        assert_eq!(seq.locations[2][0], 10.0 / 64.0);
+        // A 2x2 speck (4 pixels; a thousandth of 4096 rounds up to 5) is no object; a 3x3 one is.
+        let specks = scene(64, &[Draw::Rect { x0: 5, y0: 5, x1: 7, y1: 7, rgb: RED }, Draw::Rect { x0: 50, y0: 50, x1: 53, y1: 53, rgb: BLUE }]);
+        let seq = salient(vec![1], 2, 6).extract(&specks);
+        assert_eq!(&seq.locations[2..], &[[50.0 / 64.0, 50.0 / 64.0, 53.0 / 64.0, 53.0 / 64.0, 9.0 / 4096.0]]);
+        // Off, and a plain image: the pyramid only.
+        assert_eq!(salient(vec![1], 2, 0).extract(&touching).len(), 2);
+        assert_eq!(salient(vec![1], 2, 6).extract(&scene(64, &[])).len(), 2);
     }
 
     fn normalised(v: u8, ch: usize) -> f32 {
@@ -286,7 +522,8 @@ mod tests {
             }
         }
         let big = RgbBuffer { width: w as u32, height: h as u32, data };
-        let ex = ObjectExtractor::new(&ImageConfig::default());
+        // The pyramid alone (with salient boxes the image keeps at least 128 pixels a side).
+        let ex = ObjectExtractor::new(&ImageConfig { salient_boxes: 0, ..ImageConfig::default() });
         let small = box_reduce(&big, 4);
         assert_eq!((small.width, small.height), (96, 96));
         let a = ex.extract(&big);
