@@ -19,10 +19,12 @@
 #   e  d without ITM (which of the objectives r turns off costs the recall)
 #   s  d without ITM and without seq2seq on texts (captioning and the CMCL extras kept): the
 #      defaults since 2026-12-01
+#   o  s with 6 salient object boxes (image.salient_boxes = 6): what they buy
 #   p  the PyTorch reference (../shared/bench/torch_unimo_reference.py), same data, same
 #      samples per step (LEARN_BATCH/2 pairs + LEARN_BATCH/4 texts + LEARN_BATCH/4 images)
 #
-# Every row uses the reference's input representation (grid 1x1..4x4 + [IMG], 8x8 crops) and
+# Every row uses the reference's input representation (grid 1x1..4x4 + [IMG], 8x8 crops; row o
+# adds salient object boxes) and
 # schedule (learning rate 3e-4, 100 warm-up steps, AdamW, clip 1.0), batch LEARN_BATCH.
 #
 #   bench/learning.sh                                  # rows a b c d e r s p, seeds 1 2, 300 steps
@@ -80,6 +82,7 @@ row_env() { # ROW -> the config overrides (UNIMOD_<SECTION>__<KEY>=value) that m
     r) echo "UNIMOD_MODEL__WEIGHTS__ITM=0.0 UNIMOD_MODEL__WEIGHTS__SEQ2SEQ=0.0 UNIMOD_MODEL__WEIGHTS__CAPTION=0.0 $no_extras" ;;
     # The defaults since 2026-12-01 (given explicitly for builds before them).
     s) echo "UNIMOD_MODEL__WEIGHTS__ITM=0.0 UNIMOD_MODEL__WEIGHTS__SEQ2SEQ=0.0" ;;
+    o) echo "UNIMOD_MODEL__WEIGHTS__ITM=0.0 UNIMOD_MODEL__WEIGHTS__SEQ2SEQ=0.0 UNIMOD_IMAGE__SALIENT_BOXES=6" ;;
     *) return 1 ;;
     esac
 }

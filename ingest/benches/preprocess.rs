@@ -63,7 +63,7 @@ fn benches(c: &mut Criterion) {
     // The pyramid only, as bench/preprocess_pillow.py computes it; the salient boxes' cost is
     // measured on its own below.
     let config = ImageConfig { salient_boxes: 0, ..ImageConfig::default() };
-    let salient = ObjectExtractor::new(&ImageConfig::default());
+    let salient = ObjectExtractor::new(&ImageConfig { salient_boxes: 6, ..ImageConfig::default() });
     let full = ImageConfig { jpeg_reduced_decode: false, ..config.clone() };
     let extractor = ObjectExtractor::new(&config);
 

@@ -33,7 +33,7 @@ fn tokenizer() -> Arc<TextTokenizer> {
 }
 
 fn image_config() -> ImageConfig {
-    ImageConfig { box_scales: vec![1, 2], crop_size: 4, max_objects: 8, ..ImageConfig::default() }
+    ImageConfig { box_scales: vec![1, 2], crop_size: 4, max_objects: 8, salient_boxes: 0, ..ImageConfig::default() }
 }
 
 fn preprocessor(metrics: Option<IngestMetrics>) -> Preprocessor {

@@ -155,7 +155,7 @@ async fn good_records_flow_and_bad_ones_go_to_the_dead_letter_topic() -> anyhow:
     let tokenizer = Arc::new(TextTokenizer::train(&repeated, &text_config)?);
 
     let fetch = FetchConfig { allow_private_networks: true, retries: 0, ..FetchConfig::default() };
-    let image_config = ImageConfig { box_scales: vec![1, 2], crop_size: 4, max_objects: 8, ..ImageConfig::default() };
+    let image_config = ImageConfig { box_scales: vec![1, 2], crop_size: 4, max_objects: 8, salient_boxes: 0, ..ImageConfig::default() };
     let preprocessor = Preprocessor::new(
         &PreprocessConfig { threads: 2, max_in_flight: 8 },
         &image_config,
