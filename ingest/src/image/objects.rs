@@ -347,14 +347,16 @@ mod tests {
         for y in 0..side {
             for x in 0..side {
                 for d in draws {
-                    let hit = match *d {
-                        Draw::Rect { x0, y0, x1, y1, rgb } => (x0..x1).contains(&x) && (y0..y1).contains(&y) && { data[(y * side + x) * 3..][..3].copy_from_slice(&rgb); true },
+                    let (inside, rgb) = match *d {
+                        Draw::Rect { x0, y0, x1, y1, rgb } => ((x0..x1).contains(&x) && (y0..y1).contains(&y), rgb),
                         Draw::Disc { cx, cy, r, rgb } => {
                             let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
-                            dx * dx + dy * dy <= r * r && { data[(y * side + x) * 3..][..3].copy_from_slice(&rgb); true }
+                            (dx * dx + dy * dy <= r * r, rgb)
                         }
                     };
-                    let _ = hit;
+                    if inside {
+                        data[(y * side + x) * 3..][..3].copy_from_slice(&rgb);
+                    }
                 }
             }
         }
