@@ -61,10 +61,9 @@ impl ObjectExtractor {
         3 * (self.crop as usize) * (self.crop as usize)
     }
 
-    /// Largest number of rows of a sequence: the global row, one per pyramid box and the
-    /// salient boxes (an image may have fewer salient objects than allowed).
-    pub fn max_rows(&self) -> usize {
-        1 + self.scales.iter().map(|&s| (s as usize) * (s as usize)).sum::<usize>() + self.salient
+    /// Rows before the salient boxes: the global row plus one per pyramid box.
+    fn pyramid_rows(&self) -> usize {
+        1 + self.scales.iter().map(|&s| (s as usize) * (s as usize)).sum::<usize>()
     }
 
     /// The smallest image size (width, height) that still gives every box of the finest scale
@@ -95,7 +94,7 @@ impl ObjectExtractor {
         let dim = self.feature_dim();
         let (w, h) = (source.width as usize, source.height as usize);
         let objects = salient_objects(source, self.salient);
-        let rows = 1 + self.scales.iter().map(|&s| (s as usize) * (s as usize)).sum::<usize>() + objects.len();
+        let rows = self.pyramid_rows() + objects.len();
         let mut features = vec![0f32; rows * dim];
         let mut locations = Vec::with_capacity(rows);
         locations.push([0.0, 0.0, 1.0, 1.0, 1.0]);
