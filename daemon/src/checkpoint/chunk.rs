@@ -82,7 +82,9 @@ pub(crate) fn unframe<'v>(key: &[u8], value: &'v [u8]) -> Result<&'v [u8], Strin
     }
 }
 
-fn checksum(key: &[u8], payload: &[u8]) -> u32 {
+/// CRC-32 of a chunk's key and payload: what both layouts (sled values and data files) store
+/// before the payload, so a chunk read under the wrong key fails its check.
+pub(crate) fn checksum(key: &[u8], payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(key);
     hasher.update(payload);

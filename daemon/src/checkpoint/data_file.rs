@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::chunk::ChunkKey;
+use super::chunk::{checksum, ChunkKey};
 use super::error::CheckpointError;
 use super::meta::BlobMeta;
 
@@ -116,10 +116,7 @@ fn write_at(
         for (chunk, part) in payload.chunks(chunk_size).enumerate() {
             let chunk = u32::try_from(chunk).map_err(|_| io::Error::other("too many chunks"))?;
             let key = ChunkKey { id, blob, chunk }.encode();
-            let mut hasher = crc32fast::Hasher::new();
-            hasher.update(&key);
-            hasher.update(part);
-            out.write_all(&hasher.finalize().to_le_bytes())?;
+            out.write_all(&checksum(&key, part).to_le_bytes())?;
             out.write_all(part)?;
             bytes += CRC_LEN + part.len() as u64;
         }
@@ -165,7 +162,7 @@ impl FileChunks {
             chunk_size: file.chunk_size,
             remaining: blob.len,
         };
-        if file.chunk_size == 0 || blob.len.div_ceil(file.chunk_size.max(1)) != u64::from(blob.chunks) {
+        if file.chunk_size == 0 || blob.len.div_ceil(file.chunk_size) != u64::from(blob.chunks) {
             chunks.failed = Some(chunks.corrupt(format!(
                 "blob {:?}: {} bytes in {} chunks do not fit a chunk size of {}",
                 blob.name, blob.len, blob.chunks, file.chunk_size
@@ -219,10 +216,7 @@ impl FileChunks {
             return Some(Err(self.io_error(e)));
         }
         let key = ChunkKey { id: self.id, blob: self.blob, chunk }.encode();
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&key);
-        hasher.update(&payload);
-        if hasher.finalize() != u32::from_le_bytes(crc) {
+        if checksum(&key, &payload) != u32::from_le_bytes(crc) {
             self.reader = None;
             return Some(Err(self.corrupt(format!("chunk {chunk} of blob {}: checksum mismatch", self.blob))));
         }
