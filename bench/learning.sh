@@ -18,8 +18,9 @@
 #      seq2seq on texts, no captioning), no rewritten negatives, no retrieved positives
 #   e  d without ITM (which of the objectives r turns off costs the recall)
 #   s  d without ITM and without seq2seq on texts (captioning and the CMCL extras kept): the
-#      defaults since 2026-12-01
-#   o  s with 6 salient object boxes (image.salient_boxes = 6): what they buy
+#      defaults since 2026-12-01 (objectives), on the pyramid alone
+#   o  s with 6 salient object boxes (image.salient_boxes = 6): what they buy; the defaults
+#      since 2026-12-02
 #   p  the PyTorch reference (../shared/bench/torch_unimo_reference.py), same data, same
 #      samples per step (LEARN_BATCH/2 pairs + LEARN_BATCH/4 texts + LEARN_BATCH/4 images)
 #
@@ -115,6 +116,8 @@ seed = $seed
 [image]
 box_scales = [1, 2, 3, 4]
 crop_size = 8
+# The reference's representation (the pyramid alone); row o adds salient boxes.
+salient_boxes = 0
 [text]
 vocab_size = 2000
 bootstrap_records = 2000
@@ -190,10 +193,10 @@ for line in open(sys.argv[1]):
         rows[r["row"]].append(r)
 names = {"a": "pairs only", "b": "+ single-modal", "c": "+ hard negatives", "d": "+ retrieved positives (all objectives)",
          "r": "reference's objectives (MLM+MRM+CMCL)", "e": "defaults without ITM",
-         "s": "d without ITM and text seq2seq (defaults)", "p": "PyTorch reference"}
+         "s": "d without ITM and text seq2seq (objective defaults)", "o": "s + 6 salient object boxes (defaults)", "p": "PyTorch reference"}
 print(f"| row | seeds | i2t R@1 seen | i2t R@5 seen | t2i R@5 seen | i2t R@1 unseen | i2t R@5 unseen | t2i R@5 unseen | train s |")
 print("|---|---|---|---|---|---|---|---|---|")
-for key in "abcdersp":
+for key in "abcdersop":
     rs = rows.get(key)
     if not rs:
         continue
@@ -203,4 +206,20 @@ for key in "abcdersp":
     print(f"| {key}: {names[key]} | {len(rs)} | {cell('seen', 'i2t', 'r1')} | {cell('seen', 'i2t', 'r5')} | {cell('seen', 't2i', 'r5')} | "
           f"{cell('unseen', 'i2t', 'r1')} | {cell('unseen', 'i2t', 'r5')} | {cell('unseen', 't2i', 'r5')} | "
           f"{sum(r['train_s'] for r in rs) // len(rs)} |")
+# Captions of the seen held-out images (rows in LEARN_CAPTION_ROWS): how often the words name
+# what was drawn, against chance (ops/caption_words.py), and the corpus scores.
+captioned = [(k, [r for r in rows.get(k, []) if r.get("captions")]) for k in "abcdersop"]
+captioned = [(k, rs) for k, rs in captioned if rs]
+if captioned:
+    print()
+    print("| row | seeds | colour precision (chance) | shape precision (chance) | colour+shape precision (chance) | BLEU-4 | CIDEr-D |")
+    print("|---|---|---|---|---|---|---|")
+    for key, rs in captioned:
+        def mean(f):
+            return sum(f(r) for r in rs) / len(rs)
+        def word(kind):
+            return (f"{mean(lambda r: r['captions']['words']['model'][kind]):.3f} "
+                    f"({mean(lambda r: r['captions']['words']['chance'][kind]):.3f})")
+        print(f"| {key}: {names[key]} | {len(rs)} | {word('colour_p')} | {word('shape_p')} | {word('object_p')} | "
+              f"{mean(lambda r: r['captions']['bleu4']):.3f} | {mean(lambda r: r['captions']['cider']):.3f} |")
 PY

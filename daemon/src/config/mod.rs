@@ -348,7 +348,7 @@ impl Default for TrainConfig {
             replay_capacity: 256,
             max_batch_wait_ms: 500,
             text_buckets: vec![16, 32, 64, 128],
-            object_buckets: vec![16, 36, 67, 101],
+            object_buckets: vec![16, 40, 73, 101],
             max_nonfinite_in_row: 5,
             seed: 42,
             queue_capacity: 1024,
