@@ -35,7 +35,9 @@
 # ("a b c d e r s p"), LEARN_EVAL (200 held-out pairs per split), LEARN_CAPTION_ROWS (rows whose
 # model also captions the seen held-out images, greedy: BLEU-4, CIDEr-D and how often the
 # captions name the right colours and shapes against chance, ops/caption_words.py; "s"),
-# LEARN_OUT (bench/learning-out: results.jsonl, one line per run, and table.md), UNIMOD_PYTHON (a Python with torch,
+# LEARN_OUT (bench/learning-out: results.jsonl, one line per run, and table.md), LEARN_EXPORT (a
+# folder: each run's model is exported to LEARN_EXPORT/ROW-SEED, beside the held-out pairs files,
+# for ops/caption_probe.py or the twin), UNIMOD_PYTHON (a Python with torch,
 # numpy and pillow; default the twin's venv) and LEARN_REFERENCE (the reference script).
 # UNIMOD_<SECTION>__<KEY> variables already in the environment apply to every daemon row (a
 # row's own overrides win). Uses $CARGO_TARGET_DIR (target)/release binaries when present,
@@ -137,6 +139,10 @@ TOML
     if [[ " $CAPTION_ROWS " == *" $row "* ]]; then
         unimod caption --config "$dir/unimod.toml" --pairs "$work/data/eval_pairs.jsonl" --json >"$dir/captions.jsonl"
         python3 ops/caption_words.py "$dir/captions.jsonl" --json >"$dir/words.json"
+    fi
+    if [[ -n ${LEARN_EXPORT:-} ]]; then
+        unimod checkpoint export --config "$dir/unimod.toml" --out "$LEARN_EXPORT/$row-$seed" >/dev/null
+        cp "$work/data/eval_pairs.jsonl" "$work/data/eval_unseen.jsonl" "$LEARN_EXPORT/"
     fi
     python3 - "$row" "$seed" "$STEPS" "$train_s" "$dir" <<'PY' | tee -a "$OUT/results.jsonl"
 import json, sys
