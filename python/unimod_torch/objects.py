@@ -163,6 +163,9 @@ FOREGROUND_DISTANCE = 60
 JOIN_DISTANCE = 60
 MIN_OBJECT_AREA_PER_MILLE = 1
 SALIENT_MIN_SIDE = 128
+# What a salient object's crop gives the pixels of its box that are not the object's, in 8-bit
+# pixel units: half a full scale below black (ingest/src/image/objects.rs, BACKDROP).
+BACKDROP = -128
 
 
 def border_colour(rgb: torch.Tensor) -> list:
@@ -173,29 +176,33 @@ def border_colour(rgb: torch.Tensor) -> list:
     return values[border.shape[0] // 2].tolist()
 
 
-def salient_objects(rgb: torch.Tensor, limit: int) -> list:
+def salient_objects(rgb: torch.Tensor, limit: int, with_labels: bool = False):
     """Up to ``limit`` boxes ``(x0, y0, x1, y1)`` of the largest objects, as the Rust code finds
     them: foreground = colour distance from the border colour above FOREGROUND_DISTANCE, 4-neighbours
     of one object within JOIN_DISTANCE, at least a thousandth of the image (and 4 pixels), largest
-    first, ties in raster order of the first pixel."""
+    first, ties in raster order of the first pixel. With ``with_labels``: ``(boxes, ids, labels)``,
+    each box's object id and the ``[h, w]`` label map (-1 = background)."""
     h, w, _ = rgb.shape
     if limit == 0 or w < 3 or h < 3:
-        return []
+        return ([], [], None) if with_labels else []
     px = rgb.long()
     bg = torch.tensor(border_colour(rgb), dtype=torch.long)
     fg = ((px - bg).abs().sum(-1) > FOREGROUND_DISTANCE).flatten().tolist()
     join_right = ((px[:, 1:] - px[:, :-1]).abs().sum(-1) <= JOIN_DISTANCE).tolist()  # [h][w-1]
     join_down = ((px[1:] - px[:-1]).abs().sum(-1) <= JOIN_DISTANCE).tolist()  # [h-1][w]
     seen = [not f for f in fg]
+    label = [-1] * (w * h)
     found = []
     for start in range(w * h):
         if seen[start]:
             continue
         seen[start] = True
+        oid = len(found)
         stack = [start]
         count, x0, y0, x1, y1 = 0, w, h, 0, 0
         while stack:
             i = stack.pop()
+            label[i] = oid
             y, x = divmod(i, w)
             count += 1
             x0, y0, x1, y1 = min(x0, x), min(y0, y), max(x1, x + 1), max(y1, y + 1)
@@ -211,11 +218,14 @@ def salient_objects(rgb: torch.Tensor, limit: int) -> list:
             if y + 1 < h and not seen[i + w] and join_down[y][x]:
                 seen[i + w] = True
                 stack.append(i + w)
-        found.append((count, start, (x0, y0, x1, y1)))
+        found.append((count, start, (x0, y0, x1, y1), oid))
     min_pixels = max(-(-(w * h * MIN_OBJECT_AREA_PER_MILLE) // 1000), 4)
     found = [f for f in found if f[0] >= min_pixels]
     found.sort(key=lambda f: (-f[0], f[1]))
-    return [f[2] for f in found[:limit]]
+    kept = found[:limit]
+    if with_labels:
+        return [f[2] for f in kept], [f[3] for f in kept], torch.tensor(label, dtype=torch.long).reshape(h, w)
+    return [f[2] for f in kept]
 
 
 class ObjectExtractor:
@@ -273,7 +283,9 @@ class ObjectExtractor:
                     y1 = min(max((gy + 1) * h // n, y0 + 1), h)
                     boxes.append((x0, y0, x1, y1))
         wf, hf, area = _f32(float(w)), _f32(float(h)), _f32(float(w * h))
-        for x0, y0, x1, y1 in salient_objects(rgb, self.salient):
+        pyramid_boxes = len(boxes)
+        objects, object_ids, labels = salient_objects(rgb, self.salient, with_labels=True)
+        for x0, y0, x1, y1 in objects:
             locations.append(
                 torch.stack(
                     [
@@ -306,6 +318,17 @@ class ObjectExtractor:
         xa_t, xb_t = torch.tensor(xa), torch.tensor(xb)
         ya_t, yb_t = torch.tensor(ya), torch.tensor(yb)
         sums = table[yb_t, xb_t] + table[ya_t, xa_t] - table[yb_t, xa_t] - table[ya_t, xb_t]  # [cells, 3]
+        # A salient object's cells sum its own box with every pixel that is not the object's at
+        # BACKDROP (a summed-area table per object, over its box).
+        for k, ((x0, y0, x1, y1), oid) in enumerate(zip(objects, object_ids)):
+            mine = labels[y0:y1, x0:x1] == oid
+            masked = torch.where(mine[..., None], rgb[y0:y1, x0:x1].long(), torch.tensor(BACKDROP, dtype=torch.long))
+            own = torch.zeros(y1 - y0 + 1, x1 - x0 + 1, 3, dtype=torch.int64)
+            own[1:, 1:] = masked.cumsum(0).cumsum(1)
+            cells = slice((pyramid_boxes + k) * c * c, (pyramid_boxes + k + 1) * c * c)
+            oxa, oxb = xa_t[cells] - x0, xb_t[cells] - x0
+            oya, oyb = ya_t[cells] - y0, yb_t[cells] - y0
+            sums[cells] = own[oyb, oxb] + own[oya, oxa] - own[oyb, oxa] - own[oya, oxb]
         count = ((xb_t - xa_t) * (yb_t - ya_t)).to(torch.float32)
         inv_count = _f32(1.0) / count
         scale = torch.stack([_f32(1.0) / (_f32(255.0) * _f32(s)) for s in PIXEL_STD])

@@ -11,9 +11,15 @@
 //! 4-neighbouring foreground pixels belong to one object when their colours differ by at most
 //! [`JOIN_DISTANCE`]. The largest objects (at least [`MIN_OBJECT_AREA_PER_MILLE`] of the
 //! image) come first, ties in raster order of their first pixel; each is cropped by its tight
-//! bounding box. A grid cell shows an object cut at arbitrary places; the tight crop shows it
-//! whole and scaled to the patch, so a shape is the same feature wherever it is drawn. All of
-//! it is integer arithmetic on the pixels, which the PyTorch twin repeats bit for bit.
+//! bounding box, and the pixels of that box that are not the object's (background, or a
+//! neighbour inside the box) count as [`BACKDROP`], darker than any colour. A grid cell shows an
+//! object cut at arbitrary places; the tight crop shows it whole and scaled to the patch, so a
+//! shape is the same feature wherever it is drawn; and since every colour lies above the
+//! backdrop, which crop pixels are object is a linear read-out whatever the object's colour (on
+//! the image's own background, a black and a white disc would have corners on opposite sides
+//! of their centres, and no linear function of the pixels would tell a disc from a square of
+//! every colour). All of it is integer arithmetic on the pixels, which the PyTorch twin repeats
+//! bit for bit.
 //!
 //! Resampling uses a summed-area table, so every output pixel is an O(1) box mean whatever
 //! the box size; images much larger than needed are first reduced by an integer box filter so
@@ -38,6 +44,10 @@ pub const JOIN_DISTANCE: u32 = 60;
 /// With salient boxes on, images are never box-reduced below this side: an object's tight
 /// crop needs the pixels of the original, not of the pyramid's coarsest need.
 pub const SALIENT_MIN_SIDE: u32 = 128;
+/// The value, in 8-bit pixel units, that a salient object's crop gives every pixel of its box
+/// that is not the object's: half a full scale below black, so that each channel of every
+/// colour lies above it and a crop pixel's value rises with the share of the object in it.
+pub const BACKDROP: i64 = -128;
 /// Smallest object kept, in thousandths of the image's pixels (and at least 4 pixels).
 pub const MIN_OBJECT_AREA_PER_MILLE: usize = 1;
 
@@ -93,7 +103,7 @@ impl ObjectExtractor {
         let table = SummedArea::new(source);
         let dim = self.feature_dim();
         let (w, h) = (source.width as usize, source.height as usize);
-        let objects = salient_objects(source, self.salient);
+        let (objects, labels) = salient_objects(source, self.salient);
         let rows = self.pyramid_rows() + objects.len();
         let mut features = vec![0f32; rows * dim];
         let mut locations = Vec::with_capacity(rows);
@@ -120,7 +130,8 @@ impl ObjectExtractor {
         for b in &objects {
             locations.push([b.x0 as f32 / wf, b.y0 as f32 / hf, b.x1 as f32 / wf, b.y1 as f32 / hf, ((b.x1 - b.x0) * (b.y1 - b.y0)) as f32 / area]);
             let out = &mut features[row * dim..(row + 1) * dim];
-            self.crop_into(&table, (b.x0, b.y0, b.x1, b.y1), out);
+            let masked = MaskedArea::new(source, &labels, b);
+            self.resample_into((0, 0, b.x1 - b.x0, b.y1 - b.y0), |xa, ya, xb, yb| masked.box_sum(xa, ya, xb, yb), out);
             row += 1;
         }
         // Global row: mean of the regions.
@@ -136,7 +147,13 @@ impl ObjectExtractor {
     }
 
     /// Resamples the box `[x0, x1) x [y0, y1)` to `crop x crop` normalised pixels.
-    fn crop_into(&self, table: &SummedArea, (x0, y0, x1, y1): (usize, usize, usize, usize), out: &mut [f32]) {
+    fn crop_into(&self, table: &SummedArea, bounds: (usize, usize, usize, usize), out: &mut [f32]) {
+        self.resample_into(bounds, |xa, ya, xb, yb| table.box_sum(xa, ya, xb, yb).map(|v| v as i64), out);
+    }
+
+    /// Resamples the box `[x0, x1) x [y0, y1)` to `crop x crop` normalised pixels, each the
+    /// mean of the per-channel sums that `box_sum(xa, ya, xb, yb)` gives for its cell.
+    fn resample_into(&self, (x0, y0, x1, y1): (usize, usize, usize, usize), box_sum: impl Fn(usize, usize, usize, usize) -> [i64; 3], out: &mut [f32]) {
         let c = self.crop as usize;
         let plane = c * c;
         let (bw, bh) = (x1 - x0, y1 - y0);
@@ -153,7 +170,7 @@ impl ObjectExtractor {
             let ya = y0 + i * bh / c;
             let yb = (y0 + (i + 1) * bh / c).max(ya + 1).min(y1);
             for (j, &(xa, xb)) in cols.iter().enumerate().take(c) {
-                let sums = table.box_sum(xa, ya, xb, yb);
+                let sums = box_sum(xa, ya, xb, yb);
                 let inv_count = 1.0 / ((xb - xa) * (yb - ya)) as f32;
                 for ch in 0..3 {
                     out[ch * plane + i * c + j] = sums[ch] as f32 * inv_count * scale[ch] + bias[ch];
@@ -163,13 +180,15 @@ impl ObjectExtractor {
     }
 }
 
-/// The tight bounding box `[x0, x1) x [y0, y1)` of one salient object, in source pixels.
+/// The tight bounding box `[x0, x1) x [y0, y1)` of one salient object, in source pixels, and
+/// the object's label in the label map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ObjectBox {
     x0: usize,
     y0: usize,
     x1: usize,
     y1: usize,
+    id: u32,
 }
 
 /// Sum over the three channels of the absolute differences of two pixels.
@@ -203,11 +222,12 @@ fn border_colour(image: &RgbBuffer) -> [u8; 3] {
     })
 }
 
-/// Up to `limit` salient objects of `image` (module documentation), largest first.
-fn salient_objects(image: &RgbBuffer, limit: usize) -> Vec<ObjectBox> {
+/// Up to `limit` salient objects of `image` (module documentation), largest first, and the
+/// label map (one label per pixel, row-major) that their `id`s index.
+fn salient_objects(image: &RgbBuffer, limit: usize) -> (Vec<ObjectBox>, Vec<u32>) {
     let (w, h) = (image.width as usize, image.height as usize);
     if limit == 0 || w < 3 || h < 3 {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     let background = border_colour(image);
     let px = |i: usize| &image.data[i * 3..i * 3 + 3];
@@ -229,7 +249,7 @@ fn salient_objects(image: &RgbBuffer, limit: usize) -> Vec<ObjectBox> {
         let id = found.len() as u32;
         label[start] = id;
         stack.push(start);
-        let (mut count, mut b) = (0usize, ObjectBox { x0: w, y0: h, x1: 0, y1: 0 });
+        let (mut count, mut b) = (0usize, ObjectBox { x0: w, y0: h, x1: 0, y1: 0, id });
         while let Some(i) = stack.pop() {
             let (x, y) = (i % w, i / w);
             count += 1;
@@ -261,7 +281,42 @@ fn salient_objects(image: &RgbBuffer, limit: usize) -> Vec<ObjectBox> {
     let min_pixels = (w * h * MIN_OBJECT_AREA_PER_MILLE).div_ceil(1000).max(4);
     found.retain(|&(count, _, _)| count >= min_pixels);
     found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    found.into_iter().take(limit).map(|(_, _, b)| b).collect()
+    (found.into_iter().take(limit).map(|(_, _, b)| b).collect(), label)
+}
+
+/// Summed-area table over one object's box (leading zero row and column), in which the
+/// object's pixels count with their colour and every other pixel as [`BACKDROP`].
+struct MaskedArea {
+    stride: usize,
+    sums: Vec<i64>,
+}
+
+impl MaskedArea {
+    fn new(image: &RgbBuffer, labels: &[u32], b: &ObjectBox) -> Self {
+        let w = image.width as usize;
+        let (bw, bh) = (b.x1 - b.x0, b.y1 - b.y0);
+        let stride = (bw + 1) * 3;
+        let mut sums = vec![0i64; stride * (bh + 1)];
+        for y in 0..bh {
+            let (prev, cur) = sums[y * stride..(y + 2) * stride].split_at_mut(stride);
+            let mut run = [0i64; 3];
+            for x in 0..bw {
+                let i = (b.y0 + y) * w + b.x0 + x;
+                let mine = labels[i] == b.id;
+                for ch in 0..3 {
+                    run[ch] += if mine { i64::from(image.data[i * 3 + ch]) } else { BACKDROP };
+                    cur[(x + 1) * 3 + ch] = prev[(x + 1) * 3 + ch] + run[ch];
+                }
+            }
+        }
+        Self { stride, sums }
+    }
+
+    #[inline]
+    fn box_sum(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> [i64; 3] {
+        let at = |x: usize, y: usize, ch: usize| self.sums[y * self.stride + x * 3 + ch];
+        std::array::from_fn(|ch| at(x1, y1, ch) + at(x0, y0, ch) - at(x0, y1, ch) - at(x1, y0, ch))
+    }
 }
 
 /// Integer box-filter reduction by `factor` (each output pixel = mean of a factor x factor
@@ -398,6 +453,38 @@ mod tests {
             let mean = (1..8).map(|r| seq.features[r * dim + k]).sum::<f32>() / 7.0;
             assert!((seq.features[k] - mean).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn a_salient_crop_shows_the_object_against_the_backdrop_whatever_its_colour() {
+        // A disc and a square, in black, white and red. The corners of a disc's crop are the
+        // backdrop and its centre its colour; a square's crop is its colour everywhere; the
+        // backdrop lies below every colour. So "corner above the backdrop" tells a square from a
+        // disc in every colour (against the grey background a black disc's corners would lie
+        // above its centre and a white disc's below: no one linear read-out for both).
+        let ex = salient(vec![1], 8, 6);
+        let backdrop = |ch: usize| normalised_f(BACKDROP as f32, ch);
+        for rgb in [[0u8, 0, 0], [255, 255, 255], RED] {
+            let disc = ex.extract(&scene(64, &[Draw::Disc { cx: 32.0, cy: 32.0, r: 12.0, rgb }]));
+            let square = ex.extract(&scene(64, &[Draw::Rect { x0: 20, y0: 20, x1: 44, y1: 44, rgb }]));
+            assert_eq!((disc.len(), square.len()), (3, 3), "{rgb:?}");
+            let (d, q) = (&disc.features[2 * disc.dim..], &square.features[2 * square.dim..]);
+            for ch in 0..3 {
+                assert!(backdrop(ch) < normalised(0, ch) - 1.0);
+                assert!((d[ch * 64] - backdrop(ch)).abs() < 1e-5, "{rgb:?} disc corner {} channel {ch}", d[ch * 64]);
+                assert!((d[ch * 64 + 3 * 8 + 3] - normalised(rgb[ch], ch)).abs() < 1e-5, "{rgb:?} disc centre");
+                for (i, v) in q[ch * 64..(ch + 1) * 64].iter().enumerate() {
+                    assert!((v - normalised(rgb[ch], ch)).abs() < 1e-5, "{rgb:?} square pixel {i} channel {ch}: {v}");
+                }
+            }
+        }
+        // A neighbour inside an object's box is not the object: the red ring around a blue disc
+        // has the backdrop where the disc is, and the disc is its own object.
+        let ring = ex.extract(&scene(64, &[Draw::Rect { x0: 20, y0: 20, x1: 44, y1: 44, rgb: RED }, Draw::Disc { cx: 32.0, cy: 32.0, r: 6.0, rgb: BLUE }]));
+        assert_eq!(ring.len(), 4);
+        let r = &ring.features[2 * ring.dim..3 * ring.dim];
+        assert!((r[3 * 8 + 3] - backdrop(0)).abs() < 1e-5, "ring centre {}", r[3 * 8 + 3]);
+        assert!((r[0] - normalised(RED[0], 0)).abs() < 1e-5);
     }
 
     #[test]
