@@ -54,12 +54,20 @@ def crops(img, crop):
     seq = ex.extract(img)
     assert seq.features.shape[0] == 3, "one object expected"
     masked = seq.features[2]
-    # The same box cut from the image: a pyramid-style crop of that box (module's own code).
-    boxes = objects.salient_objects(img, 1)
-    x0, y0, x1, y1 = boxes[0]
-    ex_plain = objects.ObjectExtractor([1], crop, 0)
-    plain = ex_plain.extract(img[y0:y1, x0:x1].contiguous()).features[1]
-    return masked, plain
+    # The same box cut from the image, with the extractor's cell bounds and normalisation.
+    (x0, y0, x1, y1), = objects.salient_objects(img, 1)
+    bw, bh = x1 - x0, y1 - y0
+    plain = torch.empty(3, crop, crop)
+    mean, std = torch.tensor(objects.PIXEL_MEAN), torch.tensor(objects.PIXEL_STD)
+    for i in range(crop):
+        ya = y0 + i * bh // crop
+        yb = min(max(y0 + (i + 1) * bh // crop, ya + 1), y1)
+        for j in range(crop):
+            xa = x0 + j * bw // crop
+            xb = min(max(x0 + (j + 1) * bw // crop, xa + 1), x1)
+            cell = img[ya:yb, xa:xb].reshape(-1, 3).float().mean(0)
+            plain[:, i, j] = (cell / 255.0 - mean) / std
+    return masked, plain.reshape(-1)
 
 
 def fit_and_score(x, y, train, test, steps=600):

@@ -130,8 +130,7 @@ impl ObjectExtractor {
         for b in &objects {
             locations.push([b.x0 as f32 / wf, b.y0 as f32 / hf, b.x1 as f32 / wf, b.y1 as f32 / hf, ((b.x1 - b.x0) * (b.y1 - b.y0)) as f32 / area]);
             let out = &mut features[row * dim..(row + 1) * dim];
-            let masked = MaskedArea::new(source, &labels, b);
-            self.resample_into((0, 0, b.x1 - b.x0, b.y1 - b.y0), |xa, ya, xb, yb| masked.box_sum(xa, ya, xb, yb), out);
+            self.crop_into(&SummedArea::masked(source, &labels, b), (0, 0, b.x1 - b.x0, b.y1 - b.y0), out);
             row += 1;
         }
         // Global row: mean of the regions.
@@ -146,14 +145,8 @@ impl ObjectExtractor {
         ObjectSequence { dim, features, locations, class_probs: None }
     }
 
-    /// Resamples the box `[x0, x1) x [y0, y1)` to `crop x crop` normalised pixels.
-    fn crop_into(&self, table: &SummedArea, bounds: (usize, usize, usize, usize), out: &mut [f32]) {
-        self.resample_into(bounds, |xa, ya, xb, yb| table.box_sum(xa, ya, xb, yb).map(|v| v as i64), out);
-    }
-
-    /// Resamples the box `[x0, x1) x [y0, y1)` to `crop x crop` normalised pixels, each the
-    /// mean of the per-channel sums that `box_sum(xa, ya, xb, yb)` gives for its cell.
-    fn resample_into(&self, (x0, y0, x1, y1): (usize, usize, usize, usize), box_sum: impl Fn(usize, usize, usize, usize) -> [i64; 3], out: &mut [f32]) {
+    /// Resamples the box `[x0, x1) x [y0, y1)` of `table` to `crop x crop` normalised pixels.
+    fn crop_into(&self, table: &SummedArea, (x0, y0, x1, y1): (usize, usize, usize, usize), out: &mut [f32]) {
         let c = self.crop as usize;
         let plane = c * c;
         let (bw, bh) = (x1 - x0, y1 - y0);
@@ -170,7 +163,7 @@ impl ObjectExtractor {
             let ya = y0 + i * bh / c;
             let yb = (y0 + (i + 1) * bh / c).max(ya + 1).min(y1);
             for (j, &(xa, xb)) in cols.iter().enumerate().take(c) {
-                let sums = box_sum(xa, ya, xb, yb);
+                let sums = table.box_sum(xa, ya, xb, yb);
                 let inv_count = 1.0 / ((xb - xa) * (yb - ya)) as f32;
                 for ch in 0..3 {
                     out[ch * plane + i * c + j] = sums[ch] as f32 * inv_count * scale[ch] + bias[ch];
@@ -284,41 +277,6 @@ fn salient_objects(image: &RgbBuffer, limit: usize) -> (Vec<ObjectBox>, Vec<u32>
     (found.into_iter().take(limit).map(|(_, _, b)| b).collect(), label)
 }
 
-/// Summed-area table over one object's box (leading zero row and column), in which the
-/// object's pixels count with their colour and every other pixel as [`BACKDROP`].
-struct MaskedArea {
-    stride: usize,
-    sums: Vec<i64>,
-}
-
-impl MaskedArea {
-    fn new(image: &RgbBuffer, labels: &[u32], b: &ObjectBox) -> Self {
-        let w = image.width as usize;
-        let (bw, bh) = (b.x1 - b.x0, b.y1 - b.y0);
-        let stride = (bw + 1) * 3;
-        let mut sums = vec![0i64; stride * (bh + 1)];
-        for y in 0..bh {
-            let (prev, cur) = sums[y * stride..(y + 2) * stride].split_at_mut(stride);
-            let mut run = [0i64; 3];
-            for x in 0..bw {
-                let i = (b.y0 + y) * w + b.x0 + x;
-                let mine = labels[i] == b.id;
-                for ch in 0..3 {
-                    run[ch] += if mine { i64::from(image.data[i * 3 + ch]) } else { BACKDROP };
-                    cur[(x + 1) * 3 + ch] = prev[(x + 1) * 3 + ch] + run[ch];
-                }
-            }
-        }
-        Self { stride, sums }
-    }
-
-    #[inline]
-    fn box_sum(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> [i64; 3] {
-        let at = |x: usize, y: usize, ch: usize| self.sums[y * self.stride + x * 3 + ch];
-        std::array::from_fn(|ch| at(x1, y1, ch) + at(x0, y0, ch) - at(x0, y1, ch) - at(x1, y0, ch))
-    }
-}
-
 /// Integer box-filter reduction by `factor` (each output pixel = mean of a factor x factor
 /// block; the right and bottom remainders are dropped).
 fn box_reduce(image: &RgbBuffer, factor: u32) -> RgbBuffer {
@@ -345,25 +303,39 @@ fn box_reduce(image: &RgbBuffer, factor: u32) -> RgbBuffer {
     RgbBuffer { width: ow as u32, height: oh as u32, data }
 }
 
-/// Summed-area table with one leading zero row and column: `at(x, y)` is the per-channel sum
-/// of the pixels in `[0, x) x [0, y)`.
+/// Summed-area table with one leading zero row and column over a `w x h` grid of per-channel
+/// values: `box_sum(x0, y0, x1, y1)` is the per-channel sum over `[x0, x1) x [y0, y1)`.
 struct SummedArea {
     stride: usize,
-    sums: Vec<u64>,
+    sums: Vec<i64>,
 }
 
 impl SummedArea {
+    /// The table of an image's pixels.
     fn new(image: &RgbBuffer) -> Self {
-        let (w, h) = (image.width as usize, image.height as usize);
+        let w = image.width as usize;
+        Self::from_fn(w, image.height as usize, |x, y, ch| i64::from(image.data[(y * w + x) * 3 + ch]))
+    }
+
+    /// The table of one salient object's box: the object's pixels with their colour, every
+    /// other pixel of the box as [`BACKDROP`]; coordinates relative to the box.
+    fn masked(image: &RgbBuffer, labels: &[u32], b: &ObjectBox) -> Self {
+        let w = image.width as usize;
+        Self::from_fn(b.x1 - b.x0, b.y1 - b.y0, |x, y, ch| {
+            let i = (b.y0 + y) * w + b.x0 + x;
+            if labels[i] == b.id { i64::from(image.data[i * 3 + ch]) } else { BACKDROP }
+        })
+    }
+
+    fn from_fn(w: usize, h: usize, value: impl Fn(usize, usize, usize) -> i64) -> Self {
         let stride = (w + 1) * 3;
-        let mut sums = vec![0u64; stride * (h + 1)];
+        let mut sums = vec![0i64; stride * (h + 1)];
         for y in 0..h {
-            let src = &image.data[y * w * 3..(y + 1) * w * 3];
             let (prev, cur) = sums[y * stride..(y + 2) * stride].split_at_mut(stride);
-            let mut run = [0u64; 3];
+            let mut run = [0i64; 3];
             for x in 0..w {
                 for ch in 0..3 {
-                    run[ch] += u64::from(src[x * 3 + ch]);
+                    run[ch] += value(x, y, ch);
                     cur[(x + 1) * 3 + ch] = prev[(x + 1) * 3 + ch] + run[ch];
                 }
             }
@@ -372,12 +344,12 @@ impl SummedArea {
     }
 
     #[inline]
-    fn at(&self, x: usize, y: usize, ch: usize) -> u64 {
+    fn at(&self, x: usize, y: usize, ch: usize) -> i64 {
         self.sums[y * self.stride + x * 3 + ch]
     }
 
     #[inline]
-    fn box_sum(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> [u64; 3] {
+    fn box_sum(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> [i64; 3] {
         std::array::from_fn(|ch| self.at(x1, y1, ch) + self.at(x0, y0, ch) - self.at(x0, y1, ch) - self.at(x1, y0, ch))
     }
 }
