@@ -35,6 +35,10 @@
 #   300 and 450 steps (step 450: colour precision 0.73 against 0.22, colour+shape 0.25 against
 #   0.07; step 900: 0.76 against 0.22), shapes do not yet (0.50 against 0.52 at step 900);
 #   recall at step 900: image->text R@1 0.33, R@5 0.89, R@10 0.99.
+# - since 2026-12-02 the salient object crops (image.salient_boxes = 6, each object against a
+#   backdrop below every colour) make shapes readable: in bench/learning.sh's longer runs
+#   captions name shapes well above chance on one seed of two at 1,000 steps (BENCHMARKS.md
+#   "Salient crops against a backdrop"); not measured at the quickstart's 483 steps.
 # Hence 8000 pairs (483 steps) by default. With 1300 records (73 steps) recall stayed at
 # chance: the pairs are what teaches retrieval.
 
