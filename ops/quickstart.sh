@@ -36,9 +36,12 @@
 #   0.07; step 900: 0.76 against 0.22), shapes do not yet (0.50 against 0.52 at step 900);
 #   recall at step 900: image->text R@1 0.33, R@5 0.89, R@10 0.99.
 # - since 2026-12-02 the salient object crops (image.salient_boxes = 6, each object against a
-#   backdrop below every colour) make shapes readable: in bench/learning.sh's longer runs
-#   captions name shapes well above chance on one seed of two at 1,000 steps (BENCHMARKS.md
-#   "Salient crops against a backdrop"); not measured at the quickstart's 483 steps.
+#   backdrop below every colour) make shapes readable, but not at this length: at step 483
+#   shape precision is 0.48 against 0.48 (colours 0.79 against 0.23). Three times the stream
+#   (QS_PAIRS=24000 QS_TEXTS=1200 QS_IMAGES=600, 1451 steps) grounds them on one seed of two
+#   and only modestly (0.63-0.67 against 0.51-0.52 from step 1200; the other seed 0.54-0.61
+#   against 0.51-0.55), so the default stays as it is (BENCHMARKS.md "The quickstart's stream
+#   with backdrop crops").
 # Hence 8000 pairs (483 steps) by default. With 1300 records (73 steps) recall stayed at
 # chance: the pairs are what teaches retrieval.
 
