@@ -40,7 +40,8 @@
 #   shape precision is 0.48 against 0.48 (colours 0.79 against 0.23). Three times the stream
 #   (QS_PAIRS=24000 QS_TEXTS=1200 QS_IMAGES=600, 1451 steps) grounds them on one seed of two
 #   and only modestly (0.63-0.67 against 0.51-0.52 from step 1200; the other seed 0.54-0.61
-#   against 0.51-0.55), so the default stays as it is (BENCHMARKS.md "The quickstart's stream
+#   against 0.51-0.55; with [model.weights] caption = 3 as well, 0.80 and 0.60 against 0.51 and
+#   0.55 at step 1451), so the default stays as it is (BENCHMARKS.md "The quickstart's stream
 #   with backdrop crops").
 # Hence 8000 pairs (483 steps) by default. With 1300 records (73 steps) recall stayed at
 # chance: the pairs are what teaches retrieval.
