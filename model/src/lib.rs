@@ -8,6 +8,7 @@
 //! alignment prediction) for retrieval. Nothing here knows about Kafka or storage.
 
 pub(crate) mod attention_mask;
+mod autodiff_lock;
 pub mod backend;
 pub mod config;
 pub mod error;
@@ -42,6 +43,7 @@ pub use memory::ImageMemorySettings;
 pub use settings::TrainSettings;
 pub use trainer::{StepReport, Trainer, TrainerState};
 
+pub use autodiff_lock::autodiff_lock;
 pub use backend::CpuBackend;
 
 #[cfg(test)]

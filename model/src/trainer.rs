@@ -191,6 +191,8 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// back (they are kept until the read; on a GPU that is a second copy of the weights and
     /// moments for the length of a step).
     pub fn step(&mut self, micro_batches: &[Vec<Example>], lr: f64) -> StepReport {
+        // Another thread's backward must not free this step's graph while it is built.
+        let _graphs = crate::autodiff_lock();
         // Masking randomness depends only on the seed and the step position, so a resumed
         // run draws the same masks as an uninterrupted one.
         let mut rng = StdRng::seed_from_u64(

@@ -1285,6 +1285,7 @@ mod tests {
     /// decomposition beside it, to a looser bound.
     #[test]
     fn layer_norm_matches_an_f64_reference_forward_and_backward() {
+        let _graphs = crate::autodiff_lock(); // backward below: see autodiff_lock
         for (rows, n) in [(3, 8), (300, 128)] {
             let (xd, gd, bd, wd) = (
                 random([2, rows, n], 1),
@@ -1341,6 +1342,7 @@ mod tests {
     /// approximation).
     #[test]
     fn gelu_matches_the_erf_form_forward_and_backward() {
+        let _graphs = crate::autodiff_lock(); // backward below: see autodiff_lock
         for len in [40, 40_000] {
             let (xd, wd) = (random([len], 5), random([len], 6));
             let w = Tensor::<Ad, 1>::from_data(wd, &Default::default());
@@ -1387,6 +1389,7 @@ mod tests {
     /// burn's softmax of the scaled, biased scores; the bias gets no gradient.
     #[test]
     fn attention_softmax_matches_softmax_of_scaled_biased_scores() {
+        let _graphs = crate::autodiff_lock(); // backward below: see autodiff_lock
         for (b, h, l) in [(2, 2, 5), (4, 2, 40)] {
             for bias_rows in [1, l] {
                 let sd = random([b, h, l, l], 7);
@@ -1422,6 +1425,7 @@ mod tests {
     /// Other backends' tensors come back untouched (here: a bias that wants a gradient).
     #[test]
     fn a_bias_with_a_gradient_is_left_to_burn() {
+        let _graphs = crate::autodiff_lock(); // backward below: see autodiff_lock
         let s = leaf::<4>(&random([1, 1, 2, 3], 1));
         let bias = leaf::<4>(&random([1, 1, 1, 3], 2));
         assert!(attention_softmax(s, 1.0, bias).is_err());
@@ -1548,6 +1552,7 @@ mod tests {
     /// kernel, are 3e-3 from them on dq and dk at 40 keys; the kernel 9e-6.)
     #[test]
     fn attention_matches_an_f64_reference_with_and_without_dropout() {
+        let _graphs = crate::autodiff_lock(); // backward below: see autodiff_lock
         let cases = [
             (3, 5, 5, 2, 4, true),
             (2, 4, 6, 2, 3, false),
@@ -1630,6 +1635,7 @@ mod tests {
     /// of the input, the weight and the bias.
     #[test]
     fn linear_matches_burns_linear_forward_and_backward() {
+        let _graphs = crate::autodiff_lock(); // backward below: see autodiff_lock
         for (rows, d_in, d_out, transposed) in [(5, 3, 4, false), (300, 64, 96, true)] {
             let (xd, wd, bd, gd) = (
                 random([rows, d_in], 21),

@@ -5,6 +5,7 @@
 mod gpu_step;
 mod masks;
 mod memory;
+mod threads;
 mod vilbert;
 
 /// The integration tests' fixtures (`tests/model/fixtures.rs`).
